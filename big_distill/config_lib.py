@@ -1,0 +1,199 @@
+"""The one place that says which config fields exist, and how durations work.
+
+Every experiment config starts from `base()` and changes what it needs. The
+base config is locked before it is handed to a user, so a misspelt key from a
+config file or from the shell (`--config.lrr=1`) is an error, and the resolved
+config written to the workdir shows every field the run used: there are no
+defaults hidden in the trainer.
+
+Durations (`total`, warm-up, log, eval and checkpoint periods) can be given in
+steps, epochs or examples: `total_steps`, `total_epochs` or `total_examples`,
+and the same for every prefix. `steps()` converts them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections as mlc
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
+  """Parses a config argument like `variant=fast,runlocal` into a ConfigDict.
+
+  A bare word (`runlocal`) means True. Values are converted to the type of the
+  default of the same name. Unknown names are errors, so that a typo such as
+  `:varient=fast` does not silently run the default recipe.
+  """
+  out = dict(defaults)
+  for part in (arg or "").split(","):
+    part = part.strip()
+    if not part:
+      continue
+    name, eq, value = part.partition("=")
+    name = name.strip()
+    if name not in defaults:
+      raise ValueError(
+          f"Unknown config argument {name!r} in {arg!r}. Known arguments: "
+          f"{', '.join(sorted(defaults))}. Example: "
+          "--config=configs/flowers_r50.py:variant=fast,runlocal")
+    default = defaults[name]
+    if not eq:
+      out[name] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"Config argument {name}={value!r}: expected true or false.")
+      out[name] = value.lower() in ("true", "1")
+    elif isinstance(default, int):
+      out[name] = int(value)
+    elif isinstance(default, float):
+      out[name] = float(value)
+    else:
+      out[name] = value
+  return mlc.ConfigDict(out)
+
+
+def _duration(c: mlc.ConfigDict, prefix: str) -> None:
+  for unit in ("steps", "epochs", "examples"):
+    c[f"{prefix}_{unit}"] = mlc.FieldReference(None, field_type=float if unit == "epochs" else int)
+
+
+def data_config() -> mlc.ConfigDict:
+  """Where examples come from."""
+  return mlc.ConfigDict(dict(
+      name="",                # TFDS name, e.g. 'oxford_flowers102'.
+      split="train",          # TFDS split string, e.g. 'train[:90%]'.
+      data_dir=mlc.FieldReference(None, field_type=str),  # Local or gs://; None = TFDS default.
+      # A fixed, class-balanced subset: this many examples in total, the first
+      # ones of each class in the split's order (the 1,020-image setting).
+      balanced_subset=mlc.FieldReference(None, field_type=int),
+  ))
+
+
+def eval_config() -> mlc.ConfigDict:
+  """One evaluator: its own data, preprocessing and period."""
+  c = mlc.ConfigDict(dict(
+      type="classification",  # 'classification' | 'distance' | 'calibration'.
+      data=data_config(),
+      pp="decode|resize_small(160)|central_crop(128)|value_range(-1, 1)",
+      batch_size=mlc.FieldReference(None, field_type=int),  # None: the training batch size.
+      cache_raw=False,
+      # Which models to evaluate: 'student', teacher names, or 'all'.
+      models="all",
+      ece_bins=15,
+  ))
+  _duration(c, "log")
+  return c
+
+
+def base() -> mlc.ConfigDict:
+  """Every field a big_distill run reads, with its default."""
+  c = mlc.ConfigDict()
+  c.seed = 0
+  _duration(c, "total")
+
+  # ---- Input -------------------------------------------------------------
+  c.input = mlc.ConfigDict()
+  c.input.data = data_config()
+  c.input.batch_size = 512
+  c.input.shuffle_buffer_size = 50_000
+  # Keep the raw (still encoded) examples in host memory. The stream then has
+  # random access, so it is one global function of (seed, step) whatever the
+  # number of processes. Right for small data sets; ImageNet streams instead.
+  c.input.cache_raw = False
+  c.input.pp = "decode"  # Deterministic ops applied once, before the views.
+  # The random view (crop + flip) and the fixed (deterministic) view.
+  c.input.pp_random = "inception_crop(128)|flip_lr"
+  c.input.pp_fixed = "resize_small(160)|central_crop(128)"
+  c.input.pp_post = "value_range(-1, 1)"  # Applied to every model's image.
+  c.input.prefetch = 2  # Batches prefetched to the devices.
+
+  # ---- Models ------------------------------------------------------------
+  c.num_classes = 102
+  c.student_name = "bit"
+  c.student = mlc.ConfigDict(dict(depth=50, width=1.0))
+  c.student_res = 128
+  c.student_init = mlc.FieldReference(None, field_type=str)
+  c.teachers = ("t1",)
+  c.t1_name = "bit"
+  c.t1 = mlc.ConfigDict(dict(depth=152, width=2.0))
+  c.t1_res = 128
+  c.t1_init = mlc.FieldReference(None, field_type=str)
+  c.compute_dtype = "float32"  # 'bfloat16' on accelerators.
+  c.remat_student = False
+
+  # ---- Distillation ------------------------------------------------------
+  c.distill = mlc.ConfigDict()
+  # 'consistent' (one crop for all models), 'independent' (a crop per model),
+  # 'fixed' (teachers see pp_fixed, the student random crops).
+  c.distill.views = "consistent"
+  c.distill.loss = "kl"  # 'kl' | 'euclidean' | 'logsoftmax_euclidean' | 'hard'.
+  c.distill.t = 1.0  # Temperature of 'kl'.
+  c.distill.label_weight = 0.0  # Weight of the labelled cross-entropy.
+  c.mixup = mlc.ConfigDict(dict(p=1.0))  # Beta(p, p); 0 disables mixup.
+
+  # ---- Optimizer ---------------------------------------------------------
+  c.optim = mlc.ConfigDict(dict(
+      name="adam",  # 'adam' | 'sgd' | 'muon' | 'shampoo'.
+      b1=0.9, b2=0.999, eps=1e-8,
+      mu_dtype="bfloat16",
+      momentum=0.9, nesterov=False,     # sgd.
+      muon_beta=0.95, muon_adam_lr_ratio=1.0,   # muon.
+      shampoo_block_size=128, shampoo_precond_every=10,
+      shampoo_start_preconditioning=10, shampoo_eps=1e-6,
+      shampoo_b2=0.999,
+  ))
+  c.lr = 0.003
+  c.wd = 3e-4  # Decoupled, on kernels only, scaled by the schedule.
+  c.grad_clip_norm = 1.0
+  c.schedule = mlc.ConfigDict(dict(decay_type="cosine", linear_end=0.0))
+  _duration(c.schedule, "warmup")
+
+  # ---- Sharding ----------------------------------------------------------
+  # -1: all the devices left. fsdp > 1 shards large parameters (teachers).
+  c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1))
+  c.fsdp_min_size = 2**18  # Arrays smaller than this are replicated.
+
+  # ---- Logging, checkpoints, evaluation ----------------------------------
+  _duration(c, "log_training")
+  _duration(c, "ckpt")
+  c.keep_ckpts = 3
+  c.allow_config_change = False  # Resume a workdir whose config differs.
+  c.profile = mlc.ConfigDict(dict(first_step=-1, num_steps=5))
+  c.evals = mlc.ConfigDict()
+  return c
+
+
+def steps(prefix: str, config: mlc.ConfigDict, *, num_examples: int | None,
+          batch_size: int, total_steps: int | None = None,
+          default: int | None = None) -> int | None:
+  """Returns the `prefix` duration of `config` in steps.
+
+  Exactly one of `{prefix}_steps`, `{prefix}_epochs`, `{prefix}_examples` may
+  be set. A negative value means "only at the end" (`total_steps`).
+  """
+  given = {u: config.get(f"{prefix}_{u}") for u in ("steps", "epochs", "examples")}
+  given = {u: v for u, v in given.items() if v is not None}
+  if len(given) > 1:
+    raise ValueError(
+        f"Config sets the duration '{prefix}' twice: "
+        + ", ".join(f"{prefix}_{u}={v}" for u, v in given.items())
+        + f". Keep one of them (e.g. --config.{prefix}_{next(iter(given))}=None).")
+  if not given:
+    return default
+  unit, value = next(iter(given.items()))
+  if unit == "steps":
+    n = int(value)
+  elif unit == "examples":
+    n = math.ceil(value / batch_size)
+  else:
+    if not num_examples:
+      raise ValueError(f"{prefix}_epochs needs the number of training examples, "
+                       "which is unknown here; give {prefix}_steps instead.")
+    n = math.ceil(value * num_examples / batch_size)
+  if n < 0:
+    if total_steps is None:
+      raise ValueError(f"{prefix}: a negative duration needs the total.")
+    return total_steps
+  return n
