@@ -1,0 +1,203 @@
+"""Tests for big_distill.shampoo: blocks, roots, one step by hand, and speed-up."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from big_distill import shampoo
+
+
+def _np_blocks(m, bm, bn):
+  rows, cols = m.shape
+  nr, nc = -(-rows // bm), -(-cols // bn)
+  m = np.pad(m, ((0, nr * bm - rows), (0, nc * bn - cols)))
+  return [m[i * bm:(i + 1) * bm, j * bn:(j + 1) * bn] for i in range(nr) for j in range(nc)]
+
+
+def _np_inv_root(a, eps):
+  w, v = np.linalg.eigh(a.astype(np.float64))
+  w = np.maximum(w, 0)
+  return (v * (w + eps * w.max()) ** -0.25) @ v.T
+
+
+# ---- Blocks ----------------------------------------------------------------
+
+@pytest.mark.parametrize("shape,block_size,want_blocks", [
+    ((3, 3, 5, 7), 4, (24, 4, 4)),  # 45 rows: 12 blocks of 4 (3 padded); 7 cols: 2 of 4.
+    ((130, 3), 128, (2, 65, 3)),    # As even as possible: two 65-row blocks, no padding.
+    ((1, 1, 6, 2), 128, (1, 6, 2)),  # 1x1 conv.
+    ((4, 6), 2, (6, 2, 2)),
+])
+def test_blocks_round_trip(shape, block_size, want_blocks):
+  x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
+  blocks = shampoo.to_blocks(x, block_size)
+  assert blocks.shape == want_blocks
+  np.testing.assert_array_equal(shampoo.from_blocks(blocks, shape, block_size), x)
+  # Row-major over the (H*W*I, O) matrix view, padding with zeros.
+  _, _, bm, bn, _, _ = shampoo.block_shape(shape, block_size)
+  want = _np_blocks(np.asarray(x).reshape(-1, shape[-1]), bm, bn)
+  np.testing.assert_array_equal(blocks, np.stack(want))
+
+
+# ---- Inverse 4th root ------------------------------------------------------
+
+def test_inverse_fourth_root_matches_numpy():
+  rng = np.random.default_rng(0)
+  q = np.linalg.qr(rng.normal(size=(3, 6, 6)))[0]
+  w = np.logspace(-3, 0, 6) * np.array([[1.0], [10.0], [1e-3]])  # Any scale.
+  spd = np.einsum("bij,bj,bkj->bik", q, w, q)
+  got = np.asarray(shampoo.inverse_fourth_root(jnp.asarray(spd, jnp.float32), 1e-6))
+  for a, r in zip(spd, got):
+    want = _np_inv_root(a, 1e-6)
+    np.testing.assert_allclose(r, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+    # r^4 (A + eps max_eig I) = I.
+    damped = a + 1e-6 * np.linalg.eigvalsh(a).max() * np.eye(6)
+    np.testing.assert_allclose(np.linalg.matrix_power(r.astype(np.float64), 4) @ damped,
+                               np.eye(6), atol=2e-3)
+
+
+def test_inverse_fourth_root_of_zero_is_identity():
+  got = shampoo.inverse_fourth_root(jnp.zeros((2, 3, 3)), 1e-6)
+  np.testing.assert_array_equal(got, np.broadcast_to(np.eye(3), (2, 3, 3)))
+
+
+# ---- One step against numpy ------------------------------------------------
+
+@pytest.mark.parametrize("graft", ["adam", "sgd"])
+def test_first_step_matches_numpy(graft):
+  rng = np.random.default_rng(1)
+  g = {"w": rng.normal(size=(6, 4)).astype(np.float32),
+       "b": rng.normal(size=(4,)).astype(np.float32)}
+  tx = shampoo.scale_by_shampoo(block_size=3, precond_every=1, b2=0.9, eps=1e-6,
+                                start_preconditioning=0, graft=graft, b1=0.0)
+  params = jax.tree.map(jnp.zeros_like, g)
+  u, state = jax.jit(tx.update)(jax.tree.map(jnp.asarray, g), tx.init(params))
+  # b1 = 0: the momentum is the gradient; Adam's first step is sign(g).
+  graft_dir = {k: np.sign(v) if graft == "adam" else v for k, v in g.items()}
+  np.testing.assert_allclose(u["b"], graft_dir["b"], rtol=1e-5)
+  blocks = _np_blocks(g["w"], 3, 2)
+  pre = [_np_inv_root(0.1 * b @ b.T, 1e-6) @ b @ _np_inv_root(0.1 * b.T @ b, 1e-6)
+         for b in blocks]
+  p = np.block([[pre[0], pre[1]], [pre[2], pre[3]]])
+  want = p * np.linalg.norm(graft_dir["w"]) / np.linalg.norm(p)
+  np.testing.assert_allclose(u["w"], want, rtol=2e-3, atol=2e-3)
+  np.testing.assert_allclose(state.stats["w"].left[0], 0.1 * blocks[0] @ blocks[0].T,
+                             rtol=1e-5)
+  assert state.stats["b"] is None and state.roots["b"] is None
+
+
+def test_before_start_it_is_adam():
+  rng = np.random.default_rng(2)
+  params = {"kernel": jnp.zeros((5, 3)), "bias": jnp.zeros((3,))}
+  tx = shampoo.scale_by_shampoo(block_size=4, start_preconditioning=3)
+  adam = optax.scale_by_adam()
+  s, sa = tx.init(params), adam.init(params)
+  update, update_adam = jax.jit(tx.update), jax.jit(adam.update)
+  for _ in range(3):
+    g = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    u, s = update(g, s)
+    ua, sa = update_adam(g, sa)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5), u, ua)
+
+
+# ---- Schedule of the roots, robustness -------------------------------------
+
+def _conv_tree():
+  rng = np.random.default_rng(3)
+  f = lambda *s: jnp.asarray(rng.normal(size=s) * 0.3, jnp.float32)
+  return {"conv": {"kernel": f(3, 3, 2, 4)},
+          "gn": {"scale": jnp.ones((4,)), "bias": jnp.zeros((4,))},
+          "head": {"kernel": f(4, 3), "bias": jnp.zeros((3,))}}
+
+
+def _conv_loss(params, x, y):
+  h = jax.lax.conv_general_dilated(x, params["conv"]["kernel"], (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  h = jax.nn.relu(h * params["gn"]["scale"] + params["gn"]["bias"]).mean((1, 2))
+  logits = h @ params["head"]["kernel"] + params["head"]["bias"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def test_conv_tree_under_jit_fixed_shapes_and_root_schedule():
+  params = _conv_tree()
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(8, 5, 5, 2)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, size=8))
+  tx = optax.chain(shampoo.scale_by_shampoo(block_size=8, precond_every=3,
+                                            start_preconditioning=2,
+                                            mu_dtype="bfloat16"),
+                   optax.scale(-0.05))
+  state = tx.init(params)
+  assert state[0].stats["conv"]["kernel"].left.shape == (3, 6, 6)  # 18 rows -> 3 x 6.
+  assert state[0].mu["conv"]["kernel"].dtype == jnp.bfloat16
+
+  @jax.jit
+  def step(params, state):
+    loss, g = jax.value_and_grad(_conv_loss)(params, x, y)
+    u, state = tx.update(g, state, params)
+    return optax.apply_updates(params, u), state, loss
+
+  shapes = jax.tree.map(lambda a: (a.shape, a.dtype), state)
+  changed, losses = [], []
+  for _ in range(9):
+    old = state[0].roots["conv"]["kernel"].left
+    params, state, loss = step(params, state)
+    changed.append(not np.array_equal(old, state[0].roots["conv"]["kernel"].left))
+    losses.append(float(loss))
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == shapes
+  # Roots are recomputed at steps start, start + every, ... (0-based).
+  assert changed == [False, False, True, False, False, True, False, False, True]
+  assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_non_finite_statistics_keep_previous_roots():
+  params = {"kernel": jnp.zeros((3, 2))}
+  tx = shampoo.scale_by_shampoo(precond_every=1, start_preconditioning=0)
+  g = {"kernel": jnp.ones((3, 2))}
+  update = jax.jit(tx.update)
+  _, state = update(g, tx.init(params))
+  bad = state._replace(stats=jax.tree.map(lambda s: s * jnp.nan, state.stats))
+  _, after = update(g, bad)
+  np.testing.assert_array_equal(after.roots["kernel"].left, state.roots["kernel"].left)
+
+
+def test_unknown_graft():
+  with pytest.raises(ValueError, match="Unknown Shampoo graft 'adagrad'; known: adam, sgd"):
+    shampoo.scale_by_shampoo(graft="adagrad")
+
+
+# ---- Faster than Adam ------------------------------------------------------
+
+def test_beats_adam_on_ill_conditioned_least_squares():
+  # Inputs with a rotated covariance of condition number 1e4: a diagonal
+  # preconditioner (Adam) cannot undo the rotation, Shampoo's L factor can.
+  rng = np.random.default_rng(0)
+  q = np.linalg.qr(rng.normal(size=(16, 16)))[0]
+  x = jnp.asarray((rng.normal(size=(64, 16)) * np.logspace(0, 2, 16)) @ q.T, jnp.float32)
+  y = x @ jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
+  params = {"kernel": jnp.zeros((16, 8)), "bias": jnp.zeros((8,))}
+  loss = lambda p: jnp.mean(jnp.square(x @ p["kernel"] + p["bias"] - y))
+
+  def final_loss(direction, lr, steps=150):
+    tx = optax.chain(direction, optax.scale(-lr))
+
+    def body(carry, _):
+      p, s = carry
+      u, s = tx.update(jax.grad(loss)(p), s, p)
+      return (optax.apply_updates(p, u), s), None
+
+    (p, _), _ = jax.lax.scan(body, (params, tx.init(params)), None, length=steps)
+    return loss(p)
+
+  lrs = jnp.array([0.03, 0.3])
+  run = lambda d: jax.jit(jax.vmap(lambda lr: final_loss(d, lr)))(lrs)
+  adam = run(optax.scale_by_adam())
+  sham = run(shampoo.scale_by_shampoo(block_size=16, precond_every=5,
+                                      start_preconditioning=5))
+  # Same learning rates (grafting gives both the same step size): Shampoo
+  # ends lower at each, and its best beats Adam's best (measured: Adam 181 and
+  # 12.9, Shampoo 22 and 1.3, from 40,000 at the start).
+  assert np.all(sham < adam), (sham, adam)
+  assert float(sham.min()) < float(adam.min()), (sham, adam)
