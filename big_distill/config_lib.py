@@ -140,6 +140,9 @@ def base() -> mlc.ConfigDict:
       mu_dtype="bfloat16",
       momentum=0.9, nesterov=False,     # sgd.
       muon_beta=0.95, muon_adam_lr_ratio=1.0,   # muon.
+      # Muon update RMS (0.2 ~ Adam's, so Adam's lr carries over); None:
+      # Keller Jordan's sqrt(max(1, fan_out/fan_in)) scaling (larger lr).
+      muon_consistent_rms=0.2,
       shampoo_block_size=128, shampoo_precond_every=10,
       shampoo_start_preconditioning=10, shampoo_eps=1e-6,
       shampoo_b2=0.999,
