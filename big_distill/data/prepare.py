@@ -1,0 +1,231 @@
+"""Offline preparation of data sets, so that training reads them by TFDS name.
+
+    # Fashion-MNIST from the Debian package dataset-fashion-mnist (no internet):
+    python -m big_distill.data.prepare fashion_mnist [--data_dir=DIR]
+
+    # Your own images, DIR/<split>/<class_name>/*.jpg (or .jpeg, .png):
+    python -m big_distill.data.prepare folder --path=DIR --name=my_data [--data_dir=DIR]
+
+    # Any other TFDS data set, with TFDS' own download (needs internet; data
+    # sets like imagenet2012 need --manual_dir with the files you downloaded):
+    python -m big_distill.data.prepare oxford_flowers102 [--data_dir=DIR]
+
+Every result is an ordinary TFDS data set under `data_dir` (TFDS' default when
+omitted: $TFDS_DATA_DIR or ~/tensorflow_datasets), read in a config with
+
+    config.input.data.name = "my_data"        # or "fashion_mnist"
+    config.input.data.split = "train"         # the folder's split names
+    config.input.data.data_dir = "DIR"        # the same --data_dir
+
+Fashion-MNIST: the Debian package holds the four .gz files TFDS would fetch
+(recompressed, so their checksums differ from the ones TFDS registers); TFDS'
+own FashionMNIST builder writes the data set, its download manager replaced by
+one that hands it these local files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import tensorflow_datasets as tfds
+
+import big_distill.data  # noqa: F401  (keeps TF off the accelerators)
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_MODULE = "python -m big_distill.data.prepare"
+
+
+def command(name: str, data_dir: str | None = None) -> str:
+  """The exact command that prepares the data set `name` in `data_dir`."""
+  dd = f" --data_dir={data_dir}" if data_dir else ""
+  if name == "fashion_mnist":
+    return f"{_MODULE} fashion_mnist{dd}"
+  if name in tfds.list_builders(with_community_datasets=False):
+    return f"{_MODULE} {name}{dd}   (add --manual_dir=DIR if TFDS asks for manual files)"
+  return f"{_MODULE} folder --path=YOUR_IMAGE_DIR --name={name}{dd}"
+
+
+class _LocalFiles:
+  """Stands in for tfds' DownloadManager when the files are already on disk.
+
+  Builders call `download_and_extract({key: url})`; this returns, for each URL,
+  the file of the same name in `src_dir`, gunzipped into `work_dir` as tfds'
+  own extraction would.
+  """
+
+  downloaded_size = 0
+
+  def __init__(self, src_dir: str | None, work_dir: str):
+    self.src_dir, self.work_dir = src_dir, work_dir
+
+  def download_and_extract(self, urls: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for key, url in urls.items():
+      name = os.path.basename(url)
+      src = os.path.join(self.src_dir, name)
+      dst = os.path.join(self.work_dir, name.removesuffix(".gz"))
+      with (gzip.open(src) if name.endswith(".gz") else open(src, "rb")) as f, \
+           open(dst, "wb") as g:
+        shutil.copyfileobj(f, g)
+      out[key] = dst
+    return out
+
+
+def _build_offline(builder: tfds.core.DatasetBuilder, src_dir: str | None = None):
+  """Runs `builder.download_and_prepare` with the files of `src_dir`, offline.
+
+  tfds' own download manager is bypassed: it would check the registered
+  checksums (which recompressed local copies do not match) and, in tfds 4.9.10,
+  needs the undeclared package importlib_resources to find them.
+  """
+  with tempfile.TemporaryDirectory() as work_dir:
+    builder._make_download_manager = lambda **_: _LocalFiles(src_dir, work_dir)  # pylint: disable=protected-access
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return builder
+
+
+def _ensure_fashion_mnist_files(src_dir: str) -> None:
+  """Installs the Debian package if its files are missing and we are root."""
+  missing = [f for f in FASHION_MNIST_FILES if not os.path.exists(os.path.join(src_dir, f))]
+  if not missing:
+    return
+  install = f"apt-get update && apt-get install -y {FASHION_MNIST_PACKAGE}"
+  if src_dir == FASHION_MNIST_DIR and os.geteuid() == 0 and shutil.which("apt-get"):
+    print(f"Fashion-MNIST files missing in {src_dir}; running: {install}", flush=True)
+    if subprocess.run(["apt-get", "install", "-y", FASHION_MNIST_PACKAGE]).returncode:
+      subprocess.run(["apt-get", "update"], check=False)
+      subprocess.run(["apt-get", "install", "-y", FASHION_MNIST_PACKAGE], check=False)
+    if all(os.path.exists(os.path.join(src_dir, f)) for f in FASHION_MNIST_FILES):
+      return
+  raise FileNotFoundError(
+      f"Fashion-MNIST files {missing} are not in {src_dir}. They come with the "
+      f"Debian package {FASHION_MNIST_PACKAGE}; install it as root with\n"
+      f"  sudo sh -c '{install}'\nthen run again: {_MODULE} fashion_mnist")
+
+
+def prepare_fashion_mnist(data_dir: str | None = None, *,
+                          src_dir: str = FASHION_MNIST_DIR) -> tfds.core.DatasetBuilder:
+  """Writes TFDS' fashion_mnist to `data_dir` from the Debian package's files."""
+  builder = tfds.builder("fashion_mnist", data_dir=data_dir)
+  if builder.is_prepared():
+    print(f"fashion_mnist is already prepared in {builder.data_dir}.")
+    return builder
+  _ensure_fashion_mnist_files(src_dir)
+  return _build_offline(builder, src_dir)
+
+
+def _folder_examples(path: str) -> tuple[list[str], dict[str, list]]:
+  """Reads DIR/<split>/<class>/<image>: the class names and each split's examples."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"--path {path!r} is not a folder.")
+  splits = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+  classes = sorted({c for s in splits for c in os.listdir(os.path.join(path, s))
+                    if os.path.isdir(os.path.join(path, s, c))})
+  examples = {}
+  for split in splits:
+    examples[split] = []
+    for c in classes:
+      cdir = os.path.join(path, split, c)
+      for f in sorted(os.listdir(cdir)) if os.path.isdir(cdir) else []:
+        if f.lower().endswith(IMAGE_EXTENSIONS):
+          rel = f"{c}/{f}"
+          examples[split].append((rel, {"image": os.path.join(cdir, f), "label": c,
+                                        "file_name": rel}))
+  examples = {s: ex for s, ex in examples.items() if ex}
+  if not examples:
+    raise FileNotFoundError(
+        f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}/<split>/<class>/. "
+        "Expected e.g. DIR/train/roses/1.jpg, DIR/test/tulips/7.jpg.")
+  return classes, examples
+
+
+def prepare_folder(path: str, name: str, data_dir: str | None = None, *,
+                   version: str = "1.0.0") -> tfds.core.DatasetBuilder:
+  """Makes the TFDS data set `name` from DIR/<split>/<class_name>/*.jpg.
+
+  Features: "image" (the original encoded bytes), "label" (class index in the
+  sorted class names) and "file_name" ("<class>/<file>"). The result is found
+  by `tfds.builder(name, data_dir=data_dir)`.
+  """
+  if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    raise ValueError(f"--name {name!r}: use lower_case_with_underscores (TFDS names).")
+  if name in tfds.list_builders(with_community_datasets=False):
+    raise ValueError(f"--name {name!r} is a registered TFDS data set; "
+                     "choose another name, e.g. my_{name}.")
+  classes, examples = _folder_examples(path)
+  builder = tfds.dataset_builders.AdhocBuilder(
+      name=name, version=version, data_dir=data_dir,
+      features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(),
+          "label": tfds.features.ClassLabel(names=classes),
+          "file_name": tfds.features.Text(),
+      }),
+      split_datasets=examples,
+      description=f"Images from {os.path.abspath(path)} (big_distill.data.prepare folder).")
+  if builder.is_prepared():
+    raise FileExistsError(
+        f"{name} {version} is already prepared in {builder.data_dir}. Delete that "
+        "folder to rebuild it, or give a new --version.")
+  _build_offline(builder)
+  print(f"Wrote {name}: {len(classes)} classes, "
+        + ", ".join(f"{s}={len(e)}" for s, e in examples.items())
+        + f", in {builder.data_dir}.")
+  return builder
+
+
+def prepare_tfds(name: str, data_dir: str | None = None,
+                 manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """Any registered TFDS data set, with TFDS' own download (needs internet)."""
+  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except ModuleNotFoundError as e:
+    raise ModuleNotFoundError(
+        f"{e}. tensorflow-datasets needs it to download data sets: "
+        "pip install importlib_resources") from e
+  return builder
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog=_MODULE, description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("dataset", help="'fashion_mnist', 'folder', or a TFDS name")
+  parser.add_argument("--data_dir", default=None, help="where TFDS data sets live")
+  parser.add_argument("--path", help="folder: DIR/<split>/<class>/*.jpg")
+  parser.add_argument("--name", help="folder: the data set's TFDS name")
+  parser.add_argument("--version", default="1.0.0", help="folder: data set version")
+  parser.add_argument("--manual_dir", help="TFDS data sets with manual downloads")
+  args = parser.parse_args(argv)
+  try:
+    if args.dataset == "fashion_mnist":
+      builder = prepare_fashion_mnist(args.data_dir)
+    elif args.dataset == "folder":
+      if not args.path or not args.name:
+        parser.error("folder needs --path=DIR and --name=NAME")
+      builder = prepare_folder(args.path, args.name, args.data_dir, version=args.version)
+    else:
+      builder = prepare_tfds(args.dataset, args.data_dir, args.manual_dir)
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  dd = f'"{args.data_dir}"' if args.data_dir else "None  # TFDS default"
+  print(f"Ready: config.input.data.name = {builder.name!r}; "
+        f"config.input.data.data_dir = {dd}\n"
+        f"Splits: {', '.join(f'{k}={v.num_examples}' for k, v in builder.info.splits.items())}")
+
+
+if __name__ == "__main__":
+  main()

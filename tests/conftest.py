@@ -1,0 +1,90 @@
+"""Shared fixtures: small prepared data sets, built once per test session.
+
+Under pytest-xdist the workers share one folder (guarded by a file lock), so a
+data set is prepared once, not once per worker.
+"""
+
+import fcntl
+import os
+
+import numpy as np
+import pytest
+
+FOLDER_NAME = "bd_test_images"  # TFDS name of the image-folder fixture.
+FOLDER_SPLITS = {"train": 24, "test": 23}
+FOLDER_CLASSES = ("cat", "dog", "owl")
+
+
+def _shared(tmp_path_factory, name, build):
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  path = root / name
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (path / "done").exists():
+      path.mkdir(exist_ok=True)
+      build(path)
+      (path / "done").touch()
+  return path
+
+
+def folder_image_id(pixel_value):
+  """Inverse of the id coding of the folder fixture (channel 0 = 10 * id + 5)."""
+  return np.round((np.asarray(pixel_value) - 5) / 10).astype(int)
+
+
+def _write_images(root):
+  """Smooth random 48x40 PNGs; channel 0 is constant and codes the example id."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split, n in FOLDER_SPLITS.items():
+    for i in range(n):
+      cls = FOLDER_CLASSES[i % len(FOLDER_CLASSES)]
+      (root / split / cls).mkdir(parents=True, exist_ok=True)
+      smooth = tf.image.resize(rng.uniform(0, 255, (4, 4, 2)), (48, 40), "bicubic")
+      image = np.concatenate([np.full((48, 40, 1), 10 * i + 5.0), smooth.numpy()], -1)
+      png = tf.io.encode_png(np.clip(image, 0, 255).astype(np.uint8))
+      tf.io.write_file(str(root / split / cls / f"{i:03d}.png"), png)
+
+
+@pytest.fixture(scope="session")
+def folder_data_dir(tmp_path_factory):
+  """data_dir holding the TFDS data set FOLDER_NAME, made by prepare.folder."""
+  def build(path):
+    from big_distill.data import prepare  # pylint: disable=g-import-not-at-top
+    _write_images(path / "images")
+    prepare.prepare_folder(str(path / "images"), FOLDER_NAME, str(path / "tfds"))
+  return str(_shared(tmp_path_factory, "folder", build) / "tfds")
+
+
+@pytest.fixture(scope="session")
+def fashion_data_dir(tmp_path_factory):
+  """data_dir with fashion_mnist prepared from the Debian package's files."""
+  from big_distill.data import prepare  # pylint: disable=g-import-not-at-top
+  files = [os.path.join(prepare.FASHION_MNIST_DIR, f) for f in prepare.FASHION_MNIST_FILES]
+  if not all(map(os.path.exists, files)):
+    pytest.skip(f"Debian package {prepare.FASHION_MNIST_PACKAGE} is not installed "
+                f"(no {prepare.FASHION_MNIST_DIR}); apt-get install -y "
+                f"{prepare.FASHION_MNIST_PACKAGE}")
+  path = _shared(tmp_path_factory, "fashion",
+                 lambda p: prepare.prepare_fashion_mnist(str(p)))
+  return str(path)
+
+
+@pytest.fixture
+def small_config():
+  """A base config shrunk for CPU tests; call it with the data set."""
+  def make(name, data_dir=None, split="train", **input_fields):
+    from big_distill import config_lib  # pylint: disable=g-import-not-at-top
+    c = config_lib.base()
+    c.input.data.name, c.input.data.split, c.input.data.data_dir = name, split, data_dir
+    c.input.batch_size = 6
+    c.input.shuffle_buffer_size = 8
+    c.input.pp_random = "inception_crop(32)|flip_lr"
+    c.input.pp_fixed = "resize_small(36)|central_crop(32)"
+    c.input.pp_post = "value_range(0, 255)"
+    c.student_res, c.t1_res = 16, 32
+    c.input.update(input_fields)
+    return c
+  return make

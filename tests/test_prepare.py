@@ -1,0 +1,80 @@
+"""Offline preparation: Fashion-MNIST from the Debian files, image folders."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from big_distill.data import prepare
+from tests.conftest import FOLDER_CLASSES, FOLDER_NAME, FOLDER_SPLITS
+
+
+def test_fashion_mnist_reads_through_tfds(fashion_data_dir):
+  builder = tfds.builder("fashion_mnist", data_dir=fashion_data_dir)
+  assert builder.is_prepared()
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+      "train": 60_000, "test": 10_000}
+  assert builder.info.features["label"].names[-1] == "Ankle boot"
+  ex = next(iter(tfds.as_numpy(builder.as_dataset(split="test[:100]").batch(100))))
+  assert ex["image"].shape == (100, 28, 28, 1) and ex["image"].max() > 200
+  assert set(ex["label"]) == set(range(10))
+
+
+def test_fashion_mnist_again_is_a_no_op(fashion_data_dir, capsys):
+  prepare.main(["fashion_mnist", f"--data_dir={fashion_data_dir}"])
+  out = capsys.readouterr().out
+  assert "already prepared" in out and "train=60000" in out
+
+
+def test_fashion_mnist_missing_files_say_what_to_run(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"apt-get install -y dataset-fashion-mnist"):
+    prepare.prepare_fashion_mnist(str(tmp_path / "tfds"), src_dir=str(tmp_path))
+
+
+def test_folder_is_loadable_by_name(folder_data_dir):
+  builder = tfds.builder(FOLDER_NAME, data_dir=folder_data_dir)
+  assert builder.info.features["label"].names == list(FOLDER_CLASSES)
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == FOLDER_SPLITS
+  ex = list(tfds.as_numpy(builder.as_dataset(split="test")))
+  names = sorted(e["file_name"].decode() for e in ex)
+  assert names[0] == "cat/000.png" and len(set(names)) == FOLDER_SPLITS["test"]
+  for e in ex:  # Label matches the folder; image is the original (lossless) one.
+    assert FOLDER_CLASSES[e["label"]] == e["file_name"].decode().split("/")[0]
+    assert e["image"].shape == (48, 40, 3)
+    assert e["image"][0, 0, 0] == 10 * int(e["file_name"][4:7]) + 5
+
+
+def test_folder_errors(tmp_path, folder_data_dir):
+  with pytest.raises(ValueError, match="registered TFDS data set"):
+    prepare.prepare_folder(str(tmp_path), "mnist")
+  with pytest.raises(ValueError, match="lower_case"):
+    prepare.prepare_folder(str(tmp_path), "My-Data")
+  with pytest.raises(FileNotFoundError, match="No images"):
+    prepare.prepare_folder(str(tmp_path), "empty_data")
+  images = os.path.join(os.path.dirname(folder_data_dir), "images")  # Prepared.
+  with pytest.raises(FileExistsError, match="already prepared"):
+    prepare.prepare_folder(images, FOLDER_NAME, folder_data_dir)
+  with pytest.raises(SystemExit):
+    prepare.main(["folder", "--name=x"])
+
+
+def test_folder_cli(tmp_path, capsys):
+  (tmp_path / "imgs" / "train" / "a").mkdir(parents=True)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.io.write_file(str(tmp_path / "imgs" / "train" / "a" / "x.JPG"),
+                   tf.io.encode_jpeg(np.zeros((5, 6, 3), np.uint8)))
+  prepare.main(["folder", f"--path={tmp_path / 'imgs'}", "--name=cli_data",
+                f"--data_dir={tmp_path / 'tfds'}"])
+  assert "config.input.data.name = 'cli_data'" in capsys.readouterr().out
+  builder = tfds.builder("cli_data", data_dir=str(tmp_path / "tfds"))
+  assert builder.info.splits["train"].num_examples == 1
+
+
+def test_command():
+  assert prepare.command("fashion_mnist", "/d") == (
+      "python -m big_distill.data.prepare fashion_mnist --data_dir=/d")
+  assert prepare.command("my_data") == (
+      "python -m big_distill.data.prepare folder --path=YOUR_IMAGE_DIR --name=my_data")
+  assert prepare.command("oxford_flowers102").startswith(
+      "python -m big_distill.data.prepare oxford_flowers102")
