@@ -1,0 +1,77 @@
+"""Checkpoints of the training state, with fallback to the previous one.
+
+orbax writes each checkpoint into a temporary directory and renames it only
+once complete, so a kill during a save never touches earlier checkpoints. A
+checkpoint that still cannot be read (a disk that lost files, a truncated copy)
+is reported and the one before it is used; a workdir that has checkpoints is
+never silently restarted from scratch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+class Checkpointer:
+  """Saves and restores one pytree of jax.Arrays (the training state)."""
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    self.directory = directory
+    self._mngr = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save,
+            create=True, cleanup_tmp_directories=True))
+
+  def steps(self) -> list[int]:
+    return sorted(self._mngr.all_steps(read=True))
+
+  def save(self, step: int, state: Any) -> None:
+    """Starts an (asynchronous) save; the arrays are copied before it returns."""
+    self._mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def restore(self, target: Any) -> tuple[int, Any] | None:
+    """Restores the newest readable checkpoint into `target`'s shardings.
+
+    `target` is a tree of jax.ShapeDtypeStruct with shardings (or arrays).
+    Returns None when there is no checkpoint at all.
+    """
+    steps = self.steps()
+    if not steps:
+      return None
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    errors = []
+    for step in reversed(steps):
+      try:
+        state = self._mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # orbax raises many kinds for a damaged step.
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        logging.error("Checkpoint at step %d in %s cannot be read (%s); "
+                      "falling back to the previous one.", step, self.directory, msg)
+        errors.append(f"step {step}: {msg}")
+        continue
+      if errors:
+        logging.warning("Resumed from step %d; newer unreadable checkpoints: %s",
+                        step, "; ".join(errors))
+      return step, state
+    raise CheckpointError(
+        f"None of the checkpoints in {self.directory} can be read:\n  "
+        + "\n  ".join(errors) +
+        "\nRefusing to start from scratch over them. Move the directory away to "
+        "start a new run, or repair the checkpoints.")
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
