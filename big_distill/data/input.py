@@ -1,0 +1,437 @@
+"""TFDS reading per process, training and evaluation streams, views, global arrays.
+
+What the trainer calls:
+
+    input_lib.check_prepared(config.input.data)    # at start-up: clear error + fix
+    n = input_lib.num_examples(config.input.data)  # for durations in epochs
+    ds = input_lib.make_train_dataset(config, start_step=step)
+    for batch in input_lib.to_global(ds, sharding, config.input.prefetch): ...
+    ds, num_batches = input_lib.make_eval_dataset(config, "val")
+
+Batches follow docs/DESIGN.md: `{"image": {name: f32[b, r, r, 3]}, "label":
+i32[b]}` plus `"_mask": f32[b]` in evaluation, where the names are "student"
+and `config.teachers`, and `r = config.<name>_res`. `b` is this process's share
+of the global batch; `to_global` assembles global `jax.Array`s.
+
+Per training example: `input.pp` (deterministic, e.g. decode) -> the view(s)
+(`distill.views`) -> a resize to each model's resolution -> `input.pp_post`
+per model. Views:
+  * 'consistent': one random view (`input.pp_random`) fed to every model; the
+    paper's consistent teaching / function matching.
+  * 'independent': each model gets its own random view of the same example
+    (the paper's ind/ic): the teacher's target is noisy for the student.
+  * 'fixed': teachers see the deterministic view `input.pp_fixed`, the student
+    random views. The teachers' input depends only on the example, so their
+    logits could be computed once and cached (the trainer may do so).
+
+Randomness (crops, flips, shuffling) comes only from stateless seeds derived
+from `config.seed`, so the stream is a function of (seed, step); see DESIGN.md
+"Determinism" and `make_train_dataset`.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from typing import Any, Iterable, Iterator
+
+import jax
+import ml_collections as mlc
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from big_distill.data import pp as pp_lib
+from big_distill.data import prepare
+
+VIEWS = ("consistent", "independent", "fixed")
+_RAW_KEYS = ("image", "label")  # What is read from TFDS (and cached).
+_INF = np.iinfo(np.int64).max
+# Independent streams derived from config.seed.
+_PERM, _AUG, _SHUFFLE, _EVAL = 1, 2, 3, 4
+
+
+class DataNotPreparedError(FileNotFoundError):
+  """The data set is not in data_dir; the message says how to prepare it."""
+
+
+# ---- Data sets: names, sizes, errors ---------------------------------------
+
+
+def model_names(config: mlc.ConfigDict) -> tuple[str, ...]:
+  """'student' and the teachers, the keys of batch['image']."""
+  return ("student", *config.teachers)
+
+
+def _data_dir_text(data_dir):
+  return data_dir or "the TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+
+
+def _not_prepared(data_config, why: str) -> DataNotPreparedError:
+  name, data_dir = data_config.name, data_config.data_dir
+  return DataNotPreparedError(
+      f"Data set {name!r} is not prepared in data_dir {_data_dir_text(data_dir)}: "
+      f"{why}. Prepare it with:\n  {prepare.command(name, data_dir)}\n"
+      "or point config.input.data.data_dir (or the eval's data.data_dir) at "
+      "the folder where it was prepared.")
+
+
+def _builder(data_config) -> tfds.core.DatasetBuilder:
+  if not data_config.name:
+    raise ValueError("The data set name is empty: set config.input.data.name "
+                     "(e.g. 'oxford_flowers102') or the eval's data.name.")
+  try:
+    return tfds.builder(data_config.name, data_dir=data_config.data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise _not_prepared(data_config, "it is neither a TFDS data set nor found "
+                        "there") from None
+
+
+def _check_split(builder, data_config) -> int:
+  """The number of examples of the (possibly sliced) split."""
+  try:
+    return builder.info.splits[data_config.split].num_examples
+  except (KeyError, ValueError, AssertionError) as e:
+    raise ValueError(
+        f"Bad split {data_config.split!r} for data set {data_config.name!r} ({e}). "
+        f"Its splits: {', '.join(builder.info.splits)}; slices look like "
+        "'train[:90%]'.") from None
+
+
+def _subset_sizes(builder, data_config) -> tuple[int, int]:
+  """(num_classes, examples per class) of `balanced_subset`, validated."""
+  n = data_config.balanced_subset
+  label = builder.info.features["label"] if "label" in builder.info.features else None
+  if label is None or not hasattr(label, "num_classes"):
+    raise ValueError(f"balanced_subset needs a ClassLabel 'label' in {data_config.name}.")
+  k = label.num_classes
+  if n <= 0 or n % k:
+    raise ValueError(f"balanced_subset={n} must be a positive multiple of the number "
+                     f"of classes of {data_config.name} ({k}), e.g. {10 * k}.")
+  return k, n // k
+
+
+def check_prepared(data_config) -> None:
+  """Raises a clear error (with the command that fixes it) if data is missing.
+
+  Cheap: reads only metadata. Call it at start-up for every data config.
+  """
+  builder = _builder(data_config)
+  if not builder.is_prepared():
+    raise _not_prepared(data_config, f"no data at {builder.data_dir}")
+  _check_split(builder, data_config)
+  if data_config.balanced_subset:
+    _subset_sizes(builder, data_config)
+
+
+def num_examples(data_config) -> int:
+  """The global number of examples after split slicing and balanced_subset."""
+  builder = _builder(data_config)
+  if data_config.balanced_subset:
+    _subset_sizes(builder, data_config)
+    return data_config.balanced_subset
+  return _check_split(builder, data_config)
+
+
+# ---- Reading ---------------------------------------------------------------
+
+
+def _read(builder, data_config, split=None, *, shuffle_seed: int | None = None,
+          keys: tuple[str, ...] = _RAW_KEYS) -> tf.data.Dataset:
+  """The raw examples {'image': encoded bytes, 'label'} of `split`, in order.
+
+  `split` defaults to `data_config.split` (a process's share is passed here).
+
+  With `shuffle_seed` the file order is shuffled once (the same every epoch,
+  so that resuming does not depend on how often the data set was iterated).
+  """
+  features = builder.info.features
+  keys = [k for k in keys if k in features]  # Other features are not parsed.
+  decoders = tfds.decode.PartialDecoding(
+      dict.fromkeys(keys, True),
+      decoders={k: tfds.decode.SkipDecoding() for k in keys
+                if isinstance(features[k], tfds.features.Image)})
+  read_config = tfds.ReadConfig(
+      shuffle_seed=shuffle_seed, shuffle_reshuffle_each_iteration=False,
+      try_autocache=False, skip_prefetch=True)
+  try:
+    return builder.as_dataset(split=split or data_config.split, decoders=decoders,
+                            shuffle_files=shuffle_seed is not None, read_config=read_config)
+  except (AssertionError, FileNotFoundError) as e:
+    raise _not_prepared(data_config, str(e).splitlines()[0]) from None
+
+
+def _subset_mask(builder, data_config) -> np.ndarray:
+  """bool[split size]: the first N/num_classes examples of each class."""
+  num_classes, per_class = _subset_sizes(builder, data_config)
+  labels = _read(builder, data_config, keys=("label",)).map(lambda ex: ex["label"])
+  labels = labels.batch(8192)
+  labels = np.concatenate(list(labels.as_numpy_iterator()))
+  rank = np.zeros_like(labels)  # Position of each example within its class.
+  for c in np.unique(labels):
+    rank[labels == c] = np.arange((labels == c).sum())
+  counts = np.bincount(labels, minlength=num_classes)
+  if counts.min() < per_class:
+    raise ValueError(f"balanced_subset={data_config.balanced_subset}: some class of "
+                     f"{data_config.name} {data_config.split} has fewer than "
+                     f"{per_class} examples (counts: {counts.tolist()}).")
+  return rank < per_class
+
+
+def _select(ds: tf.data.Dataset, mask: np.ndarray) -> tf.data.Dataset:
+  mask = tf.constant(mask)
+
+  def selected(i, ex):
+    del ex
+    return mask[i]
+
+  def drop_index(i, ex):
+    del i
+    return ex
+  return ds.enumerate().filter(selected).map(drop_index)
+
+
+def _local_batch(batch_size: int, process_count: int, what: str) -> int:
+  if batch_size % process_count:
+    raise ValueError(f"{what}={batch_size} must be divisible by the number of "
+                     f"processes ({process_count}).")
+  return batch_size // process_count
+
+
+def _processes(process_index, process_count) -> tuple[int, int]:
+  p = jax.process_index() if process_index is None else process_index
+  n = jax.process_count() if process_count is None else process_count
+  if not 0 <= p < n:
+    raise ValueError(f"process_index={p} is not in [0, process_count={n}).")
+  return p, n
+
+
+def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True
+  # Parallelism comes from map(); one thread per op leaves cores to JAX.
+  options.threading.max_intra_op_parallelism = 1
+  return ds.with_options(options)
+
+
+def _key(seed: int, stream: int) -> tf.Tensor:
+  return tf.constant([seed, stream], tf.int64)
+
+
+_fold_in = tf.random.experimental.stateless_fold_in
+
+
+# ---- Per-example preprocessing: views and resolutions ----------------------
+
+
+def _to_model(image, res: int, post: pp_lib.PPFn, rng, name: str) -> tf.Tensor:
+  """Resizes a view to a model's resolution, then applies pp_post."""
+  image = tf.cast(image, tf.float32)
+  if tuple(image.shape[:2]) != (res, res):
+    image = tf.image.resize(image, (res, res), antialias=True)
+  image = tf.cast(post({"image": image, "_rng": rng})["image"], tf.float32)
+  fix = (f"The image for {name!r} must be [{res}, {res}, 3]; got {image.shape}. "
+         "Add grayscale_to_rgb (or use decode(3)) in the pp string.")
+  if image.shape.rank != 3 or image.shape[-1] not in (3, None):
+    raise ValueError(fix)
+  with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(image)[-1], 3, fix)]):
+    return tf.ensure_shape(image, [res, res, 3])
+
+
+def _output(images: dict, data: dict, config, post, rng) -> dict:
+  out = {"image": {n: _to_model(images[n], config[f"{n}_res"], post,
+                                _fold_in(rng, i), n)
+                   for i, n in enumerate(model_names(config))}}
+  if "label" in data:
+    out["label"] = tf.cast(data["label"], tf.int32)
+  return out
+
+
+def _train_example_fn(config: mlc.ConfigDict):
+  """The per-example function of training: pp, views, resizes, pp_post."""
+  views = config.distill.views
+  if views not in VIEWS:
+    raise ValueError(f"config.distill.views={views!r}; use one of {VIEWS}.")
+  pre = pp_lib.parse(config.input.pp)
+  rand = pp_lib.parse(config.input.pp_random)
+  fixed = pp_lib.parse(config.input.pp_fixed)
+  post = pp_lib.parse(config.input.pp_post)
+  names = model_names(config)
+
+  def fn(data):
+    data = pre(data)
+    if views == "consistent":
+      images = dict.fromkeys(names, rand(data)["image"])
+    elif views == "independent":
+      images = {n: rand({**data, "_rng": _fold_in(data["_rng"], i)})["image"]
+                for i, n in enumerate(names)}
+    else:
+      images = {**dict.fromkeys(names, fixed(data)["image"]),
+                "student": rand(data)["image"]}
+    return _output(images, data, config, post, _fold_in(data["_rng"], -1))
+  return fn
+
+
+# ---- Training --------------------------------------------------------------
+
+
+def _cached_stream(builder, config, start_step, p, P) -> tf.data.Dataset:
+  """One global random-access sequence over the raw examples held in memory.
+
+  Global position g = step * B + i takes example perm_epoch[g % N] (a
+  stateless permutation per epoch) with the RNG fold_in(seed, g); process p
+  takes rows [p*b, (p+1)*b) of every global batch. So the global batches are
+  the same for any number of processes, and resuming is exact.
+  """
+  data_config = config.input.data
+  raw = _read(builder, data_config)
+  if data_config.balanced_subset:
+    raw = _select(raw, _subset_mask(builder, data_config))
+  chunks = list(raw.batch(8192).as_numpy_iterator())
+  if not chunks:
+    raise ValueError(f"{data_config.name} {data_config.split} has no examples.")
+  arrays = {k: tf.constant(np.concatenate([c[k] for c in chunks])) for k in chunks[0]}
+  n = int(arrays["image"].shape[0])
+  B, b = config.input.batch_size, config.input.batch_size // P
+  perm_key, aug_key = _key(config.seed, _PERM), _key(config.seed, _AUG)
+
+  def element(j):
+    g = (j // b) * B + p * b + j % b
+    idx = tf.random.experimental.index_shuffle(
+        g % n, seed=_fold_in(perm_key, g // n), max_index=n - 1)
+    ex = {k: tf.gather(v, idx) for k, v in arrays.items()}
+    return {**ex, "_rng": _fold_in(aug_key, g)}
+  return tf.data.Dataset.range(start_step * b, _INF).map(element)
+
+
+def _streamed(builder, config, start_step, p, P) -> tf.data.Dataset:
+  """This process's share, shuffled per epoch with a seeded buffer.
+
+  Example k of the process's stream gets the RNG fold_in(seed, p, k); a resume
+  at `start_step` starts at its epoch and skips inside it (exact for an
+  unchanged number of processes).
+  """
+  data_config = config.input.data
+  if data_config.balanced_subset:
+    raw = _select(_read(builder, data_config), _subset_mask(builder, data_config))
+    raw, n = raw.shard(P, p), len(range(p, data_config.balanced_subset, P))
+  else:
+    split = tfds.split_for_jax_process(data_config.split, process_index=p,
+                                       process_count=P)
+    raw = _read(builder, data_config, split, shuffle_seed=config.seed * 1009 + p)
+    n = int(raw.cardinality())
+    if n < 0:
+      n = int(raw.reduce(0, lambda c, _: c + 1))
+  if n == 0:
+    raise ValueError(f"Process {p} of {P} got no examples of {data_config.name} "
+                     f"{data_config.split}.")
+  shuffle_key = _fold_in(_key(config.seed, _SHUFFLE), p)
+  aug_key = _fold_in(_key(config.seed, _AUG), p)
+  buffer = min(config.input.shuffle_buffer_size, n)
+
+  def epoch(e):
+    seed = tf.random.stateless_uniform([], _fold_in(shuffle_key, e), minval=None,
+                                       maxval=None, dtype=tf.int64)
+    return raw.shuffle(buffer, seed=seed, reshuffle_each_iteration=False).enumerate(e * n)
+
+  start = start_step * (config.input.batch_size // P)
+  ds = tf.data.Dataset.range(start // n, _INF).flat_map(epoch).skip(start % n)
+  return ds.map(lambda k, ex: {**ex, "_rng": _fold_in(aug_key, k)})
+
+
+def make_train_dataset(config: mlc.ConfigDict, *, start_step: int = 0,
+                       process_index: int | None = None,
+                       process_count: int | None = None) -> tf.data.Dataset:
+  """This process's infinite stream of training batches, from `start_step` on.
+
+  Batches hold `config.input.batch_size // process_count` examples. The stream
+  is a function of (config.seed, step): `start_step=N` yields the batches that
+  an uninterrupted stream yields from step N on. With `config.input.cache_raw`
+  the raw examples are held in memory and the stream is one global sequence
+  (see `_cached_stream`); otherwise each process streams its own share.
+  """
+  p, P = _processes(process_index, process_count)
+  b = _local_batch(config.input.batch_size, P, "config.input.batch_size")
+  example_fn = _train_example_fn(config)  # Parses pp strings: fails early.
+  builder = _builder(config.input.data)
+  stream = _cached_stream if config.input.cache_raw else _streamed
+  ds = stream(builder, config, start_step, p, P)
+  ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return _options(ds)
+
+
+# ---- Evaluation ------------------------------------------------------------
+
+
+def make_eval_dataset(config: mlc.ConfigDict, evaluation: str | mlc.ConfigDict, *,
+                      process_index: int | None = None,
+                      process_count: int | None = None) -> tuple[tf.data.Dataset, int]:
+  """Deterministic evaluation batches of this process, and how many there are.
+
+  `evaluation` is a name in `config.evals` or an eval config. Every example of
+  the split is in exactly one process's batches once; the rest is padding with
+  "_mask" 0. Every process yields the same number of batches, as a collective
+  (jitted) evaluation needs. Each model's image is a resize of the one view
+  made by the eval's `pp` (which includes value_range; no pp_post).
+  """
+  ec = config.evals[evaluation] if isinstance(evaluation, str) else evaluation
+  p, P = _processes(process_index, process_count)
+  b = _local_batch(ec.batch_size or config.input.batch_size, P, "eval batch_size")
+  pre = pp_lib.parse(ec.pp)
+  builder = _builder(ec.data)
+  if ec.data.balanced_subset:
+    n = num_examples(ec.data)
+    raw = _select(_read(builder, ec.data), _subset_mask(builder, ec.data))
+    raw = raw.shard(P, p)
+  else:
+    n = _check_split(builder, ec.data)
+    raw = _read(builder, ec.data, tfds.even_splits(ec.data.split, n=P)[p])
+  if ec.cache_raw:
+    raw = raw.cache()
+  num_batches = -(-(-(-n // P)) // b)  # ceil(ceil(n / P) / b)
+  key = _key(config.seed, _EVAL)
+  identity = pp_lib.parse("")
+
+  def fn(i, data):
+    data = pre({**data, "_rng": _fold_in(key, i)})
+    images = dict.fromkeys(model_names(config), data["image"])
+    return {**_output(images, data, config, identity, data["_rng"]), "_mask": 1.0}
+
+  ds = raw.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  try:
+    pad = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+  except (TypeError, ValueError):
+    raise ValueError(f"Eval pp {ec.pp!r} gives examples of unknown shape "
+                     f"{ds.element_spec}; padding needs fixed shapes.") from None
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
+  ds = ds.take(num_batches * b).batch(b).prefetch(tf.data.AUTOTUNE)
+  return _options(ds), num_batches
+
+
+# ---- To the devices --------------------------------------------------------
+
+
+def to_global(iterator: Iterable[Any] | tf.data.Dataset,
+              sharding: jax.sharding.Sharding, prefetch: int = 2) -> Iterator[Any]:
+  """Yields each process-local batch as global jax.Arrays, `prefetch` ahead.
+
+  `sharding` (e.g. NamedSharding(mesh, P(("data", "fsdp")))) shards the
+  leading (batch) axis; every process passes its own rows. Transfers are
+  asynchronous, so keeping `prefetch` batches in flight overlaps them with the
+  train step.
+  """
+  if isinstance(iterator, tf.data.Dataset):
+    iterator = iterator.as_numpy_iterator()
+  iterator = iter(iterator)
+  queue = collections.deque()
+
+  def put(n):
+    for batch in itertools.islice(iterator, n):
+      queue.append(jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(sharding, x), batch))
+
+  put(max(prefetch, 1))
+  while queue:
+    yield queue.popleft()
+    put(1)
