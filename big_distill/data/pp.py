@@ -198,6 +198,13 @@ def _inception_window(shape, seed, area_min, area_max):
   return begin, size
 
 
+def _crop(image, begin, size) -> tf.Tensor:
+  """tf.slice that keeps the static number of channels."""
+  out = tf.slice(image, begin, size)
+  out.set_shape([None, None, image.shape[-1]])
+  return out
+
+
 def _check_area(area_min, area_max):
   if not 0 < area_min <= area_max <= 100:
     raise ValueError(f"need 0 < area_min <= area_max <= 100 (percent), "
@@ -210,7 +217,9 @@ def _check_area(area_min, area_max):
 def _decode(data: tf.Tensor, channels: int) -> tf.Tensor:
   if data.dtype != tf.string:  # Already decoded (e.g. by TFDS).
     return data
-  return tf.io.decode_image(data, channels=channels, expand_animations=False)
+  image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+  image.set_shape([None, None, channels or None])
+  return image
 
 
 @keyed("decode")
@@ -238,7 +247,7 @@ def get_decode_jpeg_and_inception_crop(size=None, area_min=5, area_max=100,
     def other():
       image = _decode(data, 3)
       begin, crop = _inception_window(tf.shape(image), seed, area_min, area_max)
-      return tf.slice(image, begin, crop)
+      return _crop(image, begin, crop)
 
     image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
     image.set_shape([None, None, 3])
@@ -257,7 +266,7 @@ def get_inception_crop(size=None, area_min=5, area_max=100, method="bilinear",
 
   def fn(image, seed):
     begin, crop = _inception_window(tf.shape(image), seed, area_min, area_max)
-    image = tf.slice(image, begin, crop)
+    image = _crop(image, begin, crop)
     return image if size is None else _resize(image, _hw(size), method, antialias)
   return fn
 
@@ -266,8 +275,12 @@ def get_inception_crop(size=None, area_min=5, area_max=100, method="bilinear",
 def get_random_crop(size):
   """A random `size` window (the image must be at least that large)."""
   h, w = _hw(size)
-  return lambda image, seed: tf.image.stateless_random_crop(
-      image, tf.stack([h, w, tf.shape(image)[-1]]), seed)
+
+  def fn(image, seed):
+    out = tf.image.stateless_random_crop(image, tf.stack([h, w, tf.shape(image)[-1]]), seed)
+    out.set_shape([h, w, image.shape[-1]])
+    return out
+  return fn
 
 
 @keyed("central_crop")

@@ -36,8 +36,6 @@ import tempfile
 
 import tensorflow_datasets as tfds
 
-import big_distill.data  # noqa: F401  (keeps TF off the accelerators)
-
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
