@@ -374,6 +374,10 @@ def make_eval_dataset(config: mlc.ConfigDict, evaluation: str | mlc.ConfigDict, 
   "_mask" 0. Every process yields the same number of batches, as a collective
   (jitted) evaluation needs. Each model's image is a resize of the one view
   made by the eval's `pp` (which includes value_range; no pp_post).
+
+  Build it once and iterate it at every evaluation: it is re-iterable and
+  yields the same batches each time, and with the eval's `cache_raw` only the
+  first pass reads files (a new data set object would read them again).
   """
   ec = config.evals[evaluation] if isinstance(evaluation, str) else evaluation
   p, P = _processes(process_index, process_count)
