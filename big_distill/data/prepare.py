@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
       builder = prepare_folder(args.path, args.name, args.data_dir, version=args.version)
     else:
       builder = prepare_tfds(args.dataset, args.data_dir, args.manual_dir)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
+  except (FileNotFoundError, FileExistsError, ValueError, ModuleNotFoundError) as e:
     sys.exit(f"error: {e}")
   dd = f'"{args.data_dir}"' if args.data_dir else "None  # TFDS default"
   print(f"Ready: config.input.data.name = {builder.name!r}; "
