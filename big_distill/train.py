@@ -282,6 +282,8 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
                               f"config.evals.{name}.batch_size")
   batch_sharding = parallel.batch_sharding(mesh)
   repl = parallel.replicated(mesh)
+  logging.info("mesh %s over %d devices (%d processes).", dict(mesh.shape),
+               jax.device_count(), jax.process_count())
 
   # ---- Durations --------------------------------------------------------
   batch_size = config.input.batch_size
@@ -312,6 +314,9 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   state_shape = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p),
                                           "step": jnp.zeros([], jnp.int32)}, student_shape)
   state_sharding = parallel.param_shardings(mesh, state_shape, config.fsdp_min_size)
+  sharded = [s for s in jax.tree.leaves(state_sharding["params"]) if s.spec != ()]
+  logging.info("Student: %d of %d parameter arrays sharded over fsdp.", len(sharded),
+               len(jax.tree.leaves(state_sharding["params"])))
 
   # Teachers: loaded and checked against their configs before any compile.
   teacher_params = {}
@@ -433,8 +438,18 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   return last
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter of orbax and TFDS (every save logs ~30 lines)."""
+
+  def filter(self, record):
+    noisy = ("/orbax/", "/tensorflow_datasets/")
+    return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
+
+
 def main(argv):
   del argv
+  for handler in std_logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("Give --config=configs/X.py[:args] and --workdir=DIR.")
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
