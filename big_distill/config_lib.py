@@ -177,12 +177,14 @@ def steps(prefix: str, config: mlc.ConfigDict, *, num_examples: int | None,
   be set. A negative value means "only at the end" (`total_steps`).
   """
   given = {u: config.get(f"{prefix}_{u}") for u in ("steps", "epochs", "examples")}
-  given = {u: v for u, v in given.items() if v is not None}
+  # 0 means "not set" as None does: None cannot be typed on a command line.
+  given = {u: v for u, v in given.items() if v}
   if len(given) > 1:
     raise ValueError(
         f"Config sets the duration '{prefix}' twice: "
         + ", ".join(f"{prefix}_{u}={v}" for u, v in given.items())
-        + f". Keep one of them (e.g. --config.{prefix}_{next(iter(given))}=None).")
+        + f". Keep one of them (e.g. --config.{prefix}_{next(iter(given))}=0, "
+        "which unsets it).")
   if not given:
     return default
   unit, value = next(iter(given.items()))

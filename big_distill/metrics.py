@@ -15,14 +15,24 @@ from typing import Mapping
 
 import jax
 from clu import metric_writers
+import tensorflow as tf
+
+gfile = tf.io.gfile
 
 
-def truncate_jsonl(path: str, last_step: int) -> None:
-  """Drops lines after `last_step` (and a torn last line from a kill)."""
-  if not os.path.exists(path):
-    return
+def _write_lines(path: str, lines: list[str]) -> None:
+  tmp = path + ".tmp"
+  with gfile.GFile(tmp, "w") as f:
+    f.write("".join(lines))
+  gfile.rename(tmp, path, overwrite=True)
+
+
+def truncate_jsonl(path: str, last_step: int) -> list[str]:
+  """Drops lines after `last_step` (and a torn line from a kill); returns the rest."""
+  if not gfile.exists(path):
+    return []
   keep = []
-  with open(path) as f:
+  with gfile.GFile(path) as f:
     for line in f:
       try:
         row = json.loads(line)
@@ -30,23 +40,25 @@ def truncate_jsonl(path: str, last_step: int) -> None:
         continue
       if row.get("step", 0) <= last_step:
         keep.append(json.dumps(row) + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  _write_lines(path, keep)
+  return keep
 
 
 class Writer:
   """Writes scalars to every sink; a no-op on processes other than 0."""
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, workdir: str, resume_step: int = 0, append: bool | None = None):
     self.main = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._clu = metric_writers.create_default_writer(
         workdir, just_logging=not self.main, asynchronous=False)
+    # Object stores (gs://) cannot append: there the whole file is rewritten
+    # at each write (a few MB at most, and writes are rare).
+    self._remote = ("://" in workdir) if append is None else not append
     if self.main:
-      truncate_jsonl(self.path, resume_step)
-      self._file = open(self.path, "a")
+      self._lines = truncate_jsonl(self.path, resume_step)
+      if not self._remote:
+        self._file = open(self.path, "a")
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     metrics = {k: float(v) for k, v in metrics.items()}
@@ -54,13 +66,18 @@ class Writer:
     if self.main:
       row = {"step": int(step)}
       row.update({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
-      self._file.write(json.dumps(row) + "\n")
-      self._file.flush()
+      line = json.dumps(row) + "\n"
+      if self._remote:
+        self._lines.append(line)
+        _write_lines(self.path, self._lines)
+      else:
+        self._file.write(line)
+        self._file.flush()
 
   def close(self) -> None:
     self._clu.flush()
     self._clu.close()
-    if self.main:
+    if self.main and not self._remote:
       self._file.close()
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 from ml_collections import config_flags
 import numpy as np
+import tensorflow as tf
 
 from big_distill import checkpoint as ckpt_lib
 from big_distill import config_lib
@@ -40,6 +41,8 @@ from big_distill import optim
 from big_distill import parallel
 from big_distill.data import input as input_lib
 from big_distill.data import pp as pp_lib
+
+gfile = tf.io.gfile
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/flowers_r50.py:variant=fast.",
@@ -99,9 +102,9 @@ def build_models(config: mlc.ConfigDict) -> Models:
 
 def resolve_init(path: str) -> str:
   """A BiT .npz, or a workdir of a previous run (its exported student.npz)."""
-  if os.path.isdir(path):
+  if gfile.isdir(path):
     exported = os.path.join(path, "student.npz")
-    if not os.path.exists(exported):
+    if not gfile.exists(exported):
       raise FileNotFoundError(
           f"{path} is a directory without student.npz: that run has not finished "
           "(student.npz is written at the end of training). Give its .npz or let it finish.")
@@ -131,18 +134,18 @@ def check_config(config: mlc.ConfigDict) -> None:
 def check_workdir(workdir: str, config: mlc.ConfigDict) -> None:
   """Refuses unwritable workdirs and workdirs of another config."""
   try:
-    os.makedirs(workdir, exist_ok=True)
+    gfile.makedirs(workdir)
     probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
-    with open(probe, "w") as f:
+    with gfile.GFile(probe, "w") as f:
       f.write("ok")
-    os.remove(probe)
-  except OSError as e:
+    gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as e:
     raise ConfigError(f"--workdir={workdir} is not writable ({e}). Choose another "
                       "directory or fix its permissions.") from None
   path = os.path.join(workdir, "config.json")
   new = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
+  if gfile.exists(path):
+    with gfile.GFile(path) as f:
       old = json.load(f)
     ignore = {"allow_config_change"}
     diff = _diff(old, new, ignore)
@@ -152,9 +155,9 @@ def check_workdir(workdir: str, config: mlc.ConfigDict) -> None:
           + "\nUse a new workdir, or pass --config.allow_config_change=True to resume it "
           "with the new config.")
   if jax.process_index() == 0:
-    with open(path + ".tmp", "w") as f:
+    with gfile.GFile(path + ".tmp", "w") as f:
       json.dump(new, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def _diff(old, new, ignore, prefix="") -> list[str]:
@@ -270,7 +273,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
       raise ConfigError(f"Teacher {t!r} has no checkpoint: set config.{t}_init to a BiT "
                         ".npz or the workdir of a finished run.")
     path = resolve_init(config[f"{t}_init"])
-    if not os.path.exists(path) and "://" not in path:
+    if not gfile.exists(path):
       raise ConfigError(f"Teacher {t!r}: checkpoint {path} does not exist. Download it "
                         f"(BiT files: BiT-M-R152x2.npz etc.) or fix config.{t}_init.")
 
