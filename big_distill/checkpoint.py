@@ -32,7 +32,8 @@ class Checkpointer:
             create=True, cleanup_tmp_directories=True))
 
   def steps(self) -> list[int]:
-    return sorted(self._mngr.all_steps(read=True))
+    self._mngr.reload()
+    return sorted(self._mngr.all_steps())
 
   def save(self, step: int, state: Any) -> None:
     """Starts an (asynchronous) save; the arrays are copied before it returns."""
