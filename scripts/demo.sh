@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's main command: installs big_distill in .venv, then runs the
+# offline Fashion-MNIST demo (teacher, then a student by function matching on
+# 1,020 images). Arguments go to `python -m big_distill.demo` (e.g. --scale=20).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e .
+exec .venv/bin/python -m big_distill.demo "$@"
