@@ -381,17 +381,18 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   last: dict[str, float] = {}
   pending = None  # (step, metrics on device): fetched one step late.
 
-  def flush(pending, force_log=False):
+  def flush(pending):
+    # One step late: the next step is already queued on the device, so
+    # waiting for this one's loss does not leave the accelerator idle.
     step, m = pending
-    m = jax.device_get(m)
-    loss = float(m["train/loss"])
+    loss = float(jax.device_get(m["train/loss"]))
     if not np.isfinite(loss):
       raise NonFiniteLossError(
           f"Non-finite training loss {loss} at step {step}. Last logged metrics: "
           f"{json.dumps(last, sort_keys=True)}. The last good checkpoint is kept; "
           "lower config.lr or check the data, then rerun to resume.")
-    if force_log or step % log_steps == 0 or step == total_steps:
-      out = {k: float(v) for k, v in m.items()}
+    if step % log_steps == 0 or step == total_steps:
+      out = {k: float(v) for k, v in jax.device_get(m).items()}
       out.update(progress.measure(step))
       writer.write(step, out)
       last.update(out)
