@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
 import resource
 import statistics
@@ -544,14 +545,53 @@ def _predict_fn(config: mlc.ConfigDict, dtype: str, which: tuple[str, ...]) -> C
                                  for k, v in jitted(params, images).items()}
 
 
+def _precision_inputs(config: mlc.ConfigDict, models: train_lib.Models, batch_size: int):
+  """(images, source): a batch of the config's training data where it is
+  prepared (trained weights see the images they know), else synthetic."""
+  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
+  try:
+    input_lib.check_prepared(config.input.data)
+  except (input_lib.DataNotPreparedError, ValueError):
+    return synthetic_batch(config, models.res, batch_size)["image"], "synthetic"
+  batch = next(input_lib.make_train_dataset(config).as_numpy_iterator())
+  return {k: np.asarray(v[:batch_size], np.float32) for k, v in batch["image"].items()}, "data"
+
+
+def _precision_params(config: mlc.ConfigDict, models: train_lib.Models, which) -> tuple:
+  """float32 weights per model, from its checkpoint (`config.student_init`,
+  `config.<teacher>_init`) where that file exists, else random; and which."""
+  rng = init_key(config.seed)
+  all_models = {"student": models.student, **models.teachers}
+  # Random heads: BiT's zero-initialized head would make every logit 0.
+  params = jax.jit(lambda: {
+      name: random_teacher(all_models[name], models.res[name], jax.random.fold_in(rng, i),
+                           jnp.float32) for i, name in enumerate(which)})()
+  source = {}
+  for name in which:
+    path = config.get(f"{name}_init")
+    try:
+      path = path and train_lib.resolve_init(path)
+    except FileNotFoundError:
+      path = None
+    source[name] = "random"
+    if path and os.path.isfile(path):
+      module = train_lib.model_module(config[f"{name}_name"])
+      params[name] = module.load(jax.device_get(params[name]), path)
+      source[name] = f"checkpoint {path}"
+  return params, source
+
+
 def compare_precision(config: mlc.ConfigDict, batch_size: int | None = None) -> dict[str, Any]:
   """bfloat16 against float32 logits of every model of `config` on one batch.
 
   float32: float32 weights and compute. bfloat16: as train.py runs it, the
-  student with float32 weights and bfloat16 compute, teachers with weights cast
-  to bfloat16 once. Per model: the relative L2 error of the logits, the largest
-  absolute difference, top-1 agreement, the mean KL(float32 || bfloat16) of the
-  softmax (the distillation target moves by this much), and, as the scale to
+  student with float32 weights and bfloat16 compute, teachers with weights
+  cast to bfloat16 once. Weights come from the models' checkpoints where the
+  config's `*_init` files exist (`weights`), else they are random; images are
+  a batch of the config's data where it is prepared (`images`), else
+  synthetic. Per model: the relative L2 error of the logits, the largest
+  absolute difference, top-1 agreement, the mean KL(float32 || bfloat16) of
+  the softmax (how far the distillation target moves), and, as the scale to
   read them against, `sensitivity`: how far float32 logits move when only the
   input images are rounded to bfloat16. Random networks at small resolutions
   are chaotic, so that scale matters (tests/test_bit.py bounds the model's own
@@ -561,14 +601,9 @@ def compare_precision(config: mlc.ConfigDict, batch_size: int | None = None) -> 
   models = train_lib.build_models(config)
   which = ("student", *models.teachers)
   batch_size = batch_size or min(config.input.batch_size, 32)
-  images = synthetic_batch(config, models.res, batch_size)["image"]
+  images, image_source = _precision_inputs(config, models, batch_size)
   rounded = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), images)
-  rng = init_key(config.seed)
-  # Random heads: BiT's zero-initialized head would make every logit 0.
-  all_models = {"student": models.student, **models.teachers}
-  params = jax.jit(lambda: {
-      name: random_teacher(all_models[name], models.res[name], jax.random.fold_in(rng, i),
-                           jnp.float32) for i, name in enumerate(which)})()
+  params, weights = _precision_params(config, models, which)
   bf16 = {k: v if k == "student" else jax.tree.map(lambda x: x.astype(jnp.bfloat16), v)
           for k, v in params.items()}
   predict32 = _predict_fn(config, "float32", which)
@@ -576,7 +611,8 @@ def compare_precision(config: mlc.ConfigDict, batch_size: int | None = None) -> 
   l16 = _predict_fn(config, "bfloat16", which)(bf16, images)
   rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(a))
   out = {"mode": "precision", "device_kind": jax.devices()[0].device_kind, "batch": batch_size,
-         "ratio_tol": BF16_RATIO_TOL, "models": {}}
+         "images": image_source, "weights": weights, "ratio_tol": BF16_RATIO_TOL,
+         "models": {}}
   for name in which:
     a, b = l32[name], l16[name]
     kl = distill.kl(jnp.asarray(b, jnp.float32), jnp.asarray(a, jnp.float32))

@@ -50,16 +50,17 @@ def last_value(workdir: str, key: str):
 
 
 def mean_rate(workdir: str) -> float:
-  """Mean training images/s over the logged steps after the first (compile)."""
+  """Training images/s: mean steps/s after the first log (compile) x batch."""
   rates = []
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       row = json.loads(line)
-      if "progress/img_per_sec_per_device" in row:
-        rates.append(row["progress/img_per_sec_per_device"])
-  import jax  # pylint: disable=g-import-not-at-top
+      if "progress/steps_per_sec" in row:
+        rates.append(row["progress/steps_per_sec"])
+  with open(os.path.join(workdir, "config.json")) as f:
+    batch = json.load(f)["input"]["batch_size"]
   rates = rates[1:] or rates
-  return sum(rates) / max(len(rates), 1) * jax.device_count()
+  return sum(rates) / max(len(rates), 1) * batch
 
 
 def run(cmd: list[str]) -> None:
