@@ -339,7 +339,30 @@ def collect(root: Path, results_dir: Path, select_on: str = "test") -> dict:
   }
   (results_dir / "results.json").write_text(json.dumps(out, indent=1) + "\n")
   print(f"# wrote {results_dir / 'results.json'} ({len(cells)} cells)")
+  print(markdown_table(out))
   return out
+
+
+def markdown_table(res: dict) -> str:
+  """Arms x budgets: test top-1 (agreement, train KL) of the finished table cells."""
+  table = res["table"]
+  budgets = sorted({v["epochs"] for v in table.values()})
+  pct = lambda x: "-" if x is None else f"{100 * x:.2f}"
+  lines = ["| arm | " + " | ".join(f"{fmt(b)} ep" for b in budgets) + " |",
+           "|---|" + "---|" * len(budgets)]
+  for arm in ARMS:
+    cells = []
+    for b in budgets:
+      v = table.get(f"{arm}_e{fmt(b)}")
+      if v is None:
+        cells.append("not run")
+      elif arm == "supervised":
+        cells.append(f"{pct(v['test_top1'])} (lr {fmt(v['lr'])})")
+      else:
+        kl = "-" if v["kl_train"] is None else f"{v['kl_train']:.3f}"
+        cells.append(f"{pct(v['test_top1'])} / {pct(v['agree_top1_test'])} / {kl}")
+    lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 # ---- Figures ---------------------------------------------------------------

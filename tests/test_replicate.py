@@ -191,3 +191,14 @@ def test_real_run_records_wall_time_and_resumes(rp, tmp_path, capsys, monkeypatc
   rp.main(args)
   assert len(calls) == 1  # Finished: not rerun.
   assert "consistent_e3: finished, skipped" in capsys.readouterr().out
+
+
+def test_markdown_table(rp):
+  res = {"table": {
+      "funmatch_e30": {"epochs": 30.0, "test_top1": 0.7, "agree_top1_test": 0.9, "kl_train": 0.1, "lr": 0.003},
+      "supervised_e30": {"epochs": 30.0, "test_top1": 0.55, "agree_top1_test": None, "kl_train": None, "lr": 0.01}}}
+  md = rp.markdown_table(res).splitlines()
+  assert md[0] == "| arm | 30 ep |"
+  assert "| supervised | 55.00 (lr 0.01) |" in md
+  assert "| funmatch | 70.00 / 90.00 / 0.100 |" in md
+  assert "| fixed | not run |" in md
