@@ -62,6 +62,7 @@ BATCH = 128
 DEFAULT_TEACHER_FROM = "/tmp/demo1/teacher"
 DEFAULT_TEACHER_EPOCHS = 1.5
 HELDOUT_SPLIT = "train[50000:]"
+FAILED: list[str] = []  # Cells whose command failed in this invocation.
 RUN_INFO = "replicate_run.json"  # Written into each workdir after its run.
 KEYS = {
     "test_top1": "test/student_top1",
@@ -205,7 +206,12 @@ def run_cell(arm: str, epochs: float, root: Path, args, lr: float | None = None,
   if finished(workdir):
     print(f"# {workdir.name}: finished, skipped. ({show(cmd)[2:]})", flush=True)
     return workdir
-  run_logged(cmd, workdir, args.dry_run)
+  try:
+    run_logged(cmd, workdir, args.dry_run)
+  except subprocess.CalledProcessError as e:  # One failed cell does not stop the table.
+    print(f"# {workdir.name}: FAILED (exit status {e.returncode}); rerun the command to resume.",
+          flush=True)
+    FAILED.append(workdir.name)
   return workdir
 
 
@@ -454,8 +460,13 @@ def parse_args(argv=None):
 
 
 def absolute(path: str) -> Path:
-  """`path` as given: relative paths are relative to the repository (the cwd of every run)."""
-  return Path(path)
+  """An absolute path: relative ones are relative to the repository.
+
+  Absolute because big_distill.train's orbax checkpointing rejects a relative
+  --workdir ("Checkpoint path should be absolute") at its first checkpoint.
+  """
+  q = Path(path)
+  return q if q.is_absolute() else REPO / q
 
 
 def supervised_sweep(epochs: float, root: Path, args) -> float | None:
@@ -511,14 +522,16 @@ def main(argv=None) -> int:
     else:
       run_cell(args.arm, args.epochs, root, args, lr=args.lr)
   if args.dry_run or args.no_collect:
-    return 0
+    return 1 if FAILED else 0
   if root.exists():
     collect(root, results_dir, args.select_on)
     try:
       figures(root, results_dir, fig_dir)
     except Exception as e:  # pylint: disable=broad-except
       print(f"note: figures not drawn: {e!r}")
-  return 0
+  if FAILED:
+    print("# failed cells: " + ", ".join(FAILED))
+  return 1 if FAILED else 0
 
 
 if __name__ == "__main__":

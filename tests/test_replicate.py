@@ -202,3 +202,28 @@ def test_markdown_table(rp):
   assert "| supervised | 55.00 (lr 0.01) |" in md
   assert "| funmatch | 70.00 / 90.00 / 0.100 |" in md
   assert "| fixed | not run |" in md
+
+
+def test_failed_cell_does_not_stop_the_table(rp, tmp_path, monkeypatch):
+  root = tmp_path / "rep"
+  (root / "teacher").mkdir(parents=True)
+  (root / "teacher" / "student.npz").write_bytes(b"x")
+  calls = []
+
+  def fake_run(cmd, check, cwd):
+    calls.append(Path(_workdir(cmd)).name)
+    if len(calls) == 1:
+      raise rp.subprocess.CalledProcessError(2, cmd)
+    _write_metrics(Path(_workdir(cmd)), _student_rows(0.7, 0.1))
+
+  monkeypatch.setattr(rp.subprocess, "run", fake_run)
+  monkeypatch.setattr(rp, "_DEVICE", "fake-device")
+  monkeypatch.setattr(rp, "FAILED", [])
+  rc = rp.main(["--all", "--arms=funmatch,fixed", "--budgets=3", f"--root={root}", "--no_collect"])
+  assert rc == 1 and calls == ["funmatch_e3", "fixed_e3"] and rp.FAILED == ["funmatch_e3"]
+
+
+def test_relative_root_becomes_absolute(rp, capsys):
+  rp.main(["--arm=fixed", "--epochs=3", "--dry_run", "--root=workdirs/x", "--teacher_from="])
+  cmds = _commands(capsys.readouterr().out)
+  assert _workdir(cmds[-1]) == str(REPO / "workdirs" / "x" / "fixed_e3")
