@@ -1,0 +1,730 @@
+"""Reliability: exact resume after SIGKILL/SIGTERM, damaged checkpoints, clear
+early errors, non-finite losses.
+
+Training runs are the CLI in a subprocess, killed and restarted like a
+scheduler would. They share one persistent JAX compilation cache, so the tiny
+model compiles once per session and the other runs pay only their start-up.
+The uninterrupted reference run is shared by all tests (and pytest-xdist
+workers). Errors that must come before any expensive work run `train.train`
+in-process with tripwires on the checkpointer and the input pipeline (the
+first expensive things the trainer builds): reaching them fails the test.
+"""
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from big_distill import checkpoint as ckpt_lib
+from big_distill import train
+from big_distill.data import input as input_lib
+from big_distill.data import prepare
+from tests import tiny_config
+from tests.conftest import _shared
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "tests" / "tiny_config.py")
+STEPS, CKPT = 16, 3  # Checkpoints at 3, 6, ..., 15 and 16 (orbax keeps the newest 3).
+KILL_POINTS = 3
+KILL_SEED = 20240611
+
+
+def run_arg(data_dir, teacher, **changes):
+  args = dict(data_dir=data_dir, teacher=teacher, steps=STEPS, ckpt=CKPT, log=1,
+              evals="false", subset=0, split="train[:160]")  # 10 steps an epoch.
+  args.update(changes)
+  return ",".join(f"{k}={v}" for k, v in args.items())
+
+
+def make_config(arg, **fields):
+  config = tiny_config.get_config(arg)
+  for path, value in fields.items():
+    *parents, leaf = path.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  config.lock()
+  return config
+
+
+# ---- The CLI in a subprocess ------------------------------------------------
+
+
+class Cli:
+  """`python -m big_distill.train` started in the background; output in a file."""
+
+  def __init__(self, workdir, arg, *flags, log, cache, devices=1, env=None):
+    self.log, self.workdir = Path(log), Path(workdir)
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", **(env or {}))
+    cmd = [sys.executable, "-m", "big_distill.train", f"--config={CONFIG}:{arg}",
+           f"--workdir={workdir}", *flags]
+    with open(self.log, "w") as f:
+      self.proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                   cwd=REPO)
+
+  def wait(self, timeout=600) -> int:
+    return self.proc.wait(timeout=timeout)
+
+  @property
+  def output(self) -> str:
+    return self.log.read_text(errors="replace")
+
+  def tail(self, n=4000) -> str:
+    return self.output[-n:]
+
+
+def run_to_end(workdir, arg, *flags, log, cache, **kwargs) -> tuple[int, str]:
+  cli = Cli(workdir, arg, *flags, log=log, cache=cache, **kwargs)
+  try:
+    return cli.wait(), cli.output
+  finally:
+    if cli.proc.poll() is None:
+      cli.proc.kill()
+
+
+def finished_steps(workdir) -> list[int]:
+  """Steps of the finished checkpoints (orbax renames a save's tmp dir when done)."""
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def unfinished_saves(workdir) -> list[str]:
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(n for n in os.listdir(d) if not n.isdigit()) if os.path.isdir(d) else []
+
+
+def wait_first_checkpoint(cli: Cli, timeout=600) -> float:
+  """Polls the workdir for the first finished checkpoint; returns when it appeared."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if finished_steps(cli.workdir):
+      return time.monotonic()
+    if cli.proc.poll() is not None:
+      pytest.fail(f"The run exited ({cli.proc.returncode}) before its first checkpoint:\n"
+                  + cli.tail())
+    time.sleep(0.02)
+  cli.proc.kill()
+  pytest.fail("No checkpoint after %d s:\n%s" % (timeout, cli.tail()))
+
+
+def resumed_step(output) -> int | None:
+  m = re.search(r"Resumed from the checkpoint at step (\d+)", output)
+  return int(m[1]) if m else None
+
+
+def read_params(workdir) -> dict[str, np.ndarray]:
+  with np.load(os.path.join(workdir, "student.npz"), allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+def params_differences(a, b) -> list[str]:
+  """Arrays that are not bitwise equal (an empty list when all are)."""
+  if sorted(a) != sorted(b):
+    return [f"keys differ: {sorted(set(a) ^ set(b))[:5]}"]
+  return [k for k in sorted(a)
+          if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape
+          or a[k].tobytes() != b[k].tobytes()]
+
+
+def train_rows(workdir) -> dict[int, dict]:
+  """metrics.jsonl by step, without the progress/* timings; one row per step."""
+  rows = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      step = row.pop("step")
+      assert step not in rows, f"step {step} logged twice in {workdir}/metrics.jsonl"
+      rows[step] = {k: v for k, v in row.items() if not k.startswith("progress/")}
+  return rows
+
+
+def snapshot(root) -> dict[str, str]:
+  """Every file under `root` with its content hash."""
+  out = {}
+  for path in sorted(Path(root).rglob("*")):
+    if path.is_file():
+      out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return out
+
+
+# ---- Shared runs ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+  """One persistent compilation cache for every subprocess of the session."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  return str(_shared(tmp_path_factory, "reliability_jax_cache", lambda p: None))
+
+
+class Reference:
+  """The uninterrupted run every interrupted one is compared with."""
+
+  def __init__(self, path, data_dir):
+    info = json.loads((path / "reference.json").read_text())
+    self.teacher = info["teacher"]
+    self.arg = run_arg(data_dir, self.teacher)
+    self.workdir = path / "run"
+    self.params = read_params(self.workdir)
+    self.rows = train_rows(self.workdir)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, fashion_data_dir, jax_cache):
+  def build(path):
+    shutil.rmtree(path / "run", ignore_errors=True)
+    teacher = tiny_config.write_teacher(path / "teacher.npz")
+    cli = Cli(path / "run", run_arg(fashion_data_dir, teacher), log=path / "run.log",
+              cache=jax_cache)
+    rc = cli.wait()
+    assert rc == 0, cli.tail()
+    (path / "reference.json").write_text(json.dumps({"teacher": teacher}))
+  ref = Reference(_shared(tmp_path_factory, "reliability_reference", build), fashion_data_dir)
+  assert sorted(ref.rows) == list(range(1, STEPS + 1))
+  assert finished_steps(ref.workdir) == [12, 15, 16]
+  return ref
+
+
+def copy_run(ref: Reference, dest, steps=None) -> Path:
+  """The reference workdir without its export (and only checkpoints `steps`)."""
+  shutil.copytree(ref.workdir, dest, ignore=shutil.ignore_patterns("student.npz", "events.*"))
+  for s in finished_steps(dest):
+    if steps is not None and s not in steps:
+      shutil.rmtree(dest / "checkpoints" / str(s))
+  return dest
+
+
+def assert_same_as_reference(ref: Reference, workdir, what: str) -> None:
+  diff = params_differences(ref.params, read_params(workdir))
+  assert not diff, f"{what}: student.npz differs from the uninterrupted run in {diff[:5]}"
+  rows = train_rows(workdir)
+  assert sorted(rows) == sorted(ref.rows), f"{what}: logged steps {sorted(rows)}"
+  bad = [s for s in rows if rows[s] != ref.rows[s]]
+  assert not bad, (f"{what}: metrics differ at steps {bad}, e.g. step {bad[0]}: "
+                   f"{rows[bad[0]]} vs {ref.rows[bad[0]]}")
+
+
+# ---- 1. Exact resume after SIGKILL and SIGTERM -------------------------------
+
+
+def logged_steps(workdir) -> list[int]:
+  """Steps in a killed run's metrics.jsonl (its last line may be torn)."""
+  steps = []
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+          pass
+  return steps
+
+
+def test_sigkill_at_random_points_then_rerun_is_bitwise_exact(reference, tmp_path, jax_cache):
+  """Kill -9 the CLI at random moments after its first checkpoint; rerun it.
+
+  A kill point is a random step to reach (as logged in metrics.jsonl) and then a
+  random short sleep: a wall-clock delay alone lands anywhere, or after the end,
+  on a machine whose load varies.
+  """
+  rng = np.random.default_rng(KILL_SEED)
+  targets = sorted(rng.choice(np.arange(CKPT + 1, STEPS), KILL_POINTS, replace=False))
+  results, failures = [], []
+  for i, target in enumerate(targets):
+    workdir = tmp_path / f"kill{i}"
+    cli = Cli(workdir, reference.arg, log=tmp_path / f"kill{i}.log", cache=jax_cache)
+    wait_first_checkpoint(cli)
+    while cli.proc.poll() is None and max(logged_steps(workdir), default=0) < target:
+      time.sleep(0.005)
+    sleep = float(rng.uniform(0, 0.15))
+    time.sleep(sleep)
+    cli.proc.send_signal(signal.SIGKILL)
+    rc = cli.wait()
+    finished, partial = finished_steps(workdir), unfinished_saves(workdir)
+    logged = max(logged_steps(workdir), default=0)
+    rc2, out = run_to_end(workdir, reference.arg, log=tmp_path / f"kill{i}.rerun.log",
+                          cache=jax_cache)
+    result = dict(point=i, target_step=int(target), sleep_s=round(sleep, 3),
+                  killed=rc == -signal.SIGKILL, last_logged_step=logged,
+                  finished_ckpts=finished, save_in_progress=partial,
+                  resumed_from=resumed_step(out))
+    try:
+      assert rc2 == 0, out[-4000:]
+      assert "cannot be read" not in out, out[-4000:]  # The kill damaged no checkpoint.
+      assert finished and result["resumed_from"] == finished[-1], (finished, out[-3000:])
+      assert_same_as_reference(reference, workdir, f"kill point {i}")
+      result["exact"] = True
+    except AssertionError as e:
+      result["exact"] = False
+      failures.append(f"kill point {i}: {e}")
+    results.append(result)
+  print(f"\n{len(results)} SIGKILL points (seed {KILL_SEED}):")
+  for r in results:
+    print("  ", json.dumps(r))
+  assert not failures, "\n".join(failures)
+  assert any(r["killed"] for r in results), "every run finished before its kill"
+
+
+def test_sigterm_saves_where_it_stopped_and_rerun_is_bitwise_exact(reference, tmp_path,
+                                                                    jax_cache):
+  workdir = tmp_path / "term"
+  cli = Cli(workdir, reference.arg, log=tmp_path / "term.log", cache=jax_cache)
+  wait_first_checkpoint(cli)  # 13 steps to go: SIGTERM lands mid-run even on a busy machine.
+  cli.proc.send_signal(signal.SIGTERM)
+  rc = cli.wait()
+  out = cli.output
+  m = re.search(r"Preempted at step (\d+); checkpoint saved", out)
+  assert m, f"no 'Preempted at step N' (rc={rc}); SIGTERM landed too late?\n{out[-4000:]}"
+  stopped = int(m[1])
+  print(f"\nSIGTERM: stopped at step {stopped}, exit code {rc}, "
+        f"checkpoints {finished_steps(workdir)}")
+  assert "Signal 15: saving a checkpoint" in out
+  assert stopped in finished_steps(workdir), (stopped, finished_steps(workdir))
+  assert stopped < STEPS and not (workdir / "student.npz").exists()
+  assert max(train_rows(workdir)) == stopped
+  rc, out = run_to_end(workdir, reference.arg, log=tmp_path / "term.rerun.log", cache=jax_cache)
+  assert rc == 0, out[-4000:]
+  assert resumed_step(out) == stopped, out[-3000:]
+  assert_same_as_reference(reference, workdir, "after SIGTERM")
+
+
+# ---- 2. Damaged checkpoints ---------------------------------------------------
+
+
+def _truncate(files):
+  assert files
+  for f in files:
+    os.truncate(f, min(10, os.path.getsize(f)))
+
+
+def damage(step_dir, how):
+  step_dir = Path(step_dir)
+  data = glob.glob(str(step_dir / "default" / "ocdbt.process_*" / "d" / "*"))
+  if how == "truncate":
+    _truncate(data)
+  elif how == "delete_arrays":
+    assert data
+    for f in data:
+      os.remove(f)
+  elif how == "delete_item":
+    shutil.rmtree(step_dir / "default")
+  elif how == "empty_step_dir":
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+  else:
+    raise ValueError(how)
+
+
+def abstract_state(checkpoints_dir, step):
+  mngr = ocp.CheckpointManager(checkpoints_dir)
+  try:
+    state = mngr.restore(step, args=ocp.args.StandardRestore())
+  finally:
+    mngr.close()
+  return state, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                            sharding=x.sharding), state)
+
+
+_POISONS_MANAGER = pytest.mark.xfail(strict=True, reason=(
+    "checkpoint.Checkpointer: after orbax's CheckpointManager looks at a step dir "
+    "without the 'default' item it switches to multi-item mode, and every older, "
+    "intact checkpoint then fails with 'Must provide args of type Composite'. Fix: "
+    "pin the item handler (item_handlers=ocp.StandardCheckpointHandler())."))
+
+
+@pytest.mark.parametrize("how", [
+    "truncate", "delete_arrays",
+    pytest.param("delete_item", marks=_POISONS_MANAGER),
+    pytest.param("empty_step_dir", marks=_POISONS_MANAGER)])
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path,
+                                                                    caplog, how):
+  ckpts = copy_run(reference, tmp_path / "w") / "checkpoints"
+  good, abstract = abstract_state(reference.workdir / "checkpoints", 15)
+  damage(ckpts / "16", how)
+  checkpointer = ckpt_lib.Checkpointer(str(ckpts))
+  try:
+    with caplog.at_level(logging.WARNING):
+      step, state = checkpointer.restore(abstract)
+  finally:
+    checkpointer.close()
+  assert step == 15
+  assert all(jax.tree.leaves(jax.tree.map(lambda a, b: np.array_equal(a, b), good, state)))
+  logged = caplog.text
+  assert re.search(r"Checkpoint at step 16 in \S+ cannot be read .*falling back", logged), logged
+
+
+def test_no_readable_checkpoint_is_a_clear_error_not_a_fresh_start(reference, tmp_path,
+                                                                   monkeypatch):
+  workdir = copy_run(reference, tmp_path / "w")
+  for s in finished_steps(workdir):
+    damage(workdir / "checkpoints" / str(s), "truncate")
+  before = snapshot(workdir)
+  monkeypatch.setattr(train.input_lib, "make_train_dataset", _tripwire("the input pipeline"))
+  with pytest.raises(ckpt_lib.CheckpointError) as e:
+    train.train(make_config(reference.arg), str(workdir))
+  msg = str(e.value)
+  assert "None of the checkpoints" in msg and "step 16" in msg and "step 12" in msg
+  assert "Refusing to start from scratch" in msg and "Move the directory away" in msg
+  assert snapshot(workdir) == before
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "checkpoint.Checkpointer.restore falls back to step 15 but leaves the unreadable "
+    "step 16 in place, so saving step 16 again fails with 'Checkpoint for step 16 "
+    "already exists' (exit 2), on every rerun. Fix: delete (or move aside) the "
+    "unreadable newer steps once an older one restored."))
+def test_rerun_over_a_damaged_newest_checkpoint_finishes_exactly(reference, tmp_path,
+                                                                 jax_cache):
+  workdir = copy_run(reference, tmp_path / "w")
+  damage(workdir / "checkpoints" / "16", "truncate")
+  rc, out = run_to_end(workdir, reference.arg, log=tmp_path / "rerun.log", cache=jax_cache)
+  assert re.search(r"Checkpoint at step 16 .* cannot be read", out), out[-4000:]
+  assert resumed_step(out) == 15, out[-4000:]
+  assert rc == 0, out[-4000:]
+  assert_same_as_reference(reference, workdir, "after falling back to step 15")
+
+
+# ---- 3. Clear errors before any expensive work --------------------------------
+
+
+class ReachedExpensiveWork(Exception):
+  pass
+
+
+def _tripwire(what):
+  def fail(*args, **kwargs):
+    del args, kwargs
+    raise ReachedExpensiveWork(f"reached {what}: the error was not raised before it")
+  return fail
+
+
+@pytest.fixture
+def refuse(monkeypatch, caplog):
+  """refuse(config, workdir, errors, pattern): train() fails fast, workdir intact."""
+  monkeypatch.setattr(train.ckpt_lib, "Checkpointer", _tripwire("the checkpointer"))
+  monkeypatch.setattr(train.input_lib, "make_train_dataset", _tripwire("the input pipeline"))
+
+  def run(config, workdir, errors, pattern):
+    workdir = Path(workdir)
+    before = snapshot(workdir) if workdir.is_dir() else None
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+      with pytest.raises(errors, match=pattern) as e:
+        train.train(config, str(workdir))
+    compiled = [r.getMessage()[:100] for r in caplog.records
+                if re.search(r"Compiling jit\((update|init_state)", r.getMessage())]
+    assert not compiled, compiled
+    if before is not None:
+      assert snapshot(workdir) == before, "the refused run changed the workdir"
+    return str(e.value)
+  return run
+
+
+def existing_run(workdir, config) -> Path:
+  """A workdir holding an earlier run of `config`: config.json, metrics, a checkpoint."""
+  train.check_workdir(str(workdir), config)
+  (workdir / "metrics.jsonl").write_text(json.dumps({"step": 3, "train/loss": 1.5}) + "\n")
+  (workdir / "checkpoints" / "3").mkdir(parents=True)
+  (workdir / "checkpoints" / "3" / "state").write_bytes(b"earlier state")
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+  return tiny_config.write_teacher(tmp_path_factory.mktemp("teacher") / "t.npz")
+
+
+@pytest.fixture(scope="module")
+def flag_errors(tmp_path_factory, fashion_data_dir, teacher, jax_cache):
+  """The CLI with a misspelt and with a mistyped --config override."""
+  path = tmp_path_factory.mktemp("flags")
+  arg = run_arg(fashion_data_dir, teacher)
+  out = {}
+  for name, flag in [("misspelt", "--config.lrr=1"), ("mistyped", "--config.lr=abc")]:
+    workdir = existing_run(path / name, make_config(arg))
+    before = snapshot(workdir)
+    rc, text = run_to_end(workdir, arg, flag, log=path / f"{name}.log", cache=jax_cache)
+    out[name] = (rc, text, before == snapshot(workdir))
+  return out
+
+
+def test_misspelt_config_key_is_refused_naming_it(flag_errors):
+  rc, out, intact = flag_errors["misspelt"]
+  assert rc != 0 and intact
+  assert "lrr" in out and 'Did you mean "lr"' in out, out[-2000:]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "train.py: config_flags raises AttributeError for --config.lrr=1 while absl "
+    "parses flags, which prints a 40-line traceback ending in an escaped repr. Fix: "
+    "app.run(main, flags_parser=...) that turns it into one 'error:' line."))
+def test_misspelt_config_key_error_is_one_message(flag_errors):
+  rc, out, _ = flag_errors["misspelt"]
+  assert "Traceback" not in out, out[-2000:]
+  assert re.search(r"error: .*lrr.*", out), out[-2000:]
+
+
+def test_wrong_type_for_config_field_is_refused(flag_errors):
+  rc, out, intact = flag_errors["mistyped"]
+  assert rc != 0 and intact
+  assert "Traceback" not in out, out[-2000:]
+  assert re.search(r"--config.lr=abc: could not convert string to float: 'abc'", out), out[-2000:]
+
+
+def test_missing_teacher_checkpoint(refuse, tmp_path, fashion_data_dir):
+  config = make_config(run_arg(fashion_data_dir, str(tmp_path / "nope.npz")))
+  msg = refuse(config, existing_run(tmp_path / "w", config), train.ConfigError,
+               r"Teacher 't1': checkpoint \S*nope.npz does not exist")
+  assert "fix config.t1_init" in msg
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "train.train checks only the teachers' files up front; a missing "
+    "config.student_init is found after the initial state is compiled. Fix: check "
+    "resolve_init(config.student_init) exists next to the teachers' check."))
+def test_missing_student_init(refuse, tmp_path, fashion_data_dir, teacher):
+  config = make_config(run_arg(fashion_data_dir, teacher,
+                               student_init=str(tmp_path / "nope.npz")))
+  refuse(config, tmp_path / "w", (train.ConfigError, FileNotFoundError), r"nope\.npz")
+
+
+@pytest.mark.parametrize("shape,first", [
+    (dict(width=0.25), r"resnet/\S+: file \(.*\), model \(.*\)"),
+    (dict(depth=50), r"resnet/\S+: missing from the file \(model .*\)")])
+def test_teacher_whose_architecture_differs_from_its_config(refuse, tmp_path, fashion_data_dir,
+                                                            teacher, shape, first):
+  # The R26 x 1/8 teacher file, configured as a wider or deeper model.
+  config = make_config(run_arg(fashion_data_dir, teacher), **{f"t1.{k}": v for k, v in shape.items()})
+  msg = refuse(config, existing_run(tmp_path / "w", config), ValueError,
+               "does not match the model")
+  assert re.search(r"first mismatch first:\n  " + first, msg), msg
+  assert "depth/width/num_classes" in msg
+
+
+def test_teacher_with_another_number_of_classes(refuse, tmp_path, fashion_data_dir):
+  teacher = tiny_config.write_teacher(tmp_path / "t5.npz", num_classes=5)
+  config = make_config(run_arg(fashion_data_dir, teacher))
+  msg = refuse(config, existing_run(tmp_path / "w", config), train.ConfigError,
+               "different number of classes than config.num_classes=10")
+  assert "fine-tuned on this data set" in msg
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "train.train never compares config.num_classes with the data set's labels: "
+    "num_classes=5 (a 5-class teacher) on Fashion-MNIST's 10 classes trains with "
+    "one_hot(labels >= 5) = 0. Fix: check the ClassLabel's num_classes up front."))
+def test_num_classes_that_differs_from_the_data_sets(refuse, tmp_path, fashion_data_dir):
+  teacher = tiny_config.write_teacher(tmp_path / "t5.npz", num_classes=5)
+  config = make_config(run_arg(fashion_data_dir, teacher), num_classes=5)
+  msg = refuse(config, tmp_path / "w", (train.ConfigError, ValueError), "num_classes")
+  assert "10" in msg and "5" in msg
+
+
+class _Marker:
+  """Unpickling this creates the file `path`."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return (Path.touch, (Path(self.path),))
+
+
+def write_payload(path, kind, marker) -> str:
+  if kind == "pickle":
+    Path(path).write_bytes(pickle.dumps({"resnet/head/conv2d/bias": _Marker(marker)}))
+  elif kind == "npz_with_objects":
+    with open(path, "wb") as f:  # np.savez pickles object arrays into the zip.
+      np.savez(f, **{"resnet/head/conv2d/bias": np.array([_Marker(marker)], dtype=object)})
+  elif kind == "npy":
+    with open(path, "wb") as f:
+      np.save(f, np.zeros(3, np.float32))
+  return str(path)
+
+
+def _load_unsafely(path):
+  with open(path, "rb") as f:
+    if f.read(2) == b"PK":
+      with np.load(path, allow_pickle=True) as z:
+        return [z[k] for k in z.files]
+  return pickle.loads(Path(path).read_bytes())
+
+
+@pytest.mark.parametrize("kind,pattern", [
+    ("pickle", "is not an .npz file.*Pickled files are refused"),
+    ("npz_with_objects", "holds pickled objects, which are refused"),
+    ("npy", "is not an .npz file")])
+def test_pickled_or_non_npz_teacher_is_refused_unopened(refuse, tmp_path, fashion_data_dir,
+                                                        kind, pattern):
+  if kind != "npy":  # The payload works: unpickled, it makes its marker.
+    control = tmp_path / "control.marker"
+    _load_unsafely(write_payload(tmp_path / "control", kind, control))
+    assert control.exists()
+  marker = tmp_path / "pwned.marker"
+  teacher = write_payload(tmp_path / f"teacher.{kind}", kind, marker)
+  config = make_config(run_arg(fashion_data_dir, teacher))
+  refuse(config, existing_run(tmp_path / "w", config), ValueError, pattern)
+  assert not marker.exists(), "the trainer unpickled the checkpoint"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "config.student_init is read only after the initial state is compiled (the "
+    "file is refused, never unpickled, but late). Fix: read/validate it up front."))
+def test_pickled_student_init_is_refused_before_expensive_work(refuse, tmp_path,
+                                                               fashion_data_dir, teacher):
+  marker = tmp_path / "pwned.marker"
+  init = write_payload(tmp_path / "student.pkl", "pickle", marker)
+  config = make_config(run_arg(fashion_data_dir, teacher, student_init=init))
+  try:
+    refuse(config, tmp_path / "w", ValueError, "Pickled files are refused")
+  finally:
+    assert not marker.exists(), "the trainer unpickled the checkpoint"
+
+
+def test_batch_size_not_divisible_by_the_devices(tmp_path, fashion_data_dir, teacher,
+                                                 jax_cache):
+  arg = run_arg(fashion_data_dir, teacher, batch=15)
+  workdir = existing_run(tmp_path / "w", make_config(arg))
+  before = snapshot(workdir)
+  rc, out = run_to_end(workdir, arg, log=tmp_path / "cli.log", cache=jax_cache, devices=2,
+                       env={"JAX_LOG_COMPILES": "1"})
+  assert rc == 2, out[-3000:]
+  assert ("config.input.batch_size=15 is not divisible by the 2 devices" in out
+          and "Use a multiple of 2, e.g. 14" in out), out[-3000:]
+  assert "Traceback" not in out
+  assert not re.search(r"Compiling jit\((update|init_state)", out), out[-3000:]
+  assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("field,pp,pattern", [
+    ("input.pp_random", "random_crop(24)|flip_lrr",
+     r"Unknown pp op 'flip_lrr' in pp string .* Did you mean 'flip_lr'"),
+    ("input.pp", "decode|grayscale_to_rgb|resize(28)|centre_crop(24)", r"Unknown pp op 'centre_crop'"),
+    ("input.pp_random", "random_crop(24, 25)|flip_lr", r"Bad arguments for .*random_crop"),
+    ("input.pp_post", "value_range(-1, 1, mode='x')", r"Bad arguments for .*value_range")])
+def test_unknown_preprocessing_op_or_bad_argument(refuse, tmp_path, fashion_data_dir, teacher,
+                                                  field, pp, pattern):
+  config = make_config(run_arg(fashion_data_dir, teacher), **{field: pp})
+  msg = refuse(config, existing_run(tmp_path / "w", config), ValueError, pattern)
+  assert "signature" in msg or "Known ops" in msg
+
+
+def test_data_set_not_prepared(refuse, tmp_path, teacher):
+  empty = tmp_path / "no_data"
+  empty.mkdir()
+  config = make_config(run_arg(str(empty), teacher))
+  msg = refuse(config, existing_run(tmp_path / "w", config), input_lib.DataNotPreparedError,
+               "Data set 'fashion_mnist' is not prepared in data_dir")
+  assert prepare.command("fashion_mnist", str(empty)) in msg, msg
+
+
+def test_workdir_that_cannot_be_created(refuse, tmp_path, fashion_data_dir, teacher):
+  # Under a regular file: no directory can be made there, even by root.
+  blocker = tmp_path / "file.txt"
+  blocker.write_text("keep me")
+  config = make_config(run_arg(fashion_data_dir, teacher))
+  msg = refuse(config, blocker / "sub", train.ConfigError, r"--workdir=\S+ is not writable")
+  assert "Choose another directory or fix its permissions" in msg
+  assert blocker.read_text() == "keep me"
+
+
+def test_read_only_workdir(refuse, tmp_path, fashion_data_dir, teacher):
+  if os.geteuid() == 0:
+    pytest.skip("running as root: chmod does not stop root from writing "
+                "(test_workdir_that_cannot_be_created covers root)")
+  config = make_config(run_arg(fashion_data_dir, teacher))
+  workdir = existing_run(tmp_path / "w", config)
+  workdir.chmod(0o555)
+  try:
+    refuse(config, workdir, train.ConfigError, r"is not writable")
+  finally:
+    workdir.chmod(0o755)
+
+
+def test_workdir_of_another_config_is_refused_unless_allowed(refuse, tmp_path, fashion_data_dir,
+                                                             teacher):
+  arg = run_arg(fashion_data_dir, teacher)
+  workdir = existing_run(tmp_path / "w", make_config(arg))
+  msg = refuse(make_config(arg, lr=0.02), workdir, train.ConfigError,
+               "holds a run of a different config")
+  assert "lr: 0.01 -> 0.02" in msg and "--config.allow_config_change=True" in msg
+  # Told to reuse it, the run goes on (to the checkpointer) and records the new config.
+  with pytest.raises(ReachedExpensiveWork):
+    train.train(make_config(arg, lr=0.02, allow_config_change=True), str(workdir))
+  assert json.loads((workdir / "config.json").read_text())["lr"] == 0.02
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "train.check_workdir writes config.json before the teacher/batch-size/mesh "
+    "checks, so a refused first run leaves a config.json that makes the corrected "
+    "rerun fail with 'holds a run of a different config'. Fix: write config.json "
+    "only after every check passed."))
+def test_a_refused_run_does_not_block_the_corrected_one(refuse, tmp_path, fashion_data_dir,
+                                                        teacher):
+  workdir = tmp_path / "w"
+  config = make_config(run_arg(fashion_data_dir, str(tmp_path / "typo.npz")))
+  refuse(config, workdir, train.ConfigError, "does not exist")
+  train.check_workdir(str(workdir), make_config(run_arg(fashion_data_dir, teacher)))
+
+
+# ---- 4. Non-finite loss -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nan_run(reference, tmp_path_factory, jax_cache):
+  """Resumes the reference's step-12 checkpoint on images scaled to +-1e38.
+
+  The first step's loss is then non-finite (inf activations). Data keeps the
+  compiled step unchanged (a huge lr would be one more compile).
+  """
+  path = tmp_path_factory.mktemp("nan")
+  workdir = copy_run(reference, path / "w", steps=[12])
+  rc, out = run_to_end(workdir, reference.arg, "--config.input.pp_post=value_range(-1e38, 1e38)",
+                       "--config.allow_config_change=True", log=path / "nan.log",
+                       cache=jax_cache)
+  return rc, out, workdir
+
+
+def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(nan_run, reference):
+  rc, out, workdir = nan_run
+  assert rc == 3, out[-4000:]
+  assert resumed_step(out) == 12
+  assert re.search(r"error: Non-finite training loss -?(nan|inf) at step 13\b", out), out[-3000:]
+  assert "Traceback" not in out
+  assert finished_steps(workdir) == [12]
+  state, _ = abstract_state(workdir / "checkpoints", 12)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
+  assert max(train_rows(workdir)) == 12  # Nothing non-finite was logged.
+  assert not (workdir / "student.npz").exists()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "train.train starts `last` empty on resume, so a non-finite loss right after a "
+    "resume reports 'Last logged metrics: {}'. Fix: seed it from the newest row of "
+    "metrics.jsonl kept by metrics.Writer."))
+def test_nan_error_reports_the_last_logged_metrics(nan_run):
+  rc, out, workdir = nan_run
+  m = re.search(r"Last logged metrics: (\{.*?\})\. The last good", out)
+  assert m, out[-3000:]
+  last = json.loads(m[1])
+  assert last.get("train/loss") == train_rows(workdir)[12]["train/loss"], last
