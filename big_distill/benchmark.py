@@ -86,9 +86,10 @@ _PROJECT_MFU = flags.DEFINE_float("project_mfu", 0.45, "MFU assumed by the proje
 #   --jax_default_matmul_precision=highest the FP32 CUDA-core peak applies
 #   instead (67 TFLOPS on H100/H200 SXM, 19.5 on A100), and MFU against the
 #   TF32 row reads low.
-# - TPU: Google Cloud TPU system-architecture pages, bf16 per chip: v3 123
-#   TFLOPS (2 TensorCores, each its own JAX device: 61.5 per device), v4 275,
-#   v5e ('TPU v5 lite') 197, v5p ('TPU v5') 459 (one JAX device per chip).
+# - TPU: "Peak compute per chip (bf16)" of cloud.google.com/tpu/docs/v3, v4,
+#   v5e and v5p: v3 123 TFLOPS (2 TensorCores, each its own JAX device: 61.5
+#   per device), v4 275, v5e ('TPU v5 lite') 197, v5p ('TPU v5') 459 (one JAX
+#   device per chip).
 #   float32 at JAX's default precision runs as one bf16 pass on the MXU, so
 #   its peak is the same.
 PEAKS: tuple[tuple[str, float, float], ...] = (
@@ -114,6 +115,9 @@ PEAKS: tuple[tuple[str, float, float], ...] = (
 # tests/test_bit.py bounds for the model alone (measured there: ~3x).
 BF16_EPS = 2.0**-8
 BF16_RATIO_TOL = 5.0
+
+# CPUs have no datasheet peak here: a matmul this large (n x n) measures one.
+CPU_PEAK_MATMUL_SIZE = 2048
 
 # The schedule's length only changes the value of its multiplier, not the cost
 # of a step, so the benchmark does not need the data set to count steps.
@@ -167,7 +171,8 @@ def device_peak(dtype: str) -> tuple[float | None, str]:
   """(peak FLOP/s per device, where it comes from) for the first device."""
   device = jax.devices()[0]
   if device.platform == "cpu":
-    return measure_matmul_peak(dtype), f"measured: 2048x2048 {dtype} matmul on this CPU"
+    n = CPU_PEAK_MATMUL_SIZE
+    return measure_matmul_peak(dtype, n), f"measured: {n}x{n} {dtype} matmul on this CPU"
   peak = peak_flops(device.device_kind, dtype)
   return peak, ("datasheet table benchmark.PEAKS" if peak else
                 f"unknown device kind {device.device_kind!r}: add it to benchmark.PEAKS")
@@ -395,12 +400,11 @@ def time_steps(step: Callable, carry: Callable, args: tuple, *, steps: int,
   out = step(*args)
   jax.block_until_ready(out)
   first = time.perf_counter() - start
-  first_compiles = len(_compiles) - before
+  after_first = len(_compiles)
   args = carry(args, out)
   for _ in range(warmup):
     args = carry(args, step(*args))
   jax.block_until_ready(args)
-  after_first = len(_compiles)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
@@ -416,7 +420,7 @@ def time_steps(step: Callable, carry: Callable, args: tuple, *, steps: int,
   window = (time.perf_counter() - start) / steps
   return {"first_call_s": first, "step_time_s": statistics.median(times),
           "step_time_min_s": min(times), "step_time_max_s": max(times),
-          "window_step_time_s": window, "compiles_in_first_call": first_compiles,
+          "window_step_time_s": window, "compiles_in_first_call": after_first - before,
           "recompiles_after_first_call": len(_compiles) - after_first}
 
 
