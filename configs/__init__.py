@@ -1,0 +1,1 @@
+"""Experiment configs: `--config=configs/<name>.py[:args]`, run from the repository root."""

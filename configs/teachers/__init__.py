@@ -1,0 +1,1 @@
+"""Teacher fine-tuning configs (BiT-HyperRule), whose outputs distillation reads."""

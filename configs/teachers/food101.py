@@ -1,0 +1,32 @@
+r"""Food-101 teacher: BiT-M R152x2 fine-tuned at 128px with BiT-HyperRule.
+
+The teacher that configs/food101_r50.py distills. Trains on train[:90%]
+(68,175 images), validates on train[90%:], tests on TFDS 'validation'
+(Food-101's official test set). From the repository root, after downloading
+the public BiT-M checkpoint:
+
+    wget https://storage.googleapis.com/bit_models/BiT-M-R152x2.npz
+    python -m big_distill.train --config=configs/teachers/food101.py \
+        --workdir=$PWD/workdirs/teachers/food101_r152x2
+
+The run writes workdirs/teachers/food101_r152x2/student.npz, the default
+`t1_init` of configs/food101_r50.py. The BiT-M file is `config.student_init`
+(a path or a gs:// URL); its 21,843-class head is replaced by a zero head for
+101 classes. BiT-HyperRule for 20k-500k images: 10,000 steps of batch 512 (~75
+epochs), warm-up 500, mixup 0.1; random 128px crops of the image resized to
+160x160. `:runlocal` trains a tiny R26 from scratch for 3 steps into
+workdirs/teachers/food101_local, the teacher of
+`configs/food101_r50.py:runlocal`.
+
+Run time: an estimate of ~1.5 h on a TPU v2-8 (scaled from the distillation
+timings by FLOPs). Expected accuracy: mid 80s test top-1
+(`test/student_top1`: the model trained here is this run's "student"); a
+public reproduction's R101x3 teacher reached 85.5%. Logs:
+WORKDIR/metrics.jsonl.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  return common.finetune_teacher("food101", arg, resolutions=(128,))

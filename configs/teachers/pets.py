@@ -1,0 +1,30 @@
+r"""Oxford-IIIT Pets teacher: BiT-M R152x2 fine-tuned at 128px with BiT-HyperRule.
+
+The teacher that configs/pets_r50.py distills. Trains on train[:90%] (3,312
+images), validates on train[90%:], tests on 'test'. From the repository root,
+after downloading the public BiT-M checkpoint:
+
+    wget https://storage.googleapis.com/bit_models/BiT-M-R152x2.npz
+    python -m big_distill.train --config=configs/teachers/pets.py \
+        --workdir=$PWD/workdirs/teachers/pets_r152x2
+
+The run writes workdirs/teachers/pets_r152x2/student.npz, the default
+`t1_init` of configs/pets_r50.py. The BiT-M file is `config.student_init` (a
+path or a gs:// URL); its 21,843-class head is replaced by a zero head for 37
+classes. BiT-HyperRule for fewer than 20k images: 500 steps of batch 512,
+warm-up 100, no mixup; random 128px crops of the image resized to 160x160.
+`:runlocal` trains a tiny R26 from scratch for 3 steps into
+workdirs/teachers/pets_local, the teacher of `configs/pets_r50.py:runlocal`.
+
+Run time: an estimate of ~10 minutes on a TPU v2-8 (scaled from the
+distillation timings by FLOPs), most of it start-up and compilation.
+Expected accuracy: about 90% or more test top-1 (`test/student_top1`: the
+model trained here is this run's "student"); a public reproduction's R101x3
+teacher reached 90.9%. Logs: WORKDIR/metrics.jsonl.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  return common.finetune_teacher("pets", arg, resolutions=(128,))

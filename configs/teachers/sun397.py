@@ -1,0 +1,31 @@
+r"""SUN397 teacher: BiT-M R152x2 fine-tuned at 128px with BiT-HyperRule.
+
+The teacher that configs/sun397_r50.py distills. TFDS sun397 (config 'tfds'):
+train (76,128 images), validation, test. From the repository root, after
+downloading the public BiT-M checkpoint:
+
+    wget https://storage.googleapis.com/bit_models/BiT-M-R152x2.npz
+    python -m big_distill.train --config=configs/teachers/sun397.py \
+        --workdir=$PWD/workdirs/teachers/sun397_r152x2
+
+The run writes workdirs/teachers/sun397_r152x2/student.npz, the default
+`t1_init` of configs/sun397_r50.py. The BiT-M file is `config.student_init` (a
+path or a gs:// URL); its 21,843-class head is replaced by a zero head for 397
+classes. BiT-HyperRule for 20k-500k images: 10,000 steps of batch 512 (~67
+epochs), warm-up 500, mixup 0.1; random 128px crops of the image resized to
+160x160. `:runlocal` trains a tiny R26 from scratch for 3 steps into
+workdirs/teachers/sun397_local, the teacher of
+`configs/sun397_r50.py:runlocal`.
+
+Run time: an estimate of ~1.5 h on a TPU v2-8 (scaled from the distillation
+timings by FLOPs). Expected accuracy: PAPER_NOTES records no SUN397 teacher
+number; `test/student_top1` (the model trained here is this run's "student")
+is the one the distilled students are compared against. Logs:
+WORKDIR/metrics.jsonl.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  return common.finetune_teacher("sun397", arg, resolutions=(128,))

@@ -1,0 +1,351 @@
+"""Every config in configs/ runs end-to-end, and says what the paper says.
+
+Runs use `:runlocal` on TFDS mock data (random images from each builder's
+feature spec) over metadata that gives every split its real size, so split
+names and slices are checked as on the real data sets. Teachers are random
+tiny BiT models saved as `.npz`, shaped as each runlocal config's teachers.
+The expected settings below are written from PAPER_NOTES.md, not from the
+configs.
+"""
+
+import contextlib
+import importlib
+import json
+import math
+import os
+from unittest import mock
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from absl import flags
+from ml_collections import config_flags
+
+from big_distill import train
+from big_distill.data import input as input_lib
+from big_distill.models import bit
+
+# TFDS split sizes (the TFDS catalog), independent of configs/.
+SPLITS = {
+    "oxford_flowers102": dict(train=1020, validation=1020, test=6149),
+    "oxford_iiit_pet": dict(train=3680, test=3669),
+    "food101": dict(train=75750, validation=25250),
+    "sun397": dict(train=76128, validation=10875, test=21750),
+    "imagenet2012": dict(train=1281167, validation=50000, test=100000),
+}
+MOCK_EXAMPLES = 16
+
+# PAPER_NOTES "Released settings": (epochs, lr, weight decay, temperature).
+RELEASED = {
+    "flowers_r50": dict(fast=(10_000, .003, 3e-4, 10), medium=(100_000, .001, 1e-4, 1),
+                        long=(1_000_000, .0003, 1e-5, 1)),
+    "pets_r50": dict(fast=(1_000, .01, 1e-3, 5), medium=(3_000, .003, 3e-4, 10),
+                     long=(30_000, .003, 1e-5, 2)),
+    "food101_r50": dict(fast=(100, .01, 1e-3, 10), medium=(1_000, .001, 3e-4, 10),
+                        long=(3_000, .01, 1e-4, 5)),
+    "sun397_r50": dict(fast=(100, .01, 1e-3, 10), medium=(1_000, .001, 1e-4, 10),
+                       long=(3_000, .01, 3e-5, 10)),
+}
+# TFDS name, classes, training examples (PAPER_NOTES: Pets train[:90%]).
+DATA = {
+    "flowers": ("oxford_flowers102", 102, 1020),
+    "pets": ("oxford_iiit_pet", 37, 3312),
+    "food101": ("food101", 101, 68175),
+    "sun397": ("sun397", 397, 76128),
+    "imagenet": ("imagenet2012", 1000, 1281167),
+}
+SMALL = ["flowers", "pets", "food101", "sun397"]
+DISTILL = [f"{d}_r50" for d in SMALL] + ["imagenet_r50"]
+TEACHERS = [f"teachers.{d}" for d in SMALL] + ["teachers.imagenet"]
+BIT_M_CLASSES = 21843
+
+
+def get_config(name, arg=None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+# ---- Fixtures: mock data, checkpoints, compile caching -----------------------
+
+
+def write_metadata(root):
+  """Makes `root` a data_dir holding only metadata: the real split sizes."""
+  for name, splits in SPLITS.items():
+    builder = tfds.builder(name, data_dir=str(root))
+    builder.data_path.mkdir(parents=True, exist_ok=True)
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(
+            name=split, shard_lengths=[n], num_bytes=0,
+            filename_template=tfds.core.ShardedFileTemplate(
+                data_dir=builder.data_path, dataset_name=builder.name, split=split,
+                filetype_suffix="tfrecord"))
+        for split, n in splits.items()]))
+    builder.info.write_to_directory(builder.data_dir)
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def tfds_metadata(tmp_path_factory):
+  return write_metadata(tmp_path_factory.mktemp("tfds_metadata"))
+
+
+class _NoFakeFs:
+  """Stands in for TFDS's fake file system (see `mock_data`)."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    return False
+
+  def add_file(self, path, content=None):
+    del path, content
+
+
+@contextlib.contextmanager
+def mock_data(metadata_dir):
+  """TFDS mock data over `metadata_dir`, without TFDS's fake file system.
+
+  mock_data swaps in a fake file system while a data set is opened, for
+  data_dirs that do not exist; ours does. Left in, the fake would also catch
+  the files that orbax writes from its thread while an evaluation starts.
+  """
+  with mock.patch("tensorflow_datasets.testing.test_utils.MockFs", _NoFakeFs), \
+       tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, data_dir=metadata_dir):
+    yield
+
+
+def write_checkpoint(model_kwargs, num_classes, path):
+  """A random BiT `.npz` (nonzero head), made without compiling anything."""
+  model = bit.Model(num_classes=num_classes, **model_kwargs)
+  images = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), images)
+  rng = np.random.default_rng(0)
+
+  def leaf(path, s):
+    noise = rng.normal(0, 0.1, s.shape).astype(np.float32)
+    return noise + 1 if path[-1].key == "scale" else noise  # GroupNorm scale ~ 1.
+  bit.save(jax.tree_util.tree_map_with_path(leaf, shapes["params"]), str(path))
+  return str(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles(tmp_path_factory):
+  """Makes compiling, which is most of a runlocal run's time, cheaper here.
+
+  The evaluators of one run compile the same step for different splits: the
+  persistent cache turns the repeats into cache hits. The 'unsafe_rbg' PRNG
+  makes the models' initialization cheaper to compile, and 3 steps do not
+  repay XLA's optimizations (they halve the compile time). All is restored
+  afterwards, for the other test modules of this process.
+  """
+  settings = {
+      "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+      "jax_persistent_cache_min_compile_time_secs": 0.0,
+      "jax_persistent_cache_min_entry_size_bytes": -1,
+      "jax_default_prng_impl": "unsafe_rbg",
+      "jax_disable_most_optimizations": True,
+  }
+  old = {k: jax.config.values[k] for k in settings}
+  for k, v in settings.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+  yield
+  for k, v in old.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  last = {}
+  for row in rows:
+    last.update(row)
+  return rows, last
+
+
+# ---- Every config runs -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DISTILL + TEACHERS)
+def test_runlocal_trains_end_to_end(name, tfds_metadata, tmp_path):
+  config = get_config(name, "runlocal")
+  for t in config.teachers:
+    config[f"{t}_init"] = write_checkpoint(config[t].to_dict(), config.num_classes,
+                                           tmp_path / f"{t}.npz")
+  if not config.teachers:  # Fine-tuning starts from a (tiny) BiT-M stand-in.
+    config.student_init = write_checkpoint(config.student.to_dict(), BIT_M_CLASSES,
+                                           tmp_path / "bit_m.npz")
+  workdir = tmp_path / "workdir"
+  with mock_data(tfds_metadata):
+    train.train(config, str(workdir))
+
+  rows, last = read_metrics(str(workdir))
+  losses = [row["train/loss"] for row in rows if "train/loss" in row]
+  assert losses and all(math.isfinite(x) for x in losses)
+  models = ("student", *config.teachers)
+  for ev, ec in config.evals.items():
+    expected = {
+        "classification": [f"{m}_{k}" for m in models for k in ("top1", "top5", "loss")],
+        "distance": [f"{t}_{k}" for t in config.teachers
+                     for k in ("kl", "euclidean", "agree_top1", "agree_top5")],
+        "calibration": [f"{m}_{k}" for m in models for k in ("ece", "confidence")],
+    }[ec.type]
+    for metric in expected:
+      assert math.isfinite(last[f"{ev}/{metric}"]), f"{ev}/{metric}"
+  params = bit.read_npz(str(workdir / "student.npz"))
+  assert params["resnet/head/conv2d/kernel"].shape[-1] == config.num_classes
+
+
+@pytest.mark.parametrize("name", DISTILL + TEACHERS)
+def test_splits_exist_with_the_real_sizes(name, tfds_metadata):
+  """The full configs' train and eval splits exist; epochs count the right examples."""
+  config = get_config(name)
+  dataset = name.removeprefix("teachers.").removesuffix("_r50")
+  tfds_name, num_classes, train_size = DATA[dataset]
+  assert config.num_classes == num_classes
+  with mock_data(tfds_metadata):
+    for data in [config.input.data, *(ec.data for ec in config.evals.values())]:
+      assert data.name == tfds_name
+      input_lib.check_prepared(data)
+    assert input_lib.num_examples(config.input.data) == train_size
+  assert {ec.type for ec in config.evals.values()} >= (
+      {"classification", "distance", "calibration"} if config.teachers
+      else {"classification"})
+
+
+# ---- The paper's settings ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+@pytest.mark.parametrize("variant", ["fast", "medium", "long"])
+def test_small_data_variants_are_the_released_settings(name, variant):
+  config = get_config(name, f"variant={variant}")
+  epochs, lr, wd, t = RELEASED[name][variant]
+  assert (config.total_epochs, config.lr, config.wd, config.distill.t) == (epochs, lr, wd, t)
+  assert config.total_steps is None and config.total_examples is None
+  # The recipe shared by all small data sets.
+  assert config.input.batch_size == 512
+  assert config.optim.name == "adam" and config.optim.mu_dtype == "bfloat16"
+  assert config.grad_clip_norm == 1.0
+  assert config.schedule.decay_type == "cosine" and config.schedule.warmup_steps == 1500
+  assert config.mixup.p == 1.0
+  assert config.distill.views == "consistent" and config.distill.loss == "kl"
+  assert config.distill.label_weight == 0
+  assert config.student.to_dict() == dict(depth=50, width=1.0) and config.student_res == 128
+  assert config.student_init is None
+  assert config.teachers == ("t1",)
+  assert config.t1.to_dict() == dict(depth=152, width=2.0) and config.t1_res == 128
+  assert config.input.pp == "decode"
+  assert config.input.pp_random == "inception_crop(128)|flip_lr"
+  assert config.input.pp_post == "value_range(-1, 1)"
+  assert config.input.cache_raw
+  for ec in config.evals.values():
+    assert ec.pp == "decode|resize_small(160)|central_crop(128)|value_range(-1, 1)"
+  dataset = name.removesuffix("_r50")
+  assert config.t1_init == f"workdirs/teachers/{dataset}_r152x2/student.npz"
+
+
+@pytest.mark.parametrize("arg", ["", "res=224", "res=160"])
+def test_imagenet_teachers_share_the_student_crop(arg):
+  config = get_config("imagenet_r50", arg)
+  assert config.student_res == (160 if arg == "res=160" else 224)
+  assert config.student.to_dict() == dict(depth=50, width=1.0)
+  assert config.teachers == ("t1", "t2")
+  assert (config.t1_res, config.t2_res) == (224, 384)
+  for t in config.teachers:
+    assert config[t].to_dict() == dict(depth=152, width=2.0)
+    assert config[f"{t}_name"] == "bit" and config[f"{t}_init"]
+  assert config.t1_init != config.t2_init
+  # One crop for all: consistent views, and an inception crop without a size
+  # of its own, which each model resizes to its resolution.
+  assert config.distill.views == "consistent"
+  crop, *rest = config.input.pp_random.split("|")
+  assert crop.endswith("inception_crop") and rest == ["flip_lr"]
+  assert config.input.pp_post == "value_range(-1, 1)"
+  assert config.mixup.p == 1.0
+  assert (config.lr, config.wd, config.distill.t) == (0.03, 3e-4, 1.0)
+  assert config.total_epochs == 1200 and config.schedule.warmup_steps == 5000
+  assert config.input.batch_size == 4096
+  assert not config.input.cache_raw
+  assert config.input.data.split == "train"
+  assert {ec.data.split for ec in config.evals.values()} >= {"validation"}
+
+
+def test_teachers_follow_bit_hyperrule():
+  # (steps, warm-up, mixup) by training-set size: <20k, <500k, else.
+  expected = {"flowers": (500, 0.0), "pets": (500, 0.0), "food101": (10_000, 0.1),
+              "sun397": (10_000, 0.1), "imagenet": (20_000, 0.1)}
+  for dataset, (steps, mixup) in expected.items():
+    config = get_config(f"teachers.{dataset}")
+    assert config.teachers == ()
+    assert config.student.to_dict() == dict(depth=152, width=2.0)
+    assert config.student_init == "BiT-M-R152x2.npz"
+    assert config.total_steps == steps and config.mixup.p == mixup
+    assert config.optim.name == "sgd" and config.optim.momentum == 0.9
+    assert config.input.batch_size == 512 and config.lr == 0.003
+    assert config.schedule.warmup_steps > 0
+    assert config.student_res == (224 if dataset == "imagenet" else 128)
+  assert get_config("teachers.imagenet", "res=384").student_res == 384
+
+
+def test_teacher_outputs_are_what_distillation_reads():
+  """Each teacher config's model and workdir are what its distillation loads."""
+  pairs = [(f"{d}_r50", "t1", f"teachers.{d}", "", f"{d}_{{}}") for d in SMALL] + [
+      ("imagenet_r50", t, "teachers.imagenet", f"res={res}", f"imagenet_{{}}_{res}")
+      for t, res in (("t1", 224), ("t2", 384))]
+  for student_name, t, teacher_name, teacher_arg, workdir in pairs:
+    for local in (False, True):
+      student = get_config(student_name, "runlocal" if local else "")
+      teacher = get_config(teacher_name, ",".join(
+          a for a in (teacher_arg, "runlocal" if local else "") if a))
+      assert student[t].to_dict() == teacher.student.to_dict()
+      assert student[f"{t}_res"] == teacher.student_res
+      assert student.num_classes == teacher.num_classes
+      expected = workdir.format("local" if local else "r152x2")
+      assert student[f"{t}_init"] == f"workdirs/teachers/{expected}/student.npz"
+
+
+# ---- Errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DISTILL + TEACHERS)
+def test_unknown_argument_is_a_clear_error(name):
+  with pytest.raises(ValueError, match="Unknown config argument 'varient'"):
+    get_config(name, "varient=fast")
+
+
+@pytest.mark.parametrize("name, arg, match", [
+    ("flowers_r50", "variant=slow", "Unknown variant='slow'.*fast, medium, long"),
+    ("teachers.imagenet", "res=256", "res=256.*224, 384"),
+])
+def test_unknown_argument_value_is_a_clear_error(name, arg, match):
+  with pytest.raises(ValueError, match=match):
+    get_config(name, arg)
+
+
+def test_missing_teacher_checkpoint_is_a_clear_error(tfds_metadata, tmp_path):
+  config = get_config("flowers_r50", "runlocal")
+  config.t1_init = str(tmp_path / "nowhere" / "student.npz")
+  with mock_data(tfds_metadata), pytest.raises(train.ConfigError, match=r"Teacher 't1'.*nowhere"):
+    train.train(config, str(tmp_path / "workdir"))
+
+
+def _parse_command_line(*args):
+  argv = ["prog", *args]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def test_command_line_loads_and_locks_the_config():
+  """`--config=configs/X.py:args` and `--config.field=` overrides, as train.py reads them."""
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "imagenet_r50.py")
+  config = _parse_command_line(f"--config={path}:res=160", "--config.t2_init=gs://b/t2.npz")
+  assert config.student_res == 160 and config.t2_init == "gs://b/t2.npz"
+  with pytest.raises((flags.Error, AttributeError), match="t3_init"):
+    _parse_command_line(f"--config={path}", "--config.t3_init=x")
