@@ -195,7 +195,7 @@ def steps(prefix: str, config: mlc.ConfigDict, *, num_examples: int | None,
   else:
     if not num_examples:
       raise ValueError(f"{prefix}_epochs needs the number of training examples, "
-                       "which is unknown here; give {prefix}_steps instead.")
+                       f"which is unknown here; give {prefix}_steps instead.")
     n = math.ceil(value * num_examples / batch_size)
   if n < 0:
     if total_steps is None:

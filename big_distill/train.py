@@ -262,20 +262,27 @@ class NonFiniteLossError(FloatingPointError):
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   """Runs (or resumes) the training of `config` in `workdir`; returns the last metrics."""
   # ---- Set-up and the checks that cost nothing --------------------------
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)  # orbax wants absolute paths.
   check_config(config)
   models = build_models(config)
   input_lib.check_prepared(config.input.data)
   for ec in config.evals.values():
     input_lib.check_prepared(ec.data)
-  check_workdir(workdir, config)
   for t in config.teachers:
     if not config[f"{t}_init"]:
       raise ConfigError(f"Teacher {t!r} has no checkpoint: set config.{t}_init to a BiT "
                         ".npz or the workdir of a finished run.")
     path = resolve_init(config[f"{t}_init"])
     if not gfile.exists(path):
-      raise ConfigError(f"Teacher {t!r}: checkpoint {path} does not exist. Download it "
-                        f"(BiT files: BiT-M-R152x2.npz etc.) or fix config.{t}_init.")
+      raise ConfigError(
+          f"Teacher {t!r}: checkpoint {path} does not exist. Fine-tune the teacher "
+          "first (configs/teachers/, see the config's docstring) or set "
+          f"config.{t}_init to its student.npz, its workdir, or a gs:// path.")
+  if config.student_init and not gfile.exists(resolve_init(config.student_init)):
+    raise ConfigError(f"config.student_init: {config.student_init} does not exist.")
+  # Last of the checks: it writes config.json, which later runs compare with.
+  check_workdir(workdir, config)
 
   # ---- Mesh -------------------------------------------------------------
   mesh = parallel.make_mesh(config.mesh)
