@@ -19,9 +19,15 @@ from ml_collections import config_flags
 
 from big_distill.data import input as input_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 30, "Batches to time.")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Batches read before timing.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  # Only when run as a command: big_distill.train defines --config too, and
+  # importing both modules in one process must not clash.
+  config_flags.DEFINE_config_file("config", None, "Config file (get_config).")
+  flags.DEFINE_integer("num_batches", 30, "Batches to time.")
+  flags.DEFINE_integer("warmup", 5, "Batches read before timing.")
 
 
 def measure(config: mlc.ConfigDict, num_batches: int = 30, *, warmup: int = 5) -> float:
@@ -38,9 +44,9 @@ def measure(config: mlc.ConfigDict, num_batches: int = 30, *, warmup: int = 5) -
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = FLAGS.config
   input_lib.check_prepared(config.input.data)
-  rate = measure(config, _NUM_BATCHES.value, warmup=_WARMUP.value)
+  rate = measure(config, FLAGS.num_batches, warmup=FLAGS.warmup)
   res = {n: config[f"{n}_res"] for n in input_lib.model_names(config)}
   print(f"{rate:.1f} examples/s  ({config.input.data.name} {config.input.data.split}, "
         f"batch {config.input.batch_size}, cache_raw={config.input.cache_raw}, "
@@ -49,5 +55,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flag_as_required("config")
   app.run(main)
