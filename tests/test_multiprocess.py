@@ -1,0 +1,213 @@
+"""A real multi-process job: 2 processes x 2 CPU devices == 1 process x 4 devices.
+
+Both jobs run the CLI (`python -m big_distill.train`) on the same config, seed,
+mesh shape and global batch, in separate workdirs. The 2-process job talks
+through `jax.distributed` on localhost with gloo CPU collectives. With
+`input.cache_raw` the global batches are a function of (seed, step) alone
+(process p takes rows [p*b, (p+1)*b) of each), so the two jobs compute the
+same thing and differ only in how the cross-device sums are ordered (gloo vs
+XLA's in-process all-reduce): float rounding, ~1e-7 relative.
+
+How far that rounding travels depends on the model, not on the processes.
+At the tiny config's 16-32px the tiny BiT's last blocks work on 1x1 maps with
+GroupNorm groups of 1-2 values, and a 1e-7 relative change of the parameters
+moves the student's gradient by 1-100% and the teacher's entropy by 2e-4: the
+2 jobs then part after 2 updates (as do 1 process x 4 devices and x 2
+devices). At 64px (2x2 maps) the same change moves them by ~1e-5, and the
+2 jobs agree to ~1e-7 over the whole run. So both models run at 64px here,
+with plain SGD (Adam's first update, lr * sign(g), turns rounding-level
+gradient differences into lr-sized ones).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from tests import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "tests" / "tiny_config.py")
+STEPS, CKPT = 4, 2
+TIMEOUT = 900  # For the 3 jobs together; they take 2.5 (2 free cores) to 5 min, mostly compiling.
+RTOL, ATOL = 1e-4, 1e-6  # Measured: 1e-7 relative, 1.5e-8 absolute.
+BF16_RTOL = 1e-2  # SGD momentum is kept in bfloat16: 1 ulp is up to 8e-3.
+
+MESHES = {
+    "data": ("fsdp=1", "--config.mesh.data=4", "{'data': 4, 'fsdp': 1}"),
+    # Parameters sharded over the 4 devices, i.e. over both processes.
+    "fsdp": ("fsdp=4", "--config.mesh.data=1", "{'data': 1, 'fsdp': 4}"),
+}
+
+
+class JobFailed(AssertionError):
+  """A job exited non-zero or timed out (all jobs are killed then)."""
+
+
+FSDP_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "train.train exports student.npz with jax.device_get(state['params']) on "
+    "process 0 only; parameters sharded over the devices of both processes are "
+    "not addressable there (RuntimeError: Fetching value for `jax.Array` that "
+    "spans non-addressable devices). Fix: on every process, gather them with "
+    "jax.jit(lambda t: t, out_shardings=parallel.replicated(mesh)) before "
+    "device_get; process 0 then writes (the same for student_init's device_get)."),
+    raises=JobFailed)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _start(workdir, arg, log, *flags, devices):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
+             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env.pop(name, None)
+  cmd = [sys.executable, "-m", "big_distill.train", f"--config={CONFIG}:{arg}",
+         f"--workdir={workdir}", *flags]
+  with open(log, "w") as f:
+    return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _read(log, tail=None):
+  try:
+    text = Path(log).read_text(errors="replace")
+  except OSError as e:
+    return f"<{e}>"
+  return text[-tail:] if tail else text
+
+
+def _wait_all(jobs, timeout):
+  """Waits for every (name, Popen, log); on a failure or timeout kills them all."""
+  deadline = time.monotonic() + timeout
+  failed = None
+  while failed is None and any(p.poll() is None for _, p, _ in jobs):
+    for name, p, _ in jobs:
+      if p.poll() not in (None, 0):
+        failed = f"{name} exited with {p.returncode}"
+    if time.monotonic() > deadline:
+      failed = f"timeout after {timeout}s"
+    time.sleep(0.5)
+  if failed is None and any(p.returncode != 0 for _, p, _ in jobs):
+    failed = "a job failed"
+  if failed:
+    for _, p, _ in jobs:
+      if p.poll() is None:
+        p.kill()
+    for _, p, _ in jobs:
+      p.wait()
+    report = "\n".join(f"===== {name} (exit {p.returncode}), log tail:\n{_read(log, 3000)}"
+                       for name, p, log in jobs)
+    raise JobFailed(f"{failed}\n{report}")
+
+
+def _metrics(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+def _restore(step_dir):
+  """The saved training state as numpy arrays, read in this 1-device process."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = ckptr.metadata(step_dir)
+  tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return ckptr.restore(step_dir, args=ocp.args.PyTreeRestore(restore_args=args))
+
+
+def _leaves(tree):
+  return {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _bytes(folder):
+  return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+@pytest.mark.parametrize("mesh", ["data", pytest.param("fsdp", marks=FSDP_XFAIL)])
+def test_two_processes_match_one(tmp_path, fashion_data_dir, mesh):
+  from big_distill.models import bit  # pylint: disable=g-import-not-at-top
+  fsdp_arg, mesh_flag, mesh_text = MESHES[mesh]
+  teacher = tiny_config.write_teacher(tmp_path / "teacher.npz")
+  arg = (f"data_dir={fashion_data_dir},teacher={teacher},steps={STEPS},log=1,ckpt={CKPT},"
+         f"evals=false,split=train[:160],subset=0,res=64,teacher_res=64,optim=sgd,{fsdp_arg}")
+  one, two = tmp_path / "one", tmp_path / "two"
+  port = _free_port()
+  jobs = []
+  try:
+    jobs.append(("1 process x 4 devices", _start(one, arg, tmp_path / "one.log", mesh_flag,
+                                                 devices=4), tmp_path / "one.log"))
+    for i in range(2):
+      log = tmp_path / f"two.{i}.log"
+      jobs.append((f"process {i} of 2", _start(
+          two, arg, log, mesh_flag, f"--coordinator_address=localhost:{port}",
+          "--num_processes=2", f"--process_id={i}", devices=2), log))
+    _wait_all(jobs, TIMEOUT)
+  finally:  # Also on an interrupt: no job outlives the test.
+    for _, p, _ in jobs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert f"mesh {mesh_text} over 4 devices (1 processes)" in _read(tmp_path / "one.log")
+  assert f"mesh {mesh_text} over 4 devices (2 processes)" in _read(tmp_path / "two.0.log")
+  assert "process 1 of 2, 2 local / 4 global devices" in _read(tmp_path / "two.1.log")
+
+  # The trajectory, written by process 0 alone.
+  rows1, rows2 = _metrics(one), _metrics(two)
+  assert [r["step"] for r in rows1] == list(range(1, STEPS + 1))
+  assert [r["step"] for r in rows2] == list(range(1, STEPS + 1))
+  report, bad = [], []
+  for r1, r2 in zip(rows1, rows2):
+    keys = sorted(k for k in r1 if k.startswith("train/"))
+    assert keys == sorted(k for k in r2 if k.startswith("train/"))
+    for k in keys:
+      diff = abs(r1[k] - r2[k]) / max(abs(r1[k]), 1e-6)
+      report.append(f"step {r1['step']} {k}: {r1[k]:.8g} vs {r2[k]:.8g} ({diff:.1e})")
+      if diff > RTOL:
+        bad.append(report[-1])
+  assert not bad, "\n".join(bad + ["all:"] + report)
+  assert abs(rows1[-1]["train/loss"] - rows1[0]["train/loss"]) > 1e-3  # It trained.
+
+  # The exported student (process 0 writes what all processes gathered).
+  s1, s2 = np.load(one / "student.npz"), np.load(two / "student.npz")
+  assert sorted(s1) == sorted(s2)
+  for k in s1:
+    np.testing.assert_allclose(s2[k], s1[k], rtol=RTOL, atol=ATOL, err_msg=k)
+
+  # One orbax checkpoint per save step, written by both processes together.
+  steps = [str(s) for s in range(CKPT, STEPS + 1, CKPT)]
+  for workdir in (one, two):
+    assert sorted(os.listdir(workdir / "checkpoints")) == steps  # No tmp leftovers.
+  for step in steps:
+    shares = [_bytes(two / "checkpoints" / step / "default" / f"ocdbt.process_{i}")
+              for i in range(2)]
+    assert all(shares), shares
+    if mesh == "fsdp":  # Each process wrote its half of the sharded arrays.
+      assert min(shares) > 0.2 * sum(shares), shares
+    # The whole state (parameters, momentum, counters) as the 1-process job's.
+    state1 = _leaves(_restore(one / "checkpoints" / step / "default"))
+    state2 = _leaves(_restore(two / "checkpoints" / step / "default"))
+    assert sorted(state1) == sorted(state2)
+    assert int(state1["['step']"]) == int(state2["['step']"]) == int(step)
+    for name, a in state1.items():
+      b = state2[name]
+      assert (a.dtype, a.shape) == (b.dtype, b.shape), name
+      rtol = BF16_RTOL if a.dtype.itemsize == 2 else RTOL
+      np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), rtol=rtol,
+                                 atol=ATOL, err_msg=f"step {step} {name}")
+  # The last checkpoint holds exactly the exported parameters.
+  saved = bit.to_bit_arrays(_restore(two / "checkpoints" / str(STEPS) / "default")["params"])
+  assert sorted(saved) == sorted(s2)
+  for k in s2:
+    np.testing.assert_array_equal(saved[k], s2[k], err_msg=k)
