@@ -324,7 +324,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   state_shape = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p),
                                           "step": jnp.zeros([], jnp.int32)}, student_shape)
   state_sharding = parallel.param_shardings(mesh, state_shape, config.fsdp_min_size)
-  sharded = [s for s in jax.tree.leaves(state_sharding["params"]) if s.spec != ()]
+  sharded = [s for s in jax.tree.leaves(state_sharding["params"]) if s.spec != jax.sharding.PartitionSpec()]
   logging.info("Student: %d of %d parameter arrays sharded over fsdp.", len(sharded),
                len(jax.tree.leaves(state_sharding["params"])))
 
