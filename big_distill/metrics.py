@@ -60,6 +60,15 @@ class Writer:
       if not self._remote:
         self._file = open(self.path, "a")
 
+  def logged(self) -> dict[str, float]:
+    """Every metric's newest value among the rows kept on resume (process 0)."""
+    out = {}
+    if self.main:
+      for line in self._lines:
+        out.update(json.loads(line))
+      out.pop("step", None)
+    return out
+
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     metrics = {k: float(v) for k, v in metrics.items()}
     self._clu.write_scalars(step, metrics)

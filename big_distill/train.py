@@ -131,8 +131,22 @@ def check_config(config: mlc.ConfigDict) -> None:
     pp_lib.parse(ec.pp)
 
 
+def check_num_classes(config: mlc.ConfigDict) -> None:
+  """config.num_classes against the labels of the training and labelled eval data."""
+  datas = [("config.input.data", config.input.data)] + [
+      (f"config.evals.{n}.data", ec.data) for n, ec in config.evals.items()
+      if ec.type in ("classification", "calibration")]
+  for where, data in datas:
+    n = input_lib.num_classes(data)
+    if n is not None and n != config.num_classes:
+      raise ConfigError(
+          f"config.num_classes={config.num_classes}, but {where} ({data.name}) has {n} "
+          f"classes. Set --config.num_classes={n}, and use teachers fine-tuned on "
+          f"{data.name} (their heads must have {n} outputs).")
+
+
 def check_workdir(workdir: str, config: mlc.ConfigDict) -> None:
-  """Refuses unwritable workdirs and workdirs of another config."""
+  """Refuses unwritable workdirs and workdirs of another config. Writes nothing."""
   try:
     gfile.makedirs(workdir)
     probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
@@ -143,20 +157,27 @@ def check_workdir(workdir: str, config: mlc.ConfigDict) -> None:
     raise ConfigError(f"--workdir={workdir} is not writable ({e}). Choose another "
                       "directory or fix its permissions.") from None
   path = os.path.join(workdir, "config.json")
-  new = json.loads(config.to_json_best_effort())
   if gfile.exists(path):
     with gfile.GFile(path) as f:
       old = json.load(f)
-    ignore = {"allow_config_change"}
-    diff = _diff(old, new, ignore)
+    diff = _diff(old, json.loads(config.to_json_best_effort()), {"allow_config_change"})
     if diff and not config.allow_config_change:
       raise ConfigError(
           f"--workdir={workdir} holds a run of a different config:\n  " + "\n  ".join(diff[:10])
           + "\nUse a new workdir, or pass --config.allow_config_change=True to resume it "
           "with the new config.")
+
+
+def record_config(workdir: str, config: mlc.ConfigDict) -> None:
+  """Writes the resolved config.json, once every check has passed.
+
+  Written any earlier, a run refused for a later check would leave a
+  config.json that makes the corrected rerun look like "a different config".
+  """
   if jax.process_index() == 0:
+    path = os.path.join(workdir, "config.json")
     with gfile.GFile(path + ".tmp", "w") as f:
-      json.dump(new, f, indent=2, sort_keys=True)
+      json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
     gfile.rename(path + ".tmp", path, overwrite=True)
 
 
@@ -281,7 +302,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
           f"config.{t}_init to its student.npz, its workdir, or a gs:// path.")
   if config.student_init and not gfile.exists(resolve_init(config.student_init)):
     raise ConfigError(f"config.student_init: {config.student_init} does not exist.")
-  # Last of the checks: it writes config.json, which later runs compare with.
+  check_num_classes(config)
   check_workdir(workdir, config)
 
   # ---- Mesh -------------------------------------------------------------
@@ -346,6 +367,15 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
     teacher_params[t] = jax.tree.map(
         lambda x, s: jax.device_put(x.astype(config.compute_dtype), s), host, sharding)
 
+  # The student's initial weights, checked against the student's config now.
+  student_init = None
+  if config.student_init:
+    student_init = model_module(config.student_name).load(
+        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), student_shape),
+        resolve_init(config.student_init))
+  # Every check passed: from here on the workdir is this config's.
+  record_config(workdir, config)
+
   # ---- The update step --------------------------------------------------
   update = make_update_fn(config, models, tx, schedule)
   train_step = jax.jit(update, in_shardings=(state_sharding, None, batch_sharding),
@@ -367,9 +397,8 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
       return {"params": params, "opt": tx.init(params), "step": jnp.zeros([], jnp.int32)}
 
     state = jax.jit(init_state, out_shardings=state_sharding)(rng)
-    if config.student_init:
-      host = model_module(config.student_name).load(jax.device_get(state["params"]), resolve_init(config.student_init))
-      params = jax.tree.map(jax.device_put, host, state_sharding["params"])
+    if student_init is not None:
+      params = jax.tree.map(jax.device_put, student_init, state_sharding["params"])
       state = {**state, "params": params}
       state["opt"] = jax.jit(tx.init, out_shardings=state_sharding["opt"])(params)
 
@@ -385,7 +414,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   preemption = _Preemption()
   ds = input_lib.make_train_dataset(config, start_step=first_step)
   batches = input_lib.to_global(ds, batch_sharding, config.input.prefetch)
-  last: dict[str, float] = {}
+  last: dict[str, float] = writer.logged()  # For the NaN message, also after a resume.
   pending = None  # (step, metrics on device): fetched one step late.
 
   def flush(pending):
@@ -443,9 +472,12 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
     ckpt.close()
     writer.close()
 
-  if step == total_steps and not preemption.requested and jax.process_index() == 0:
-    model_module(config.student_name).save(jax.device_get(state["params"]), os.path.join(workdir, "student.npz"))
-    logging.info("Wrote %s.", os.path.join(workdir, "student.npz"))
+  if step == total_steps and not preemption.requested:
+    params = parallel.to_host(state["params"], mesh)  # Collective: every process.
+    if jax.process_index() == 0:
+      path = os.path.join(workdir, "student.npz")
+      model_module(config.student_name).save(params, path)
+      logging.info("Wrote %s.", path)
   return last
 
 
@@ -475,5 +507,30 @@ def main(argv):
     sys.exit(2 if not isinstance(e, NonFiniteLossError) else 3)
 
 
+def _innermost_message(e: BaseException) -> str:
+  """ml_collections wraps a KeyError's text in an AttributeError; unwrap it."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with config_flags' override errors as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"big_distill.train: error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    overrides = " ".join(a for a in argv[1:] if a.startswith("--config.")) or "--config"
+    what = ("unknown config field" if isinstance(e, (AttributeError, KeyError))
+            else "value of the wrong type for a config field")
+    print(f"big_distill.train: error: {what} in {overrides}: {_innermost_message(e)} "
+          "Fields and their types are in big_distill/config_lib.py (base()) and in the "
+          "config file.", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

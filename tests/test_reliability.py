@@ -346,17 +346,9 @@ def abstract_state(checkpoints_dir, step):
                                                             sharding=x.sharding), state)
 
 
-_POISONS_MANAGER = pytest.mark.xfail(strict=True, reason=(
-    "checkpoint.Checkpointer: after orbax's CheckpointManager looks at a step dir "
-    "without the 'default' item it switches to multi-item mode, and every older, "
-    "intact checkpoint then fails with 'Must provide args of type Composite'. Fix: "
-    "pin the item handler (item_handlers=ocp.StandardCheckpointHandler())."))
-
-
 @pytest.mark.parametrize("how", [
     "truncate", "delete_arrays",
-    pytest.param("delete_item", marks=_POISONS_MANAGER),
-    pytest.param("empty_step_dir", marks=_POISONS_MANAGER)])
+    "delete_item", "empty_step_dir"])
 def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path,
                                                                     caplog, how):
   ckpts = copy_run(reference, tmp_path / "w") / "checkpoints"
@@ -389,11 +381,6 @@ def test_no_readable_checkpoint_is_a_clear_error_not_a_fresh_start(reference, tm
   assert snapshot(workdir) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "checkpoint.Checkpointer.restore falls back to step 15 but leaves the unreadable "
-    "step 16 in place, so saving step 16 again fails with 'Checkpoint for step 16 "
-    "already exists' (exit 2), on every rerun. Fix: delete (or move aside) the "
-    "unreadable newer steps once an older one restored."))
 def test_rerun_over_a_damaged_newest_checkpoint_finishes_exactly(reference, tmp_path,
                                                                  jax_cache):
   workdir = copy_run(reference, tmp_path / "w")
@@ -477,10 +464,6 @@ def test_misspelt_config_key_is_refused_naming_it(flag_errors):
   assert "lrr" in out and 'Did you mean "lr"' in out, out[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "train.py: config_flags raises AttributeError for --config.lrr=1 while absl "
-    "parses flags, which prints a 40-line traceback ending in an escaped repr. Fix: "
-    "app.run(main, flags_parser=...) that turns it into one 'error:' line."))
 def test_misspelt_config_key_error_is_one_message(flag_errors):
   rc, out, _ = flag_errors["misspelt"]
   assert "Traceback" not in out, out[-2000:]
@@ -530,10 +513,6 @@ def test_teacher_with_another_number_of_classes(refuse, tmp_path, fashion_data_d
   assert "fine-tuned on this data set" in msg
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "train.train never compares config.num_classes with the data set's labels: "
-    "num_classes=5 (a 5-class teacher) on Fashion-MNIST's 10 classes trains with "
-    "one_hot(labels >= 5) = 0. Fix: check the ClassLabel's num_classes up front."))
 def test_num_classes_that_differs_from_the_data_sets(refuse, tmp_path, fashion_data_dir):
   teacher = tiny_config.write_teacher(tmp_path / "t5.npz", num_classes=5)
   config = make_config(run_arg(fashion_data_dir, teacher), num_classes=5)
@@ -588,9 +567,6 @@ def test_pickled_or_non_npz_teacher_is_refused_unopened(refuse, tmp_path, fashio
   assert not marker.exists(), "the trainer unpickled the checkpoint"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.student_init is read only after the initial state is compiled (the "
-    "file is refused, never unpickled, but late). Fix: read/validate it up front."))
 def test_pickled_student_init_is_refused_before_expensive_work(refuse, tmp_path,
                                                                fashion_data_dir, teacher):
   marker = tmp_path / "pwned.marker"
@@ -677,12 +653,7 @@ def test_workdir_of_another_config_is_refused_unless_allowed(refuse, tmp_path, f
 
 @pytest.mark.parametrize("mistake", [
     "missing_teacher",
-    pytest.param("teacher_width", marks=pytest.mark.xfail(strict=True, reason=(
-        "train.train calls check_workdir (which writes config.json) before the "
-        "mesh/batch-size checks and before loading the teachers, so a run refused "
-        "for a teacher that does not match its config leaves a config.json, and the "
-        "corrected rerun is refused as 'a different config'. Fix: write config.json "
-        "only after every check (just before the Checkpointer).")))])
+    "teacher_width"])
 def test_a_refused_run_does_not_block_the_corrected_one(refuse, tmp_path, fashion_data_dir,
                                                         teacher, mistake):
   workdir, arg = tmp_path / "w", run_arg(fashion_data_dir, teacher)
@@ -726,10 +697,6 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(nan_run, 
   assert not (workdir / "student.npz").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "train.train starts `last` empty on resume, so a non-finite loss right after a "
-    "resume reports 'Last logged metrics: {}'. Fix: seed it from the newest row of "
-    "metrics.jsonl kept by metrics.Writer."))
 def test_nan_error_reports_the_last_logged_metrics(nan_run):
   rc, out, workdir = nan_run
   m = re.search(r"Last logged metrics: (\{.*?\})\. The last good", out)

@@ -133,6 +133,13 @@ def num_examples(data_config) -> int:
   return _check_split(builder, data_config)
 
 
+def num_classes(data_config) -> int | None:
+  """The number of classes of the data set's `label` (None: it has no labels)."""
+  features = _builder(data_config).info.features
+  label = features["label"] if "label" in features else None
+  return label.num_classes if isinstance(label, tfds.features.ClassLabel) else None
+
+
 # ---- Reading ---------------------------------------------------------------
 
 

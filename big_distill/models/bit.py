@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 from typing import Any, Sequence
 
@@ -174,8 +175,16 @@ def save(params, path: str) -> None:
   """Writes `params` as a BiT release `.npz` (loadable by other BiT codebases)."""
   buf = io.BytesIO()
   np.savez(buf, **to_bit_arrays(params))
-  with _open(path, "wb") as f:
+  # Written aside then renamed: a kill mid-write never leaves a torn file
+  # where a finished one is expected (e.g. a later run's teacher_init).
+  tmp = f"{path}.tmp"
+  with _open(tmp, "wb") as f:
     f.write(buf.getvalue())
+  if "://" in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  else:
+    os.replace(tmp, path)
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
