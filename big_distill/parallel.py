@@ -105,3 +105,14 @@ def param_shardings(mesh: Mesh, abstract_tree: Any, min_size: int) -> Any:
   fsdp = mesh.shape["fsdp"]
   return jax.tree.map(
       lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp, min_size)), abstract_tree)
+
+
+def to_host(tree: Any, mesh: Mesh) -> Any:
+  """The whole of every array as numpy, on every process.
+
+  Arrays sharded across processes (fsdp over hosts) are not addressable from
+  one process: they are first gathered (replicated) over the mesh. Call it on
+  every process (it is a collective), then let process 0 write.
+  """
+  gathered = jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+  return jax.device_get(gathered)

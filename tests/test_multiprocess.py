@@ -51,16 +51,6 @@ class JobFailed(AssertionError):
   """A job exited non-zero or timed out (all jobs are killed then)."""
 
 
-FSDP_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "train.train exports student.npz with jax.device_get(state['params']) on "
-    "process 0 only; parameters sharded over the devices of both processes are "
-    "not addressable there (RuntimeError: Fetching value for `jax.Array` that "
-    "spans non-addressable devices). Fix: on every process, gather them with "
-    "jax.jit(lambda t: t, out_shardings=parallel.replicated(mesh)) before "
-    "device_get; process 0 then writes (the same for student_init's device_get)."),
-    raises=JobFailed)
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -135,7 +125,7 @@ def _bytes(folder):
   return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
-@pytest.mark.parametrize("mesh", ["data", pytest.param("fsdp", marks=FSDP_XFAIL)])
+@pytest.mark.parametrize("mesh", ["data", "fsdp"])
 def test_two_processes_match_one(tmp_path, fashion_data_dir, mesh):
   from big_distill.models import bit  # pylint: disable=g-import-not-at-top
   fsdp_arg, mesh_flag, mesh_text = MESHES[mesh]
