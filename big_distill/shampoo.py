@@ -33,8 +33,9 @@ statistic, eigenvalues clipped at 0, then damped by `eps * max eigenvalue`
 go much below 1e-6: smaller eigenvalues are noise and their 4th-root inverses
 would amplify it. Matmuls use `precision=HIGHEST` (TPU and GPU otherwise
 multiply float32 in bfloat16 / TF32, which spoils `G G^T` and the roots). A
-block with all-zero statistics gets the identity; non-finite statistics or a
-failed `eigh` (non-finite root) keep the previous root.
+block with all-zero statistics gets the identity; a block with non-finite
+statistics (never passed to `eigh`) or a failed `eigh` (non-finite root) keeps
+its previous root.
 
 The state is a pytree of fixed-shape arrays (jit-, checkpoint- and shard-
 friendly): a count, Adam's moments, and per matrix parameter the statistics
@@ -191,8 +192,11 @@ def scale_by_shampoo(
 
     def recompute(old):
       def root(stat, old_root):
-        new_root = inverse_fourth_root(stat, eps)
-        ok = jnp.all(jnp.isfinite(stat)) & jnp.all(jnp.isfinite(new_root))
+        # Per block. A non-finite statistic never reaches eigh: LAPACK's
+        # eigensolvers may not return on NaN input (XLA:CPU).
+        finite = jnp.all(jnp.isfinite(stat), axis=(-2, -1), keepdims=True)
+        new_root = inverse_fourth_root(jnp.where(finite, stat, 0.0), eps)
+        ok = finite & jnp.all(jnp.isfinite(new_root), axis=(-2, -1), keepdims=True)
         return jnp.where(ok, new_root, old_root)
       return jax.tree.map(root, stats, old)
 
