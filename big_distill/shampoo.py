@@ -95,11 +95,26 @@ def from_blocks(blocks: jax.Array, shape: tuple[int, ...], block_size: int) -> j
 
 # ---- Inverse 4th root ------------------------------------------------------
 
+def _eigh(mats: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`jnp.linalg.eigh`, one matrix at a time on CPU.
+
+  jaxlib's CPU eigh splits a batch over XLA's intra-op thread pool and waits
+  for it from inside that pool; when the step runs several such eighs at once
+  (one per parameter) every worker can end up waiting: the run hangs (seen on
+  2 cores at the first preconditioner update). A batch of one runs inline.
+  """
+  n = mats.shape[-1]
+  flat = mats.reshape(-1, n, n)
+  w, v = jax.lax.platform_dependent(
+      flat, cpu=lambda m: jax.lax.map(jnp.linalg.eigh, m), default=jnp.linalg.eigh)
+  return w.reshape(mats.shape[:-1]), v.reshape(mats.shape)
+
+
 def inverse_fourth_root(mats: jax.Array, eps: float) -> jax.Array:
   """`(A + eps * max_eig(A) I)^{-1/4}` of symmetric PSD matrices [..., n, n]."""
   mats = mats.astype(jnp.float32)
   mats = 0.5 * (mats + jnp.swapaxes(mats, -1, -2))
-  w, v = jnp.linalg.eigh(mats)
+  w, v = _eigh(mats)
   w = jnp.maximum(w, 0.0)
   w_max = jnp.max(w, axis=-1, keepdims=True)
   scale = jnp.where(w_max > 0, w + eps * w_max, 1.0) ** -0.25
