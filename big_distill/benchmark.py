@@ -272,10 +272,7 @@ def build(config: mlc.ConfigDict, batch_size: int | None = None) -> Setup:
     params = _init_params(models.student, models.res["student"], key)
     return {"params": params, "opt": tx.init(params), "step": jnp.zeros([], jnp.int32)}
 
-  update = train_lib.make_update_fn(config, models, tx, schedule)
-  train_step = jax.jit(update, in_shardings=(state_sharding, None, batch_sharding),
-                       out_shardings=(state_sharding, parallel.replicated(mesh)),
-                       donate_argnums=0)
+  train_step = train_lib.make_train_step(config, models, tx, schedule, mesh, state_sharding)
   batch_shape = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
       synthetic_batch(config, models.res, batch_size))

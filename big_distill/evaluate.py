@@ -17,7 +17,7 @@ in every later report (which draws the teacher's line in the plots).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -262,6 +262,19 @@ def make_update_fn(config: mlc.ConfigDict, models: Models, tx, schedule) -> Call
   return update
 
 
+def make_train_step(config: mlc.ConfigDict, models: Models, tx, schedule, mesh,
+                    state_sharding) -> Callable:
+  """The jitted, donated update with explicit shardings (also what benchmark.py times).
+
+  State in `state_sharding`, the batch split over the mesh's batch axes,
+  teachers in whatever sharding they were put in, metrics replicated.
+  """
+  return jax.jit(make_update_fn(config, models, tx, schedule),
+                 in_shardings=(state_sharding, None, parallel.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, parallel.replicated(mesh)),
+                 donate_argnums=0)
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks, so it can save and exit."""
 
@@ -278,6 +291,20 @@ class _Preemption:
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; the state at `step` is saved. Rerun the command to resume."""
+
+  def __init__(self, step: int):
+    super().__init__(f"Preempted (SIGTERM) at step {step}; its checkpoint is saved. "
+                     "Rerun the same command to resume.")
+    self.step = step
+
+
+# A preempted run exits like a shell reports a TERM-killed job (128 + 15), so
+# that schedulers and wrapper scripts see it did not finish, and requeue it.
+PREEMPTED_EXIT_CODE = 143
 
 
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
@@ -312,7 +339,6 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
     parallel.check_batch_size(ec.batch_size or config.input.batch_size, mesh,
                               f"config.evals.{name}.batch_size")
   batch_sharding = parallel.batch_sharding(mesh)
-  repl = parallel.replicated(mesh)
   logging.info("mesh %s over %d devices (%d processes).", dict(mesh.shape),
                jax.device_count(), jax.process_count())
 
@@ -377,9 +403,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   record_config(workdir, config)
 
   # ---- The update step --------------------------------------------------
-  update = make_update_fn(config, models, tx, schedule)
-  train_step = jax.jit(update, in_shardings=(state_sharding, None, batch_sharding),
-                       out_shardings=(state_sharding, repl), donate_argnums=0)
+  train_step = make_train_step(config, models, tx, schedule, mesh, state_sharding)
 
   # ---- Initial state, or the checkpoint ---------------------------------
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_ckpts)
@@ -472,7 +496,9 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
     ckpt.close()
     writer.close()
 
-  if step == total_steps and not preemption.requested:
+  if preemption.requested:
+    raise Preempted(step)
+  if step == total_steps:
     params = parallel.to_host(state["params"], mesh)  # Collective: every process.
     if jax.process_index() == 0:
       path = os.path.join(workdir, "student.npz")
@@ -500,6 +526,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     train(_CONFIG.value, _WORKDIR.value)
+  except Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(PREEMPTED_EXIT_CODE)
   except (ConfigError, input_lib.DataNotPreparedError, FileNotFoundError,
           ValueError, NonFiniteLossError, ckpt_lib.CheckpointError) as e:
     logging.error("%s", e)

@@ -300,6 +300,7 @@ def test_sigterm_saves_where_it_stopped_and_rerun_is_bitwise_exact(reference, tm
   print(f"\nSIGTERM: stopped at step {stopped}, exit code {rc}, "
         f"checkpoints {finished_steps(workdir)}")
   assert "Signal 15: saving a checkpoint" in out
+  assert rc == train.PREEMPTED_EXIT_CODE == 143, (rc, out[-3000:])  # Not "finished".
   assert stopped in finished_steps(workdir), (stopped, finished_steps(workdir))
   assert stopped < STEPS and not (workdir / "student.npz").exists()
   assert max(train_rows(workdir)) == stopped

@@ -225,7 +225,7 @@ def load(init_params, path: str):
   expected = _flat(init_params)
   head_reset = False
   if all(k in arrays for k in _HEAD):
-    k_file, b_file = arrays[_HEAD[0]], arrays[_HEAD[1]]
+    k_file = arrays[_HEAD[0]]
     want_k = expected[_HEAD[0]].shape
     if k_file.ndim == 4 and k_file.shape[:2] == (1, 1):
       k_file = k_file.reshape(k_file.shape[2:])
