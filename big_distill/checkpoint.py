@@ -3,8 +3,8 @@
 orbax writes each checkpoint into a temporary directory and renames it only
 once complete, so a kill during a save never touches earlier checkpoints. A
 checkpoint that still cannot be read (a disk that lost files, a truncated copy)
-is reported, moved to `<directory>.unreadable/`, and the one before it is used; a workdir that has checkpoints is
-never silently restarted from scratch.
+is reported, moved to `<directory>.unreadable/`, and the one before it is
+used; a workdir that has checkpoints is never silently restarted from scratch.
 """
 
 from __future__ import annotations

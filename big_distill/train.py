@@ -297,8 +297,8 @@ class Preempted(Exception):
   """SIGTERM arrived; the state at `step` is saved. Rerun the command to resume."""
 
   def __init__(self, step: int):
-    super().__init__(f"Preempted (SIGTERM) at step {step}; its checkpoint is saved. "
-                     "Rerun the same command to resume.")
+    super().__init__(f"Preempted at step {step}; checkpoint saved. Rerun the same "
+                     "command to resume.")
     self.step = step
 
 
@@ -486,8 +486,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
         writer.write(step, results)
         last.update(results)
       if preemption.requested:
-        logging.warning("Preempted at step %d; checkpoint saved. Rerun to resume.", step)
-        break
+        break  # Reported by main() as `Preempted`, after the save completes.
     if pending is not None:
       flush(pending)
   finally:
