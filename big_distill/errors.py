@@ -1,0 +1,27 @@
+"""The project's error types for mistakes in what the user gave.
+
+`main()` of every command catches `UserError` and prints its message as one
+line (`big_distill.<command>: error: ...`), exit code 2. Anything else is a
+bug in the code and keeps its traceback. The message of a `UserError` says
+what is wrong, where, and how to fix it.
+"""
+
+
+class UserError(Exception):
+  """A mistake in the config, the data, a checkpoint or the workdir."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config that cannot run; the message says which field to change."""
+
+
+class DataError(UserError):
+  """Training or evaluation data that is missing or does not fit the config."""
+
+
+class CheckpointError(UserError):
+  """A checkpoint or weights file that cannot be read or does not fit the model."""
+
+
+class WorkdirError(UserError):
+  """A workdir that cannot be used: unwritable, another config's, or held by another run."""
