@@ -10,6 +10,8 @@ Numerics that matter for matching the released weights:
 - GroupNorm with 32 groups and eps 1e-5;
 - the stem's 3x3/2 max-pool runs over a map padded with *zeros* (not -inf);
   after the root conv there is no activation, so the padding value shows.
+  big_vision's `bit_paper` model, which trained the paper's released teachers
+  and students, pads with -inf instead: `stem_pool_pad="neg_inf"`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+STEM_POOL_PADS = ("zeros", "neg_inf")
 DEPTHS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
@@ -91,12 +94,17 @@ class Model(nn.Module):
   depth: int = 50
   width: float = 1.0
   dtype: Any = jnp.float32
+  # "zeros": the BiT release and timm; "neg_inf": big_vision's bit_paper.
+  stem_pool_pad: str = "zeros"
 
   @nn.compact
   def __call__(self, images_BHWC, train: bool = False):
     del train  # No dropout or batch statistics in BiT; kept for a uniform API.
     if self.depth not in DEPTHS:
       raise ValueError(f"BiT depth must be one of {sorted(DEPTHS)}, got {self.depth}.")
+    if self.stem_pool_pad not in STEM_POOL_PADS:
+      raise ValueError(f"stem_pool_pad={self.stem_pool_pad!r}: must be one of {STEM_POOL_PADS} "
+                       "('zeros' for BiT-release/timm weights, 'neg_inf' for big_vision's).")
     base = int(round(64 * self.width))
     if base < 1:
       raise ValueError(f"BiT width {self.width} leaves no channels.")
@@ -105,7 +113,8 @@ class Model(nn.Module):
     x = StdConv(base, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                 dtype=self.dtype, param_dtype=jnp.float32, name="root_conv")(x)
     out["stem"] = x
-    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # Zeros, as in BiT.
+    pad_value = 0.0 if self.stem_pool_pad == "zeros" else -jnp.inf
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=pad_value)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
     for i, n in enumerate(DEPTHS[self.depth], start=1):
       for j in range(1, n + 1):
