@@ -77,7 +77,8 @@ def _signature(name: str) -> str:
   return f"{name}{inspect.signature(_OPS[name])}"
 
 
-def _parse_op(text: str, pp: str) -> PPFn:
+def _parse_call(text: str, pp: str) -> tuple[str, inspect.BoundArguments]:
+  """One op's name and its arguments bound to the op's signature (defaults applied)."""
   where = f"pp op {text!r} in pp string {pp!r}"
   try:
     node = ast.parse(text, mode="eval").body
@@ -104,17 +105,36 @@ def _parse_op(text: str, pp: str) -> PPFn:
     hint = (f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else "")
     raise ValueError(f"Unknown pp op {name!r} in pp string {pp!r}. {hint}"
                      f"Known ops: {', '.join(names())}.")
-  factory = _OPS[name]
   try:
-    inspect.signature(factory).bind(*args, **kwargs)
+    bound = inspect.signature(_OPS[name]).bind(*args, **kwargs)
   except TypeError as e:
     raise ValueError(f"Bad arguments for {where}: {e}. The op's signature is "
                      f"{_signature(name)}; fix the pp string in the config.") from None
+  return name, bound
+
+
+def _parse_op(text: str, pp: str) -> PPFn:
+  name, bound = _parse_call(text, pp)
   try:
-    return factory(*args, **kwargs)
+    return _OPS[name](*bound.args, **bound.kwargs)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"Bad arguments for {where}: {e}. The op's signature is "
-                     f"{_signature(name)}.") from None
+    raise ValueError(f"Bad arguments for pp op {text!r} in pp string {pp!r}: {e}. "
+                     f"The op's signature is {_signature(name)}.") from None
+
+
+def describe(pp: str) -> list[tuple[str, dict[str, Any]]]:
+  """[(op name, {argument: value, defaults included})] of `pp`, checked like parse().
+
+  For code that implements some ops elsewhere (the device pipeline) and must
+  read their arguments exactly as the ops would.
+  """
+  parse(pp)  # The same errors as building the pipeline.
+  out = []
+  for text in _split_ops(pp or ""):
+    name, bound = _parse_call(text, pp)
+    bound.apply_defaults()
+    out.append((name, dict(bound.arguments)))
+  return out
 
 
 def parse(pp: str) -> PPFn:

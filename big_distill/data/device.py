@@ -1,0 +1,294 @@
+"""Training views made on the accelerator from a device-resident data set.
+
+With `config.input.cache = "device"` the decoded training images sit on every
+device once (uint8, padded to the largest image, with each image's true
+height and width), and the jitted train step makes the batch itself: it draws
+the example indices, the inception crop, the flip, the per-model resize and
+the value range from (seed, step) alone. No host work per step: a small data
+set (Flowers102, Pets, the Fashion-MNIST miniature) feeds any accelerator.
+
+The random crop follows `tf.image.sample_distorted_bounding_box`, which the
+host's `inception_crop` op uses: up to 100 attempts, each drawing an aspect
+ratio uniformly in [3/4, 4/3] and then an integer height uniformly between the
+smallest and the largest that fit the area range (so the area is not uniform:
+the height is); an offset uniform over the positions that fit; the whole image
+if no attempt fits. The crop is resized like `tf.image.resize(..., "bilinear",
+antialias=False)` (half-pixel centres, edge clamping), written as two small
+matrix products per image so that it runs well on GPUs and TPUs. A model whose
+resolution differs from the view's gets a second, antialiased resize, as the
+host pipeline's `_to_model` does.
+
+Views (`config.distill.views`): "consistent" (one crop and flip for every
+model, the paper's consistent teaching), "independent" (one per model), and
+"fixed" (teachers get their fixed view, computed once on the host and kept on
+the device; the student random crops).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Streams derived from config.seed for the device pipeline (distinct from the
+# host pipeline's, which are small integers in data/input.py).
+_INDEX, _CROP, _FLIP = 101, 102, 103
+_ATTEMPTS = 100  # As tf.image.sample_distorted_bounding_box's default.
+
+
+# ---- The inception crop ------------------------------------------------------
+
+
+def _round(x):
+  # lrintf under the default rounding mode: round half to even, as jnp.round.
+  return jnp.round(x).astype(jnp.int32)
+
+
+def inception_boxes(key: jax.Array, hw_B2: jax.Array, area_min: float = 5,
+                    area_max: float = 100, attempts: int = _ATTEMPTS) -> jax.Array:
+  """int32[B, 4] windows (top, left, height, width) of images of size hw_B2.
+
+  `area_min`/`area_max` in percent of the image, as the pp op's arguments.
+  """
+  hw_B2 = jnp.asarray(hw_B2, jnp.int32)
+  B = hw_B2.shape[0]
+  H = hw_B2[:, 0:1].astype(jnp.float32)  # [B, 1]: broadcast over attempts.
+  W = hw_B2[:, 1:2].astype(jnp.float32)
+  k_ar, k_h, k_y, k_x = jax.random.split(key, 4)
+  ar = jax.random.uniform(k_ar, (B, attempts), minval=3 / 4, maxval=4 / 3)
+  min_area = area_min / 100 * H * W
+  max_area = area_max / 100 * H * W
+  height = _round(jnp.sqrt(min_area / ar))
+  max_height = _round(jnp.sqrt(max_area / ar))
+  # The largest height whose rounded width still fits the image.
+  too_wide = _round(max_height * ar) > W
+  fit = ((W + 0.5 - 1e-7) / ar).astype(jnp.int32)
+  fit = jnp.where(_round(fit * ar) > W, fit - 1, fit)
+  max_height = jnp.where(too_wide, fit, max_height)
+  max_height = jnp.minimum(max_height, H.astype(jnp.int32))
+  height = jnp.minimum(height, max_height)
+  u = jax.random.uniform(k_h, (B, attempts))
+  height = height + jnp.floor(u * (max_height - height + 1)).astype(jnp.int32)
+  width = _round(height * ar)
+  area = (width * height).astype(jnp.float32)
+  # Rounding can leave the area just outside the range: one step each way.
+  grow = area < min_area
+  height = jnp.where(grow, height + 1, height)
+  width = jnp.where(grow, _round(height * ar), width)
+  area = (width * height).astype(jnp.float32)
+  shrink = area > max_area
+  height = jnp.where(shrink, height - 1, height)
+  width = jnp.where(shrink, _round(height * ar), width)
+  area = (width * height).astype(jnp.float32)
+  ok = ((area >= min_area) & (area <= max_area) & (width <= W) & (height <= H)
+        & (width > 0) & (height > 0))
+  first = jnp.argmax(ok, axis=1)  # The first attempt that fits.
+  any_ok = jnp.any(ok, axis=1)
+  take = lambda a: jnp.take_along_axis(a, first[:, None], axis=1)[:, 0]
+  Hi, Wi = hw_B2[:, 0], hw_B2[:, 1]
+  h = jnp.where(any_ok, take(height), Hi)
+  w = jnp.where(any_ok, take(width), Wi)
+  # Offsets uniform in [0, H - h) (TF's Uniform(n) is in [0, n)); 0 if h == H.
+  y = jnp.floor(jax.random.uniform(k_y, (B,)) * jnp.maximum(Hi - h, 1)).astype(jnp.int32)
+  x = jnp.floor(jax.random.uniform(k_x, (B,)) * jnp.maximum(Wi - w, 1)).astype(jnp.int32)
+  y = jnp.where(h < Hi, y, 0)
+  x = jnp.where(w < Wi, x, 0)
+  return jnp.stack([y, x, h, w], axis=1)
+
+
+def _resize_matrix(start, length, out: int, size_max: int) -> jax.Array:
+  """f32[out, size_max]: bilinear weights of `out` samples of [start, start+length).
+
+  As tf.image.resize (bilinear, no antialias): sample i reads source
+  coordinate (i + 0.5) * length / out - 0.5 of the window, from the two
+  neighbouring pixels clamped to the window.
+  """
+  scale = length.astype(jnp.float32) / out
+  src = (jnp.arange(out, dtype=jnp.float32) + 0.5) * scale - 0.5
+  lo_f = jnp.floor(src)
+  frac = src - lo_f
+  lo = jnp.clip(lo_f.astype(jnp.int32), 0, length - 1)
+  hi = jnp.clip(jnp.ceil(src).astype(jnp.int32), 0, length - 1)
+  cols = jnp.arange(size_max)
+  m = ((cols[None] == (start + lo)[:, None]) * (1 - frac)[:, None]
+       + (cols[None] == (start + hi)[:, None]) * frac[:, None])
+  return m.astype(jnp.float32)
+
+
+def crop_and_resize(images_BHWC: jax.Array, boxes_B4: jax.Array, out: int) -> jax.Array:
+  """f32[B, out, out, C]: each image's window, resized bilinearly to out x out."""
+  _, Hm, Wm, _ = images_BHWC.shape
+  ry = jax.vmap(lambda b: _resize_matrix(b[0], b[2], out, Hm))(boxes_B4)  # [B, out, Hm]
+  rx = jax.vmap(lambda b: _resize_matrix(b[1], b[3], out, Wm))(boxes_B4)  # [B, out, Wm]
+  x = images_BHWC.astype(jnp.float32)
+  hp = jax.lax.Precision.HIGHEST  # Exact weights: no bf16 passes on TPU.
+  x = jnp.einsum("boh,bhwc->bowc", ry, x, precision=hp)
+  return jnp.einsum("bpw,bowc->bopc", rx, x, precision=hp)
+
+
+def flip_lr(key: jax.Array, images_BHWC: jax.Array) -> jax.Array:
+  """Flips each image left-right with probability 1/2."""
+  flip = jax.random.bernoulli(key, 0.5, (images_BHWC.shape[0], 1, 1, 1))
+  return jnp.where(flip, images_BHWC[:, :, ::-1], images_BHWC)
+
+
+def resize_to(images_BHWC: jax.Array, res: int) -> jax.Array:
+  """A view at another model's resolution: antialiased, as the host pipeline."""
+  if images_BHWC.shape[1:3] == (res, res):
+    return images_BHWC
+  B, _, _, C = images_BHWC.shape
+  return jax.image.resize(images_BHWC, (B, res, res, C), "bilinear", antialias=True)
+
+
+# ---- The batch indices ---------------------------------------------------------
+
+
+def batch_indices(key: jax.Array, step: jax.Array, batch_size: int, n: int) -> jax.Array:
+  """int32[batch_size]: the examples of global batch `step` (0-based).
+
+  Global position g = step * B + i takes example perm_e[g % n] of a random
+  permutation per epoch e = g // n, so every epoch sees every example once
+  and the stream is a function of (seed, step) for any number of devices.
+  """
+  # g // n and g % n without forming g, which overflows int32 in long runs.
+  step = jnp.asarray(step, jnp.int32)
+  q, r = step // n, step % n
+  within = r * batch_size + jnp.arange(batch_size, dtype=jnp.int32)  # < n * B.
+  epoch = q * batch_size + within // n
+  pos = within % n
+  first = epoch[0]
+  # A batch spans at most ceil(B / n) + 1 epochs.
+  spans = -(-batch_size // n) + 1
+  perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(
+      first + jnp.arange(spans))
+  return perms[epoch - first, pos].astype(jnp.int32)
+
+
+# ---- The data set on the device, and the views ---------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomView:
+  """What the device pipeline supports of `config.input.pp_random`."""
+  size: int
+  area_min: float = 5
+  area_max: float = 100
+  flip: bool = False
+
+
+def parse_random_view(pp_random: str) -> RandomView:
+  """`inception_crop(size[, area_min, area_max])[|flip_lr]`, or a clear error."""
+  from big_distill import errors  # pylint: disable=g-import-not-at-top
+  from big_distill.data import pp as pp_lib  # pylint: disable=g-import-not-at-top
+  ops = pp_lib.describe(pp_random)
+  names = [name for name, _ in ops]
+  fix = (f"config.input.pp_random={pp_random!r}: with config.input.cache='device' the "
+         "random view must be 'inception_crop(SIZE[, area_min=.., area_max=..])' "
+         "optionally followed by '|flip_lr' (the ops the device pipeline implements). "
+         "Use config.input.cache='decoded' for other random views.")
+  if not names or names[0] != "inception_crop" or names[1:] not in ([], ["flip_lr"]):
+    raise errors.ConfigError(fix)
+  kw = ops[0][1]
+  plain = dict(method="bilinear", antialias=False, key="image", key_result=None)
+  if not isinstance(kw["size"], int) or any(kw[k] != v for k, v in plain.items()):
+    raise errors.ConfigError(fix + " (inception_crop needs one int size, bilinear, "
+                             "no antialias, the default key.)")
+  if len(ops) == 2 and (ops[1][1]["key"] != "image" or ops[1][1]["key_result"]):
+    raise errors.ConfigError(fix)
+  return RandomView(size=kw["size"], area_min=float(kw["area_min"]),
+                    area_max=float(kw["area_max"]), flip=len(names) == 2)
+
+
+def parse_value_range(pp_post: str) -> tuple[float, float, float, float]:
+  """(vmin, vmax, in_min, in_max) of `config.input.pp_post`, or a clear error."""
+  from big_distill import errors  # pylint: disable=g-import-not-at-top
+  from big_distill.data import pp as pp_lib  # pylint: disable=g-import-not-at-top
+  ops = pp_lib.describe(pp_post)
+  if (len(ops) != 1 or ops[0][0] != "value_range" or ops[0][1]["clip_values"]
+      or ops[0][1]["key"] != "image" or ops[0][1]["key_result"]):
+    raise errors.ConfigError(
+        f"config.input.pp_post={pp_post!r}: with config.input.cache='device' it must be "
+        "one 'value_range(vmin, vmax[, in_min, in_max])' (what the device pipeline "
+        "implements); use config.input.cache='decoded' otherwise.")
+  kw = ops[0][1]
+  return float(kw["vmin"]), float(kw["vmax"]), float(kw["in_min"]), float(kw["in_max"])
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+  """The decoded training set, replicated on every device.
+
+  images: uint8[N, Hmax, Wmax, C], each image at the top left, zero padded.
+  hw: int32[N, 2], each image's true height and width.
+  labels: int32[N] or None.
+  fixed: {model: f32[N, r, r, C]} fixed views (before pp_post) for teachers.
+  """
+  images: jax.Array
+  hw: jax.Array
+  labels: Any
+  fixed: dict[str, jax.Array]
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.images.shape[0])
+
+  @property
+  def nbytes(self) -> int:
+    arrays = [self.images, self.hw, *self.fixed.values()]
+    if self.labels is not None:
+      arrays.append(self.labels)
+    return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays)
+
+
+jax.tree_util.register_dataclass(DeviceData, data_fields=["images", "hw", "labels", "fixed"],
+                                 meta_fields=[])
+
+
+def make_batch(data: DeviceData, seed: int, step: jax.Array, *, batch_size: int,
+               views: str, res: dict[str, int], random_view: RandomView,
+               value_range: tuple[float, float, float, float]) -> dict[str, Any]:
+  """The training batch of global step `step` (0-based), made on the device.
+
+  Returns {"image": {model: f32[B, r, r, C]}, "label": int32[B]} like the host
+  pipeline's batches. Call it inside the jitted step; the caller constrains
+  the result to the batch sharding.
+  """
+  root = jax.random.key(seed)
+  idx = batch_indices(jax.random.fold_in(root, _INDEX), step, batch_size, data.num_examples)
+  crop_key = jax.random.fold_in(jax.random.fold_in(root, _CROP), step)
+  flip_key = jax.random.fold_in(jax.random.fold_in(root, _FLIP), step)
+  images = jnp.take(data.images, idx, axis=0)
+  hw = jnp.take(data.hw, idx, axis=0)
+  vmin, vmax, in_min, in_max = value_range
+
+  def post(x):
+    return (x - in_min) / (in_max - in_min) * (vmax - vmin) + vmin
+
+  rv = random_view
+
+  def crop(i):
+    boxes = inception_boxes(jax.random.fold_in(crop_key, i), hw, rv.area_min, rv.area_max)
+    x = crop_and_resize(images, boxes, rv.size)
+    return flip_lr(jax.random.fold_in(flip_key, i), x) if rv.flip else x
+
+  names = list(res)
+  out = {}
+  if views == "consistent":
+    shared = crop(0)
+    out = {n: resize_to(shared, res[n]) for n in names}
+  elif views == "independent":
+    out = {n: resize_to(crop(i), res[n]) for i, n in enumerate(names)}
+  elif views == "fixed":
+    out = {"student": resize_to(crop(0), res["student"])}
+    for n in names:
+      if n != "student":
+        out[n] = resize_to(jnp.take(data.fixed[n], idx, axis=0), res[n])
+  else:
+    raise ValueError(f"views={views!r}")
+  batch = {"image": {n: post(x) for n, x in out.items()}}
+  if data.labels is not None:
+    batch["label"] = jnp.take(data.labels, idx, axis=0)
+  return batch
