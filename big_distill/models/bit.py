@@ -214,48 +214,42 @@ class CheckpointNotFoundError(errors.CheckpointError, FileNotFoundError):
   """A weights file that does not exist or cannot be opened."""
 
 
-_GN_LEAF = {"scale": "gamma", "bias": "beta"}
+# Where each parameter of `Model` lives in each layout's file. Fields: the
+# block and unit (both 1-based, units as 01, 02, ...), the unit's branch
+# (a, b, c; bit_paper numbers them 1, 2, 3), the leaf and BiT's name for it.
+_NAMES = {
+    "bit": {
+        "root": "resnet/root_block/standardized_conv2d/kernel",
+        "gn_final": "resnet/group_norm/{bit_leaf}",
+        "head": "resnet/head/conv2d/{leaf}",
+        "proj": "resnet/block{block}/unit{unit}/a/proj/standardized_conv2d/kernel",
+        "gn": "resnet/block{block}/unit{unit}/{branch}/group_norm/{bit_leaf}",
+        "conv": "resnet/block{block}/unit{unit}/{branch}/standardized_conv2d/kernel",
+    },
+    "big_vision": {
+        "root": "root_block/conv_root/kernel",
+        "gn_final": "norm-pre-head/{leaf}",
+        "head": "head/{leaf}",
+        "proj": "block{block}/unit{unit}/conv_proj/kernel",
+        "gn": "block{block}/unit{unit}/gn{branch_number}/{leaf}",
+        "conv": "block{block}/unit{unit}/conv{branch_number}/kernel",
+    },
+}
 
 
-def _bit_key(path: Sequence[str]) -> str:
-  """Maps a flax parameter path to its key in a BiT release `.npz`."""
+def _file_key(path: Sequence[str], layout: str) -> str:
+  """Maps a flax parameter path of `Model` to its key in a `layout` `.npz`."""
   *mods, leaf = path
-  if mods == ["root_conv"]:
-    return "resnet/root_block/standardized_conv2d/kernel"
-  if mods == ["gn_final", "group_norm"]:
-    return f"resnet/group_norm/{_GN_LEAF[leaf]}"
-  if mods == ["head"]:
-    return f"resnet/head/conv2d/{leaf}"
+  fields = dict(leaf=leaf, bit_leaf={"scale": "gamma", "bias": "beta"}.get(leaf))
+  kind = {("root_conv",): "root", ("gn_final", "group_norm"): "gn_final",
+          ("head",): "head"}.get(tuple(mods))
   m = re.fullmatch(r"block(\d)_unit(\d+)", mods[0])
-  if m:
-    unit = f"resnet/block{m[1]}/unit{m[2]}"
-    if mods[1] == "proj":
-      return f"{unit}/a/proj/standardized_conv2d/kernel"
-    kind, branch = mods[1].split("_")
-    if kind == "gn":
-      return f"{unit}/{branch}/group_norm/{_GN_LEAF[leaf]}"
-    return f"{unit}/{branch}/standardized_conv2d/kernel"
-  raise ValueError(f"No BiT key for parameter {'/'.join(path)}.")
-
-
-def _big_vision_key(path: Sequence[str]) -> str:
-  """Maps a flax parameter path to its name in big_vision's `bit_paper` tree."""
-  *mods, leaf = path
-  if mods == ["root_conv"]:
-    return "root_block/conv_root/kernel"
-  if mods == ["gn_final", "group_norm"]:
-    return f"norm-pre-head/{leaf}"
-  if mods == ["head"]:
-    return f"head/{leaf}"
-  m = re.fullmatch(r"block(\d)_unit(\d+)", mods[0])
-  if m:
-    unit = f"block{m[1]}/unit{m[2]}"  # Both 1-based, units as 01, 02, ...
-    if mods[1] == "proj":
-      return f"{unit}/conv_proj/kernel"
-    kind, branch = mods[1].split("_")
-    i = "abc".index(branch) + 1
-    return f"{unit}/gn{i}/{leaf}" if kind == "gn" else f"{unit}/conv{i}/kernel"
-  raise ValueError(f"No big_vision name for parameter {'/'.join(path)}.")
+  if kind is None and m:
+    kind, branch = ("proj", "a") if mods[1] == "proj" else mods[1].split("_")
+    fields.update(block=m[1], unit=m[2], branch=branch, branch_number="abc".index(branch) + 1)
+  if kind is None:
+    raise ValueError(f"No {layout} key for parameter {'/'.join(path)}.")
+  return _NAMES[layout][kind].format(**fields)
 
 
 def _file_shape(path: Sequence[str], shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
@@ -267,9 +261,8 @@ def _file_shape(path: Sequence[str], shape: tuple[int, ...], layout: str) -> tup
   return shape
 
 
-_KEY_FN = {"bit": _bit_key, "big_vision": _big_vision_key}
-_HEAD_KEYS = {layout: (fn(["head", "kernel"]), fn(["head", "bias"]))
-              for layout, fn in _KEY_FN.items()}
+_HEAD_KEYS = {layout: (_file_key(["head", "kernel"], layout), _file_key(["head", "bias"], layout))
+              for layout in LAYOUTS}
 
 
 def _leaves(params) -> list[tuple[list[str], Any]]:
@@ -283,7 +276,7 @@ def to_arrays(params, layout: str = "bit") -> dict[str, np.ndarray]:
   out = {}
   for path, v in _leaves(params):
     v = np.asarray(jax.device_get(v), np.float32)
-    out[_KEY_FN[layout](path)] = v.reshape(_file_shape(path, v.shape, layout))
+    out[_file_key(path, layout)] = v.reshape(_file_shape(path, v.shape, layout))
   return out
 
 
@@ -414,7 +407,7 @@ def load(init_params, path: str, *, head_mismatch: str = "reinit",
         "this model has stem_pool_pad='zeros', which changes its logits. Set "
         "stem_pool_pad='neg_inf' in the model's kwargs (e.g. --config.t1.stem_pool_pad="
         "neg_inf).", path)
-  key_fn = _KEY_FN[layout]
+  key_fn = lambda p: _file_key(p, layout)
   leaves = _leaves(init_params)
   # What the model expects, by file key: the shape in the file's layout.
   expected = {key_fn(p): _file_shape(p, tuple(v.shape), layout) for p, v in leaves}
