@@ -1,14 +1,17 @@
-"""BiT ResNetV2: shapes, numerics against an independent numpy forward, npz interop."""
+"""BiT ResNetV2: shapes, numerics against independent numpy forwards, npz interop, freeze."""
 
 import logging
 import pickle
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from big_distill import errors
 from big_distill.models import bit
+from tests import bit_reference
 
 
 def _count(model, res=224):
@@ -49,74 +52,16 @@ def tiny():
   return model, params, np.asarray(x)
 
 
-# -- An independent forward pass written from the BiT release's description. --
-
-def _np_conv(x, w, stride, pad):
-  x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  kh, kw, _, cout = w.shape
-  b, h, wd, _ = x.shape
-  oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
-  out = np.zeros((b, oh, ow, cout), np.float64)
-  for i in range(kh):
-    for j in range(kw):
-      patch = x[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :]
-      out += patch @ w[i, j]
-  return out
-
-
-def _np_std(w):
-  m = w.mean(axis=(0, 1, 2), keepdims=True)
-  v = w.var(axis=(0, 1, 2), keepdims=True)
-  return (w - m) / np.sqrt(v + 1e-10)
-
-
-def _np_gn(x, gamma, beta):
-  b, h, w, c = x.shape
-  g = min(32, c)
-  xg = x.reshape(b, h, w, g, c // g)
-  m = xg.mean(axis=(1, 2, 4), keepdims=True)
-  v = xg.var(axis=(1, 2, 4), keepdims=True)
-  return ((xg - m) / np.sqrt(v + 1e-5)).reshape(b, h, w, c) * gamma + beta
-
-
-def _np_forward(a, x, pool_pad_value=0.0):
-  relu = lambda t: np.maximum(t, 0)
-  x = _np_conv(x.astype(np.float64), _np_std(a["resnet/root_block/standardized_conv2d/kernel"]), 2, 3)
-  x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=pool_pad_value)
-  b, h, w, c = x.shape
-  oh, ow = (h - 3) // 2 + 1, (w - 3) // 2 + 1
-  x = np.max([x[:, i:i + 2 * oh:2, j:j + 2 * ow:2] for i in range(3) for j in range(3)], axis=0)
-  for blk in range(1, 5):
-    units = sorted({k.split("/")[2] for k in a if k.startswith(f"resnet/block{blk}/")})
-    for u in units:
-      p = f"resnet/block{blk}/{u}/"
-      stride = 2 if blk > 1 and u == "unit01" else 1
-      out = relu(_np_gn(x, a[p + "a/group_norm/gamma"], a[p + "a/group_norm/beta"]))
-      res = x
-      if p + "a/proj/standardized_conv2d/kernel" in a:
-        res = _np_conv(out, _np_std(a[p + "a/proj/standardized_conv2d/kernel"]), stride, 0)
-      out = _np_conv(out, _np_std(a[p + "a/standardized_conv2d/kernel"]), 1, 0)
-      out = relu(_np_gn(out, a[p + "b/group_norm/gamma"], a[p + "b/group_norm/beta"]))
-      out = _np_conv(out, _np_std(a[p + "b/standardized_conv2d/kernel"]), stride, 1)
-      out = relu(_np_gn(out, a[p + "c/group_norm/gamma"], a[p + "c/group_norm/beta"]))
-      out = _np_conv(out, _np_std(a[p + "c/standardized_conv2d/kernel"]), 1, 0)
-      x = out + res
-  x = relu(_np_gn(x, a["resnet/group_norm/gamma"], a["resnet/group_norm/beta"]))
-  x = x.mean(axis=(1, 2))
-  k = a["resnet/head/conv2d/kernel"]
-  return x @ k.reshape(k.shape[2:]) + a["resnet/head/conv2d/bias"]
-
-
 def test_forward_matches_reference_built_from_bit_keys(tiny):
   model, params, x = tiny
   logits, out = model.apply({"params": params}, x)
   arrays = bit.to_bit_arrays(params)
-  ref = _np_forward(arrays, x)
+  ref = bit_reference.bit_release_forward(arrays, x)
   np.testing.assert_allclose(np.asarray(logits), ref, rtol=2e-4, atol=2e-4)
   assert out["pre_logits"].shape == (2, 1024)
   # The max-pool's zero padding is part of the released numerics: a -inf
   # padded pool gives measurably different logits, which the model must not.
-  ref_inf = _np_forward(arrays, x, pool_pad_value=-np.inf)
+  ref_inf = bit_reference.bit_release_forward(arrays, x, pool_pad_value=-np.inf)
   assert np.abs(ref_inf - ref).max() > 50 * np.abs(np.asarray(logits) - ref).max()
 
 
@@ -187,31 +132,286 @@ def test_malformed_files_give_clear_errors(tiny, tmp_path):
 
   missing = dict(good)
   del missing[conv]
-  with pytest.raises(ValueError, match=f"(?s)1 missing.*{conv}: missing"):
+  with pytest.raises(ValueError, match=f"(?s)1 missing.*{conv}: missing") as e:
     bit.load(params, _write(tmp_path / "missing.npz", missing))
+  assert isinstance(e.value, errors.CheckpointError)
 
   extra = dict(good, **{"resnet/block9/unit01/a/group_norm/gamma": np.ones(3)})
-  with pytest.raises(ValueError, match="block9.*not in the model"):
+  with pytest.raises(ValueError, match="block9.*not in the model") as e:
     bit.load(params, _write(tmp_path / "extra.npz", extra))
+  assert isinstance(e.value, errors.CheckpointError)
 
   shaped = dict(good, **{conv: np.zeros((3, 3, 64, 65), np.float32)})
-  with pytest.raises(ValueError, match=r"(?s)1 mis-shaped.*file \(3, 3, 64, 65\), model \(3, 3, 64, 64\)"):
+  with pytest.raises(ValueError, match=r"(?s)1 mis-shaped.*file \(3, 3, 64, 65\), model \(3, 3, 64, 64\)") as e:
     bit.load(params, _write(tmp_path / "shaped.npz", shaped))
+  assert isinstance(e.value, errors.CheckpointError)
 
   # An architecture mismatch (an R50 file for an R26 model) names arrays.
   r50 = bit.Model(num_classes=7, depth=50, width=0.5).init(jax.random.key(0), x)["params"]
-  with pytest.raises(ValueError, match="depth/width/num_classes"):
+  with pytest.raises(ValueError, match="depth/width/num_classes") as e:
     bit.load(params, _write(tmp_path / "r50.npz", bit.to_bit_arrays(r50)))
+  assert isinstance(e.value, errors.CheckpointError)
 
   pkl = tmp_path / "weights.pkl"
   pkl.write_bytes(pickle.dumps(good))
-  with pytest.raises(ValueError, match="not an .npz"):
+  with pytest.raises(ValueError, match="not an .npz") as e:
     bit.load(params, str(pkl))
+  assert isinstance(e.value, errors.CheckpointError)
 
   obj = tmp_path / "obj.npz"
   np.savez(obj, a=np.array([{"x": 1}], dtype=object))
-  with pytest.raises(ValueError, match="pickled"):
+  with pytest.raises(ValueError, match="pickled") as e:
     bit.load(params, str(obj))
+  assert isinstance(e.value, errors.CheckpointError)
 
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(FileNotFoundError, match="does not exist") as e:
     bit.load(params, str(tmp_path / "nope.npz"))
+  assert isinstance(e.value, errors.CheckpointError)
+
+
+# -- big_vision's bit_paper: numerics and its checkpoint layout. ---------------
+
+def _template(model, hw):
+  shape = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *hw, 3)))["params"]
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shape)
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _assert_same_params(a, b):
+  jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
+
+
+# R26x1: every GroupNorm has 32 groups of 2 or more channels. R50x0.5: the
+# stem's 32 channels make groups of 1 there, of 4..64 elsewhere. Both
+# non-square, as a transposed image would go unnoticed on a square one.
+BIT_PAPER_CASES = {"R26x1_24x40": (26, 1.0, (24, 40)), "R50x0.5_40x24": (50, 0.5, (40, 24))}
+
+
+@pytest.fixture(scope="module", params=list(BIT_PAPER_CASES))
+def bit_paper_case(request, tmp_path_factory):
+  depth, width, hw = BIT_PAPER_CASES[request.param]
+  p = bit_reference.random_bit_paper_params(depth, width, 5, seed=depth)
+  x = np.random.default_rng(0).standard_normal((2, *hw, 3)).astype(np.float32)
+  folder = tmp_path_factory.mktemp(request.param)
+  np.savez(folder / "bv.npz", **p)
+  np.savez(folder / "bit.npz", **bit_reference.bit_paper_to_bit_release(p))
+  models = {pad: bit.Model(num_classes=5, depth=depth, width=width, stem_pool_pad=pad)
+            for pad in bit.STEM_POOL_PADS}
+  return dict(depth=depth, width=width, hw=hw, p=p, x=x, folder=folder, models=models)
+
+
+def test_neg_inf_model_matches_big_vision_bit_paper(bit_paper_case):
+  c = bit_paper_case
+  ref = bit_reference.bit_paper_forward(c["p"], c["x"], c["depth"], c["width"])
+  template = _template(c["models"]["zeros"], c["hw"])
+  from_bv = bit.load(template, str(c["folder"] / "bv.npz"), stem_pool_pad="neg_inf")
+  from_bit = bit.load(template, str(c["folder"] / "bit.npz"))
+  # The same weights in either layout load to the same params, bit for bit.
+  _assert_same_params(from_bv, from_bit)
+  logits = {pad: jax.jit(m.apply)({"params": from_bv}, c["x"])[0]
+            for pad, m in c["models"].items()}
+  err = _rel(logits["neg_inf"], ref)
+  assert err < 1e-5, err  # float32 rounding (measured: 4e-6 R26x1, 7e-6 R50x0.5).
+  # The BiT release's zero padding gives measurably other logits on these
+  # weights (measured: 2e-2 and 5e-2), and matches the BiT release's numerics.
+  assert _rel(logits["zeros"], ref) > 100 * err
+  ref_zeros = bit_reference.bit_release_forward(
+      bit_reference.bit_paper_to_bit_release(c["p"]), c["x"], pool_pad_value=0.0)
+  assert _rel(logits["zeros"], ref_zeros) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def bv_tiny(tmp_path_factory):
+  """Random R26x0.5 weights (7 classes) in bit_paper's layout, its model, input, logits."""
+  p = bit_reference.random_bit_paper_params(26, 0.5, 7, seed=3)
+  model = bit.Model(num_classes=7, depth=26, width=0.5, stem_pool_pad="neg_inf")
+  x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  return p, model, x, jax.jit(model.apply), tmp_path_factory.mktemp("bv_tiny")
+
+
+def test_every_big_vision_file_form_loads_like_the_bit_file(bv_tiny):
+  p, model, x, apply, folder = bv_tiny
+  template = _template(model, (32, 32))
+  bf16 = {k: v.astype(jnp.bfloat16) for k, v in p.items()}
+  optax_state = {"opt/0/mu/head/kernel": np.ones((1024, 7), np.float32),
+                 "opt/1/count": np.int32(5)}
+  flax_optim_state = {"opt/state/step": np.int32(5),
+                      "opt/state/param_states/head/kernel/grad_ema": np.ones((1024, 7))}
+  forms = {
+      "bare": (p, p),
+      "params": ({**{f"params/{k}": v for k, v in p.items()}, **optax_state}, p),
+      "opt_target": ({**{f"opt/target/{k}": v for k, v in p.items()}, **flax_optim_state}, p),
+      "bfloat16": (bf16, {k: v.astype(np.float32) for k, v in bf16.items()}),
+  }
+  np.savez(folder / "bf16.npz", **bf16)
+  with np.load(folder / "bf16.npz") as f:  # The case it is about: numpy's 2-byte void.
+    assert f["head/kernel"].dtype.str == "|V2"
+  logits = {}
+  for name, (contents, same_weights) in forms.items():
+    np.savez(folder / f"{name}.npz", **contents)
+    np.savez(folder / f"{name}_bit.npz", **bit_reference.bit_paper_to_bit_release(same_weights))
+    loaded = bit.load(template, str(folder / f"{name}.npz"))
+    expected = bit.load(template, str(folder / f"{name}_bit.npz"))
+    assert all(v.dtype == np.float32 for v in jax.tree.leaves(loaded))
+    _assert_same_params(loaded, expected)
+    logits[name] = np.asarray(apply({"params": loaded}, x)[0])
+    np.testing.assert_array_equal(logits[name], apply({"params": expected}, x)[0])
+  assert not np.array_equal(logits["bfloat16"], logits["bare"])  # It was rounded.
+
+
+def test_save_in_each_layout_loads_back_bitwise(tiny, tmp_path):
+  model, params, x = tiny
+  for layout in bit.LAYOUTS:
+    path = str(tmp_path / f"{layout}.npz")
+    bit.save(params, path, layout=layout)
+    fresh = model.init(jax.random.key(9), x)["params"]
+    _assert_same_params(bit.load(fresh, path), params)
+  # A ram:// file (tf.io.gfile, as gs://) in big_vision's layout.
+  bit.save(params, "ram://bit_test/bv.npz", layout="big_vision")
+  _assert_same_params(bit.load(params, "ram://bit_test/bv.npz"), params)
+  assert not any(p.endswith(".tmp") for p in map(str, tmp_path.iterdir()))
+  with pytest.raises(ValueError, match="layout='timm'"):
+    bit.save(params, str(tmp_path / "x.npz"), layout="timm")
+
+
+def test_saved_big_vision_file_is_what_bit_paper_reads(tiny, bv_tiny, tmp_path):
+  # Read as big_vision's utils.load_params reads it, then run as bit_paper
+  # runs it (which checks its names and shapes against bit_paper's init).
+  _, params, x = tiny
+  _, _, _, neg_inf_apply, _ = bv_tiny  # The same architecture, stem_pool_pad="neg_inf".
+  path = str(tmp_path / "student.npz")
+  bit.save(params, path, layout="big_vision")
+  flat = bit_reference.big_vision_load_params(path)
+  assert flat["block1/unit01/gn1/scale"].shape == (1, 1, 1, 32)
+  assert flat["head/kernel"].shape == (1024, 7) and flat["head/bias"].shape == (7,)
+  ref = bit_reference.bit_paper_forward(flat, x, depth=26, width=0.5)
+  assert _rel(neg_inf_apply({"params": params}, x)[0], ref) < 1e-5
+
+
+def test_head_mismatch_error_or_reinit(tiny, bv_tiny, tmp_path, caplog):
+  _, params, x = tiny
+  other = bit.Model(num_classes=3, depth=26, width=0.5)
+  template = _template(other, (32, 32))
+  p, *_ = bv_tiny
+  files = {"bit": tmp_path / "bit.npz", "big_vision": tmp_path / "bv.npz"}
+  bit.save(params, str(files["bit"]))
+  np.savez(files["big_vision"], **p)
+  for layout, path in files.items():
+    with pytest.raises(errors.CheckpointError,
+                       match=r"head for 7 classes, the model has num_classes=3.*Fine-tune"):
+      bit.load(template, str(path), head_mismatch="error")
+    with caplog.at_level(logging.INFO):
+      loaded = bit.load(template, str(path))  # "reinit", the default.
+    assert any("head re-initialized" in r.message for r in caplog.records), layout
+    assert not np.any(loaded["head"]["kernel"]) and not np.any(loaded["head"]["bias"])
+    assert loaded["head"]["kernel"].shape == (1024, 3)
+  headless = {k: v for k, v in p.items() if not k.startswith("head/")}
+  np.savez(tmp_path / "headless.npz", **headless)
+  with pytest.raises(errors.CheckpointError, match="has no classifier head"):
+    bit.load(template, str(tmp_path / "headless.npz"), head_mismatch="error")
+  assert not np.any(bit.load(template, str(tmp_path / "headless.npz"))["head"]["kernel"])
+  with pytest.raises(ValueError, match="head_mismatch='zero'"):
+    bit.load(template, str(files["bit"]), head_mismatch="zero")
+
+
+def test_big_vision_file_into_zeros_model_warns_once(bv_tiny, tmp_path, caplog):
+  p, model, *_ = bv_tiny
+  template = _template(model, (32, 32))
+  np.savez(tmp_path / "bv.npz", **p)
+  np.savez(tmp_path / "bit.npz", **bit_reference.bit_paper_to_bit_release(p))
+  cases = [("bv.npz", "zeros", 1), ("bv.npz", "neg_inf", 0), ("bv.npz", None, 0),
+           ("bit.npz", "zeros", 0)]
+  for name, pad, n in cases:
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      bit.load(template, str(tmp_path / name), stem_pool_pad=pad)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == n, (name, pad, warnings)
+    if n:
+      assert "stem_pool_pad='neg_inf'" in warnings[0]
+      assert "--config.t1.stem_pool_pad=neg_inf" in warnings[0]
+
+
+def test_malformed_big_vision_files_give_clear_errors(tiny, tmp_path):
+  _, params, _ = tiny
+  good = bit.to_arrays(params, "big_vision")
+  # GroupNorm parameters stored flat, as (C,), are the same parameters.
+  flat_gn = {k: v.reshape(-1) if "/gn" in k else v for k, v in good.items()}
+  _assert_same_params(bit.load(params, _write(tmp_path / "flat_gn.npz", flat_gn)), params)
+
+  def refused(arrays, pattern, name):
+    with pytest.raises(errors.CheckpointError, match=pattern) as e:
+      bit.load(params, _write(tmp_path / f"{name}.npz", arrays))
+    assert isinstance(e.value, ValueError)
+    return str(e.value)
+
+  gn, proj = "block1/unit01/gn1/scale", "block1/unit01/conv_proj/kernel"
+  msg = refused(dict(good, **{gn: np.ones((1, 1, 1, 33), np.float32)}),
+                r"(?s)big_vision layout.*1 mis-shaped", "shaped")
+  assert f"first mismatch first:\n  {gn}: file (1, 1, 1, 33), model (1, 1, 1, 32)" in msg
+  refused({k: v for k, v in good.items() if k != proj}, f"(?s)1 missing.*{proj}: missing",
+          "missing")
+  refused(dict(good, **{"block5/unit01/conv1/kernel": np.ones((1, 1, 2, 2))}),
+          "block5/unit01/conv1/kernel: in the file .* not in the model", "extra")
+  refused({"encoder/layer0/kernel": np.ones(3)}, "neither the BiT release layout", "other")
+  refused(dict(good, **{gn: np.zeros((1, 1, 1, 32), "V4")}), r"raw dtype \|V4", "void")
+
+
+# -- A lean frozen teacher. ------------------------------------------------------
+
+def _kernel_reductions(compiled, kernel_shapes) -> int:
+  """How many reduce ops of the optimized HLO read a kernel-shaped array."""
+  text = compiled.as_text()
+  shapes = {name: tuple(int(d) for d in dims.split(",") if d)
+            for name, dims in re.findall(r"%(\S+) = \w+\[([\d,]*)\]", text)}
+  return sum(shapes.get(m[1]) in kernel_shapes for m in re.finditer(r" reduce\(%([^,\s)]+)", text))
+
+
+def test_freeze_keeps_the_logits_and_drops_the_standardization(tiny):
+  model, params, x = tiny
+  host = jax.device_get(params)
+  frozen_model, frozen = bit.freeze(model, host)
+  assert frozen_model.kernels_standardized and not model.kernels_standardized
+  kernels = [(p, v) for p, v in bit._leaves(frozen) if p[-1] == "kernel" and p[0] != "head"]
+  assert len(kernels) == 1 + 8 * 3 + 4  # Root, 3 per unit, 4 projections.
+  for path, k in kernels:
+    assert isinstance(k, np.ndarray) and k.dtype == np.float32, path
+    np.testing.assert_allclose(k.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(k.std(axis=(0, 1, 2)), 1, atol=1e-5)
+  for path, v in bit._leaves(frozen):  # GroupNorm and head: untouched.
+    if path[-1] != "kernel" or path[0] == "head":
+      np.testing.assert_array_equal(v, _get(host, path))
+
+  compiled = jax.jit(model.apply).lower({"params": params}, x).compile()
+  frozen_compiled = jax.jit(frozen_model.apply).lower({"params": frozen}, x).compile()
+  logits = np.asarray(compiled({"params": params}, x)[0])
+  frozen_logits = np.asarray(frozen_compiled({"params": frozen}, x)[0])
+  max_rel = np.abs(frozen_logits - logits).max() / np.abs(logits).max()
+  assert max_rel < 1e-6, max_rel  # float32 rounding (measured: 0, bitwise equal, on CPU).
+
+  # The compiled forward no longer standardizes: fewer FLOPs, at least one
+  # per kernel element fewer, and no reduction over a kernel-shaped array.
+  kernel_shapes = {tuple(k.shape) for _, k in kernels}
+  flops = compiled.cost_analysis()["flops"]
+  frozen_flops = frozen_compiled.cost_analysis()["flops"]
+  assert flops - frozen_flops >= sum(k.size for _, k in kernels), (flops, frozen_flops)
+  assert _kernel_reductions(compiled, kernel_shapes) >= len(kernels)  # What it detects.
+  assert _kernel_reductions(frozen_compiled, kernel_shapes) == 0
+
+  # Device arrays stay device arrays; a frozen model is not frozen twice.
+  _, on_device = bit.freeze(model, params)
+  assert isinstance(on_device["root_conv"]["kernel"], jax.Array)
+  np.testing.assert_allclose(on_device["root_conv"]["kernel"], frozen["root_conv"]["kernel"],
+                             rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="already frozen"):
+    bit.freeze(frozen_model, frozen)
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
