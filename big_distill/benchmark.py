@@ -3,14 +3,14 @@ r"""Step time, FLOPs and MFU of a config's train step, on synthetic data.
     python -m big_distill.benchmark --config=configs/flowers_r50.py:runlocal \
         [--config.compute_dtype=bfloat16] [--steps=20] [--warmup=3]
 
-Prints one JSON line. The step is the one `train.py` runs (the same update
-function, shardings and donation); teachers are random (with a random, nonzero
-head), so no checkpoint and no data set is needed. Other modes:
+Prints one JSON line. The step is the one `train.py` runs, built by the same
+`big_distill.setup` functions (update function, shardings, donation);
+teachers are random (with a random, nonzero head), so no checkpoint and no
+data set is needed. Other modes:
 
     --eval        the evaluation forward (student and teachers) on an eval batch;
     --input       the input pipeline alone, on the config's real data
-                  (`big_distill.data.throughput`);
-    --precision   bfloat16 against float32 logits of the config's models;
+                  (`big_distill.data.throughput.measure`);
     --flops_only  compile without running: FLOPs and planned memory, e.g. for a
                   model too large to run here (`--lowered_only`: FLOPs of the
                   program before compiling, in seconds); `--project_device_kind`
@@ -25,10 +25,12 @@ backend compilations seen by jax.monitoring while the steps run.
 
 FLOPs come from XLA's cost analysis of the compiled step (per device, times
 the number of devices), split into the teachers' forward and the student's
-forward+backward by compiling those parts alone; `other` is the rest (mixup,
-optimizer, metrics). MFU is FLOPs / step time / (peak x devices), with the
+forward+backward by compiling those parts alone (the very functions the step
+calls: `setup.make_teacher_forward` and `setup.make_loss`); `other` is the
+rest (mixup, optimizer, metrics). MFU is FLOPs / step time / (peak x devices), with the
 peak of `config.compute_dtype` from `PEAKS` (accelerators) or measured with a
 large matmul (CPU). Results, commands and H100 projections: docs/performance.md.
+bfloat16 against float32 logits: `python -m big_distill.precision`.
 """
 
 from __future__ import annotations
@@ -37,11 +39,8 @@ import dataclasses
 import functools
 import json
 import math
-import os
-import re
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -51,29 +50,38 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+from ml_collections import config_flags
 import numpy as np
 
-from big_distill import distill
-from big_distill import optim
+from big_distill import errors
 from big_distill import parallel
-from big_distill import train as train_lib
+from big_distill import setup
+from big_distill.data import input as input_lib
+from big_distill.data import throughput
 
-# `--config` (with `--config.field=value` overrides) is the flag train.py
-# defines when it is imported; read it as flags.FLAGS.config.
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (each timed twice: synchronized "
-                              "one by one for the median, then as one window).")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Steps run after compiling, before timing.")
-_EVAL = flags.DEFINE_bool("eval", False, "Measure the evaluation step.")
-_INPUT = flags.DEFINE_bool("input", False, "Measure the input pipeline on real data.")
-_PRECISION = flags.DEFINE_bool("precision", False, "Compare bfloat16 with float32 logits.")
-_FLOPS_ONLY = flags.DEFINE_bool("flops_only", False, "Compile only: FLOPs and planned memory.")
-_LOWERED_ONLY = flags.DEFINE_bool(
-    "lowered_only", False, "With --flops_only: FLOPs of the program before compiling "
-    "(seconds, where compiling a large model on a CPU takes minutes).")
-_PROJECT_KIND = flags.DEFINE_string(
-    "project_device_kind", None, "A device kind from PEAKS (e.g. 'NVIDIA H100 80GB HBM3'): "
-    "add the step time this step would take there at --project_mfu.")
-_PROJECT_MFU = flags.DEFINE_float("project_mfu", 0.45, "MFU assumed by the projection.")
+
+def define_flags(values: flags.FlagValues | None = None) -> None:
+  """The command's flags (only when run as a command: importing defines none)."""
+  values = values if values is not None else flags.FLAGS
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. "
+                                  "configs/flowers_r50.py:runlocal.", flag_values=values,
+                                  lock_config=True)
+  flags.DEFINE_integer("steps", 20, "Timed steps (each timed twice: synchronized "
+                       "one by one for the median, then as one window).", flag_values=values)
+  flags.DEFINE_integer("warmup", 3, "Steps run after compiling, before timing.",
+                       flag_values=values)
+  flags.DEFINE_bool("eval", False, "Measure the evaluation step.", flag_values=values)
+  flags.DEFINE_bool("input", False, "Measure the input pipeline on real data.",
+                    flag_values=values)
+  flags.DEFINE_bool("flops_only", False, "Compile only: FLOPs and planned memory.",
+                    flag_values=values)
+  flags.DEFINE_bool("lowered_only", False, "With --flops_only: FLOPs of the program before "
+                    "compiling (seconds, where compiling a large model on a CPU takes "
+                    "minutes).", flag_values=values)
+  flags.DEFINE_string("project_device_kind", None, "A device kind from PEAKS (e.g. 'NVIDIA "
+                      "H100 80GB HBM3'): add the step time this step would take there at "
+                      "--project_mfu.", flag_values=values)
+  flags.DEFINE_float("project_mfu", 0.45, "MFU assumed by the projection.", flag_values=values)
 
 # Dense (no sparsity) peak FLOP/s per JAX device, by device kind (the first
 # prefix that matches wins, so specific kinds come first).
@@ -105,16 +113,6 @@ PEAKS: tuple[tuple[str, float, float], ...] = (
     ("TPU v5p", 459e12, 459e12),
     ("TPU v5", 459e12, 459e12),
 )
-
-# bfloat16 logits may differ from float32 ones (relative L2) by at most this
-# many times the network's own sensitivity: the change of float32 logits when
-# only the input is rounded to bfloat16, floored at bfloat16's precision (2^-8:
-# a network insensitive to its input still has every activation, and a
-# teacher every weight, rounded). Teachers run with bfloat16 *weights*
-# (train.py casts them once), on top of the bfloat16 activations that
-# tests/test_bit.py bounds for the model alone (measured there: ~3x).
-BF16_EPS = 2.0**-8
-BF16_RATIO_TOL = 5.0
 
 # CPUs have no datasheet peak here: a matmul this large (n x n) measures one.
 CPU_PEAK_MATMUL_SIZE = 2048
@@ -200,120 +198,51 @@ def init_key(seed: int) -> jax.Array:
   return jax.random.key(seed, impl="unsafe_rbg")
 
 
-def _init_params(model, res: int, key):
-  return model.init(key, jnp.zeros((1, res, res, 3), jnp.float32))["params"]
-
-
-def random_teacher(model, res: int, key, dtype) -> Any:
-  """Random teacher parameters with a random head (BiT's head starts at zero,
-  which would make every teacher output uniform), cast to `dtype`."""
-  params = _init_params(model, res, key)
-  kernel = params["head"]["kernel"]
-  head = jax.random.normal(jax.random.fold_in(key, 1), kernel.shape) / math.sqrt(kernel.shape[0])
-  params = {**params, "head": {**params["head"], "kernel": head}}
-  return jax.tree.map(lambda x: x.astype(dtype), params)
-
-
-def _abstract(shape_tree, sharding_tree):
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      shape_tree, sharding_tree)
-
-
 @dataclasses.dataclass
 class Setup:
-  """Everything a measurement needs: models, mesh, jitted functions and the
-  abstract (shape, dtype, sharding) arguments they are compiled for."""
+  """The trainer's set-up, with the abstract (shape, dtype, sharding) arguments
+  of its step and random teachers in place of checkpoints."""
   config: mlc.ConfigDict
-  models: train_lib.Models
-  mesh: Any
+  train: setup.TrainSetup
   batch_size: int
   batch_sharding: Any
-  state_shape: Any          # abstract, with shardings
   teacher_shape: Any        # abstract, with shardings
   batch_shape: Any          # abstract, with shardings
-  train_step: Callable
-  init_state: Callable      # key -> state, sharded
-  init_teachers: Callable   # () -> teacher params, sharded, in compute dtype
+
+  @property
+  def models(self) -> setup.Models:
+    return self.train.models
+
+  def init_teachers(self) -> Any:
+    return setup.random_teachers(self.config, self.models, self.train.mesh,
+                                 init_key(self.config.seed))
 
 
 def build(config: mlc.ConfigDict, batch_size: int | None = None) -> Setup:
-  """The jitted train step of `config` with its abstract arguments.
-
-  The lines below follow `train.train()` (mesh, optimizer, shardings,
-  `make_update_fn`, jit with donation); see docs/performance.md for the
-  refactor that would let both share one function.
-  """
-  train_lib.check_config(config)
-  models = train_lib.build_models(config)
+  """The jitted train step of `config`, built as train.py builds it."""
+  setup.check_config(config)
+  models = setup.build_models(config)
   batch_size = batch_size or config.input.batch_size
-  mesh = parallel.make_mesh(config.mesh)
-  parallel.check_batch_size(batch_size, mesh)
+  mesh = setup.make_mesh(config, batch_size)
+  s = setup.build(config, models, mesh, total_steps=_SCHEDULE_STEPS, warmup_steps=0)
   batch_sharding = parallel.batch_sharding(mesh)
-  rng = init_key(config.seed)
-
-  student_shape = jax.eval_shape(
-      functools.partial(_init_params, models.student, models.res["student"]), rng)
-  tx, schedule = optim.make(config, student_shape, total_steps=_SCHEDULE_STEPS, warmup_steps=0)
-  state_shape = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p),
-                                          "step": jnp.zeros([], jnp.int32)}, student_shape)
-  state_sharding = parallel.param_shardings(mesh, state_shape, config.fsdp_min_size)
-
-  dtype = jnp.dtype(config.compute_dtype)
-  teacher_keys = {t: jax.random.fold_in(rng, i + 1) for i, t in enumerate(models.teachers)}
-
-  def init_teachers():
-    return {t: random_teacher(m, models.res[t], teacher_keys[t], dtype)
-            for t, m in models.teachers.items()}
-
-  teacher_eval_shape = jax.eval_shape(init_teachers)
-  teacher_sharding = parallel.param_shardings(mesh, teacher_eval_shape, config.fsdp_min_size)
-
-  def init_state(key):
-    params = _init_params(models.student, models.res["student"], key)
-    return {"params": params, "opt": tx.init(params), "step": jnp.zeros([], jnp.int32)}
-
-  train_step = train_lib.make_train_step(config, models, tx, schedule, mesh, state_sharding)
   batch_shape = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
       synthetic_batch(config, models.res, batch_size))
-  return Setup(
-      config=config, models=models, mesh=mesh, batch_size=batch_size,
-      batch_sharding=batch_sharding,
-      state_shape=_abstract(state_shape, state_sharding),
-      teacher_shape=_abstract(teacher_eval_shape, teacher_sharding),
-      batch_shape=batch_shape, train_step=train_step,
-      init_state=jax.jit(init_state, out_shardings=state_sharding),
-      init_teachers=jax.jit(init_teachers, out_shardings=teacher_sharding))
+  return Setup(config=config, train=s, batch_size=batch_size, batch_sharding=batch_sharding,
+               teacher_shape=setup.abstract_teachers(config, models, mesh),
+               batch_shape=batch_shape)
 
 
 def teacher_forward(s: Setup) -> Callable:
-  """`(teacher_params, images) -> {teacher: logits}`: the teachers' share of a step."""
-  predict = train_lib.make_predict(s.models)
-  which = tuple(s.models.teachers)
-  return jax.jit(lambda tp, images: predict(None, tp, images, which),
-                 in_shardings=(None, s.batch_sharding))
+  """`(teacher_params, images) -> {teacher: logits}`: the teachers' share of the step."""
+  return jax.jit(setup.make_teacher_forward(s.models), in_shardings=(None, s.batch_sharding))
 
 
 def student_forward_backward(s: Setup) -> Callable:
-  """`(params, images, teacher_logits, labels) -> (loss, grads)`: the student's share."""
-  config, models = s.config, s.models
-  loss_fn = distill.from_config(config.distill)
-  teachers = tuple(config.teachers)
-  label_weight = config.distill.label_weight if teachers else 1.0
-  apply = models.student.apply
-  if config.remat_student:
-    apply = jax.checkpoint(apply)
-
-  def loss(params, images, teacher_logits, labels):
-    logits = apply({"params": params}, images, train=True)[0]
-    total = sum((loss_fn(logits, teacher_logits[t]).mean() for t in teachers),
-                jnp.zeros([], jnp.float32))
-    if label_weight:
-      onehot = jax.nn.one_hot(labels, config.num_classes, dtype=jnp.float32)
-      total = total + label_weight * distill.softmax_xent(logits, onehot).mean()
-    return total
-
-  return jax.jit(jax.value_and_grad(loss))
+  """`(params, images, teacher_logits, labels) -> ((loss, aux), grads)`: the
+  student's share of the step, the step's own loss function."""
+  return jax.jit(jax.value_and_grad(setup.make_loss(s.config, s.models), has_aux=True))
 
 
 def _cost(stage) -> dict[str, float]:
@@ -371,9 +300,12 @@ def flop_split(s: Setup, lowered_only: bool = False) -> dict[str, float]:
                                    lowered_only=lowered_only)
   logits = {t: jax.ShapeDtypeStruct((s.batch_size, s.config.num_classes), jnp.float32)
             for t in s.models.teachers}
+  # As the step calls it: one-hot (mixed) labels, the student's image only.
+  labels = jax.ShapeDtypeStruct((s.batch_size, s.config.num_classes), jnp.float32)
   out["student_forward_backward"] = flops(
-      student_forward_backward(s), s.state_shape["params"], s.batch_shape["image"]["student"],
-      logits, s.batch_shape["label"], lowered_only=lowered_only)
+      student_forward_backward(s), s.train.state["params"],
+      {"student": s.batch_shape["image"]["student"]}, logits, labels,
+      lowered_only=lowered_only)
   return out
 
 
@@ -455,7 +387,7 @@ def projection(flops_per_step: float, batch_size: int, dtype: str, device_kind: 
   """The step time on one device of `device_kind` at `mfu`: arithmetic, not a run."""
   peak = peak_flops(device_kind, dtype)
   if peak is None:
-    raise ValueError(f"--project_device_kind={device_kind!r} with {dtype} is not in "
+    raise errors.ConfigError(f"--project_device_kind={device_kind!r} with {dtype} is not in "
                      "benchmark.PEAKS.")
   step = flops_per_step / (mfu * peak)
   return {"device_kind": device_kind, "mfu": mfu, "peak_flops": peak, "step_time_s": step,
@@ -468,7 +400,7 @@ def run_train(config: mlc.ConfigDict, *, steps: int, warmup: int, flops_only: bo
   """The train step's figures (see the module docstring)."""
   s = build(config)
   out = _header(config, "flops_only" if flops_only else "train", s.batch_size)
-  out.update(_compile(s.train_step, s.state_shape, s.teacher_shape, s.batch_shape,
+  out.update(_compile(s.train.train_step, s.train.state, s.teacher_shape, s.batch_shape,
                       lowered_only=lowered_only))
   split = flop_split(s, lowered_only)
   out["flops"] = {**split, "other": out["flops_per_step"] - sum(split.values())}
@@ -479,8 +411,8 @@ def run_train(config: mlc.ConfigDict, *, steps: int, warmup: int, flops_only: bo
     return out
 
   batch = jax.device_put(synthetic_batch(config, s.models.res, s.batch_size), s.batch_sharding)
-  args = (s.init_state(init_key(config.seed)), s.init_teachers(), batch)
-  out.update(time_steps(s.train_step, lambda a, o: (o[0], a[1], a[2]), args,
+  args = (s.train.init_state(init_key(config.seed)), s.init_teachers(), batch)
+  out.update(time_steps(s.train.train_step, lambda a, o: (o[0], a[1], a[2]), args,
                         steps=steps, warmup=warmup))
   _rates(out, config.compute_dtype)
   out.update(_memory())
@@ -495,17 +427,17 @@ def run_eval(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, An
   batch_size = (first and first.batch_size) or config.input.batch_size
   s = build(config, batch_size)
   out = _header(config, "eval", batch_size)
-  predict = train_lib.make_predict(s.models)
+  predict = setup.make_predict(s.models)
   which = ("student", *s.models.teachers)
   step = jax.jit(lambda sp, tp, images: predict(sp, tp, images, which),
                  in_shardings=(None, None, s.batch_sharding))
-  out.update(_compile(step, s.state_shape["params"], s.teacher_shape, s.batch_shape["image"]))
+  out.update(_compile(step, s.train.state["params"], s.teacher_shape, s.batch_shape["image"]))
   teacher = flops(teacher_forward(s), s.teacher_shape, s.batch_shape["image"]) \
       if s.models.teachers else 0.0
   out["flops"] = {"teacher_forward": teacher, "student_forward": out["flops_per_step"] - teacher}
 
   batch = jax.device_put(synthetic_batch(config, s.models.res, batch_size), s.batch_sharding)
-  args = (s.init_state(init_key(config.seed))["params"], s.init_teachers(),
+  args = (s.train.init_state(init_key(config.seed))["params"], s.init_teachers(),
           batch["image"])
   out.update(time_steps(step, lambda a, o: a, args, steps=steps, warmup=warmup))
   _rates(out, config.compute_dtype)
@@ -513,150 +445,41 @@ def run_eval(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, An
   return out
 
 
-def run_input(config: mlc.ConfigDict, config_args: list[str], *, steps: int,
-              warmup: int) -> dict[str, Any]:
-  """The input pipeline alone on the config's prepared data (host only).
-
-  Runs `python -m big_distill.data.throughput` with the same `--config` flags:
-  that module defines `--config` and `--warmup` flags of its own when it is
-  imported, which clash with train.py's and this module's.
-  """
-  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
+def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, Any]:
+  """The input pipeline alone on the config's prepared data (host only)."""
   input_lib.check_prepared(config.input.data)
   out = _header(config, "input", config.input.batch_size)
   out.update(data=config.input.data.name, split=config.input.data.split,
              views=config.distill.views, cache_raw=config.input.cache_raw)
-  cmd = [sys.executable, "-m", "big_distill.data.throughput", *config_args,
-         f"--num_batches={steps}", f"--warmup={warmup}"]
-  done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  found = re.search(r"^([0-9.]+) examples/s", done.stdout, re.MULTILINE)
-  if done.returncode or not found:
-    raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-  out["examples_per_s"] = float(found[1])
-  return out
-
-
-def _predict_fn(config: mlc.ConfigDict, dtype: str, which: tuple[str, ...]) -> Callable:
-  c = mlc.ConfigDict(config.to_dict())
-  c.compute_dtype = dtype
-  predict = train_lib.make_predict(train_lib.build_models(c))
-  jitted = jax.jit(lambda params, images: predict(
-      params["student"], {t: params[t] for t in which if t != "student"}, images, which))
-  return lambda params, images: {k: np.asarray(v, np.float64)
-                                 for k, v in jitted(params, images).items()}
-
-
-def _precision_inputs(config: mlc.ConfigDict, models: train_lib.Models, batch_size: int):
-  """(images, source): a batch of the config's training data where it is
-  prepared (trained weights see the images they know), else synthetic."""
-  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
-  try:
-    input_lib.check_prepared(config.input.data)
-  except (input_lib.DataNotPreparedError, ValueError):
-    return synthetic_batch(config, models.res, batch_size)["image"], "synthetic"
-  batch = next(input_lib.make_train_dataset(config).as_numpy_iterator())
-  return {k: np.asarray(v[:batch_size], np.float32) for k, v in batch["image"].items()}, "data"
-
-
-def _precision_params(config: mlc.ConfigDict, models: train_lib.Models, which) -> tuple:
-  """float32 weights per model, from its checkpoint (`config.student_init`,
-  `config.<teacher>_init`) where that file exists, else random; and which."""
-  rng = init_key(config.seed)
-  all_models = {"student": models.student, **models.teachers}
-  # Random heads: BiT's zero-initialized head would make every logit 0.
-  params = jax.jit(lambda: {
-      name: random_teacher(all_models[name], models.res[name], jax.random.fold_in(rng, i),
-                           jnp.float32) for i, name in enumerate(which)})()
-  source = {}
-  for name in which:
-    path = config.get(f"{name}_init")
-    try:
-      path = path and train_lib.resolve_init(path)
-    except FileNotFoundError:
-      path = None
-    source[name] = "random"
-    if path and os.path.isfile(path):
-      module = train_lib.model_module(config[f"{name}_name"])
-      params[name] = module.load(jax.device_get(params[name]), path)
-      source[name] = f"checkpoint {path}"
-  return params, source
-
-
-def compare_precision(config: mlc.ConfigDict, batch_size: int | None = None) -> dict[str, Any]:
-  """bfloat16 against float32 logits of every model of `config` on one batch.
-
-  float32: float32 weights and compute. bfloat16: as train.py runs it, the
-  student with float32 weights and bfloat16 compute, teachers with weights
-  cast to bfloat16 once. Weights come from the models' checkpoints where the
-  config's `*_init` files exist (`weights`), else they are random; images are
-  a batch of the config's data where it is prepared (`images`), else
-  synthetic. Per model: the relative L2 error of the logits, the largest
-  absolute difference, top-1 agreement, the mean KL(float32 || bfloat16) of
-  the softmax (how far the distillation target moves), and, as the scale to
-  read them against, `sensitivity`: how far float32 logits move when only the
-  input images are rounded to bfloat16. Random networks at small resolutions
-  are chaotic, so that scale matters (tests/test_bit.py bounds the model's own
-  bfloat16 error by it); `within_tolerance` asks rel_l2 <= BF16_RATIO_TOL x
-  max(sensitivity, BF16_EPS) for every model.
-  """
-  models = train_lib.build_models(config)
-  which = ("student", *models.teachers)
-  batch_size = batch_size or min(config.input.batch_size, 32)
-  images, image_source = _precision_inputs(config, models, batch_size)
-  rounded = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), images)
-  params, weights = _precision_params(config, models, which)
-  bf16 = {k: v if k == "student" else jax.tree.map(lambda x: x.astype(jnp.bfloat16), v)
-          for k, v in params.items()}
-  predict32 = _predict_fn(config, "float32", which)
-  l32, l32_rounded = predict32(params, images), predict32(params, rounded)
-  l16 = _predict_fn(config, "bfloat16", which)(bf16, images)
-  rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(a))
-  out = {"mode": "precision", "device_kind": jax.devices()[0].device_kind, "batch": batch_size,
-         "images": image_source, "weights": weights, "ratio_tol": BF16_RATIO_TOL,
-         "models": {}}
-  for name in which:
-    a, b = l32[name], l16[name]
-    kl = distill.kl(jnp.asarray(b, jnp.float32), jnp.asarray(a, jnp.float32))
-    out["models"][name] = {
-        "rel_l2": rel(a, b), "sensitivity": rel(a, l32_rounded[name]),
-        "max_abs": float(np.abs(a - b).max()), "logit_std": float(a.std()),
-        "top1_agree": float(np.mean(a.argmax(-1) == b.argmax(-1))),
-        "kl": float(jnp.mean(kl))}
-    m = out["models"][name]
-    m["tolerance"] = BF16_RATIO_TOL * max(m["sensitivity"], BF16_EPS)
-  out["within_tolerance"] = all(m["rel_l2"] <= m["tolerance"] for m in out["models"].values())
+  out["examples_per_s"] = throughput.measure(config, steps, warmup=warmup)
   return out
 
 
 def main(argv):
   del argv
-  config = flags.FLAGS.config
+  f = flags.FLAGS
+  config = f.config
   if config is None:
     raise app.UsageError("Give --config=configs/X.py[:args].")
-  picked = [m for m, on in (("eval", _EVAL.value), ("input", _INPUT.value),
-                            ("precision", _PRECISION.value),
-                            ("flops_only", _FLOPS_ONLY.value)) if on]
+  picked = [m for m in ("eval", "input", "flops_only") if f[m].value]
   if len(picked) > 1:
-    raise app.UsageError(f"Choose one of --eval, --input, --precision, --flops_only; got {picked}.")
+    raise app.UsageError(f"Choose one of --eval, --input, --flops_only; got {picked}.")
   mode = picked[0] if picked else "train"
-  steps, warmup = _STEPS.value, _WARMUP.value
   try:
     if mode in ("train", "flops_only"):
-      out = run_train(config, steps=steps, warmup=warmup, flops_only=mode == "flops_only",
-                      lowered_only=_LOWERED_ONLY.value, project_kind=_PROJECT_KIND.value,
-                      project_mfu=_PROJECT_MFU.value)
+      out = run_train(config, steps=f.steps, warmup=f.warmup, flops_only=mode == "flops_only",
+                      lowered_only=f.lowered_only, project_kind=f.project_device_kind,
+                      project_mfu=f.project_mfu)
     elif mode == "eval":
-      out = run_eval(config, steps=steps, warmup=warmup)
-    elif mode == "input":
-      config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
-      out = run_input(config, config_args, steps=steps, warmup=warmup)
+      out = run_eval(config, steps=f.steps, warmup=f.warmup)
     else:
-      out = compare_precision(config)
-  except (train_lib.ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+      out = run_input(config, steps=f.steps, warmup=f.warmup)
+  except errors.UserError as e:
     print(f"big_distill.benchmark: error: {e}", file=sys.stderr)
     sys.exit(2)
   print(json.dumps(out, sort_keys=True), flush=True)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -18,6 +18,8 @@ from typing import Any
 
 import ml_collections as mlc
 
+from big_distill import errors
+
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
   """Parses a config argument like `variant=fast,runlocal` into a ConfigDict.
@@ -34,7 +36,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
     name, eq, value = part.partition("=")
     name = name.strip()
     if name not in defaults:
-      raise ValueError(
+      raise errors.ConfigError(
           f"Unknown config argument {name!r} in {arg!r}. Known arguments: "
           f"{', '.join(sorted(defaults))}. Example: "
           "--config=configs/flowers_r50.py:variant=fast,runlocal")
@@ -43,12 +45,15 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
       out[name] = True
     elif isinstance(default, bool):
       if value.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"Config argument {name}={value!r}: expected true or false.")
+        raise errors.ConfigError(f"Config argument {name}={value!r}: expected true or false.")
       out[name] = value.lower() in ("true", "1")
-    elif isinstance(default, int):
-      out[name] = int(value)
-    elif isinstance(default, float):
-      out[name] = float(value)
+    elif isinstance(default, (int, float)):
+      try:
+        out[name] = type(default)(value)
+      except ValueError:
+        raise errors.ConfigError(
+            f"Config argument {name}={value!r} in {arg!r}: expected "
+            f"{'an integer' if isinstance(default, int) else 'a number'}.") from None
     else:
       out[name] = value
   return mlc.ConfigDict(out)
@@ -180,7 +185,7 @@ def steps(prefix: str, config: mlc.ConfigDict, *, num_examples: int | None,
   # 0 means "not set" as None does: None cannot be typed on a command line.
   given = {u: v for u, v in given.items() if v}
   if len(given) > 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Config sets the duration '{prefix}' twice: "
         + ", ".join(f"{prefix}_{u}={v}" for u, v in given.items())
         + f". Keep one of them (e.g. --config.{prefix}_{next(iter(given))}=0, "
@@ -194,11 +199,11 @@ def steps(prefix: str, config: mlc.ConfigDict, *, num_examples: int | None,
     n = math.ceil(value / batch_size)
   else:
     if not num_examples:
-      raise ValueError(f"{prefix}_epochs needs the number of training examples, "
+      raise errors.ConfigError(f"{prefix}_epochs needs the number of training examples, "
                        f"which is unknown here; give {prefix}_steps instead.")
     n = math.ceil(value * num_examples / batch_size)
   if n < 0:
     if total_steps is None:
-      raise ValueError(f"{prefix}: a negative duration needs the total.")
+      raise errors.ConfigError(f"{prefix}: a negative duration needs the total.")
     return total_steps
   return n

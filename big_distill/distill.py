@@ -16,6 +16,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from big_distill import errors
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -136,7 +138,8 @@ LOSSES: dict[str, tuple[Callable[..., jax.Array], tuple[str, ...]]] = {
 def get_loss(name: str, **kw: Any) -> LossFn:
   """The per-example loss `fn(student_logits, teacher_logits) -> f32[B]`."""
   if name not in LOSSES:
-    raise ValueError(f"Unknown distillation loss {name!r}; known: {', '.join(LOSSES)}.")
+    raise errors.ConfigError(f"Unknown distillation loss {name!r} (config.distill.loss); "
+                             f"known: {', '.join(LOSSES)}.")
   fn, allowed = LOSSES[name]
   unknown = sorted(set(kw) - set(allowed))
   if unknown:

@@ -25,7 +25,9 @@ import numpy as np
 
 from big_distill import config_lib
 from big_distill import distill
+from big_distill import errors
 from big_distill.data import input as input_lib
+from big_distill.data import pp as pp_lib
 
 TYPES = ("classification", "distance", "calibration")
 
@@ -80,29 +82,53 @@ def _finish(kind: str, totals: dict) -> dict[str, float]:
   return out
 
 
+def batch_metrics(kind: str, logits: dict[str, jax.Array], batch, *, teachers=(),
+                  bins: int = 15) -> dict[str, float]:
+  """The metrics of an evaluator of type `kind` over one batch (what `run` does
+  per batch and over all of them): masked means, ECE from the summed bins."""
+  return _finish(kind, jax.device_get(_sums(kind, logits, batch, tuple(teachers), bins)))
+
+
+def eval_models(config, name: str) -> tuple[str, ...]:
+  """The models that `config.evals.<name>` evaluates ('student' first)."""
+  ec, teachers = config.evals[name], tuple(config.teachers)
+  if ec.type == "distance":
+    return ("student", *teachers)
+  if ec.models == "all":
+    return ("student", *teachers)
+  return tuple(m.strip() for m in ec.models.split(","))
+
+
+def check_eval(config, name: str) -> None:
+  """`config.evals.<name>` can run: the one place that checks an evaluator's config."""
+  ec, teachers = config.evals[name], tuple(config.teachers)
+  if ec.type not in TYPES:
+    raise errors.ConfigError(f"config.evals.{name}.type={ec.type!r}: must be one of {TYPES}.")
+  if ec.type == "distance" and not teachers:
+    raise errors.ConfigError(f"config.evals.{name} is a 'distance' eval, which needs teachers; "
+                             "this config has none.")
+  unknown = set(eval_models(config, name)) - {"student", *teachers}
+  if unknown:
+    raise errors.ConfigError(
+        f"config.evals.{name}.models names unknown models {sorted(unknown)}; "
+        f"known: student, {', '.join(teachers)}.")
+  try:
+    pp_lib.parse(ec.pp)
+  except ValueError as e:
+    raise errors.ConfigError(f"config.evals.{name}.pp: {e}") from e
+
+
 class Evaluator:
   """One entry of `config.evals`, bound to the models and the mesh."""
 
   def __init__(self, name: str, config, *, predict: Callable, teachers, mesh,
                batch_sharding):
+    check_eval(config, name)
     self.name = name
     self.ec = config.evals[name]
-    if self.ec.type not in TYPES:
-      raise ValueError(f"config.evals.{name}.type={self.ec.type!r}: must be one of {TYPES}.")
-    if self.ec.type == "distance" and not teachers:
-      raise ValueError(f"config.evals.{name} is a 'distance' eval, which needs teachers; "
-                       "this config has none.")
+    self.models = eval_models(config, name)
     self.config = config
     self.teachers = tuple(teachers)
-    models = ("student", *self.teachers) if self.ec.models == "all" else tuple(
-        m.strip() for m in self.ec.models.split(","))
-    unknown = set(models) - {"student", *self.teachers}
-    if unknown:
-      raise ValueError(f"config.evals.{name}.models names unknown models {sorted(unknown)}; "
-                       f"known: student, {', '.join(self.teachers)}.")
-    if self.ec.type == "distance":
-      models = ("student", *self.teachers)
-    self.models = models
     self._sharding = batch_sharding
     self._teacher_cache: dict[str, float] | None = None
     kind, bins = self.ec.type, self.ec.ece_bins

@@ -6,18 +6,17 @@ shared CPU. bfloat16 numerics of BiT itself are tested in test_bit.py. No
 timing figure is asserted: timings are the benchmark's output, not a test.
 """
 
+import importlib.util
 import json
-import sys
-import textwrap
-import types
 
-from absl import flags
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
 from big_distill import benchmark
+from big_distill import setup
+from tests import helpers
+from tests import tiny_config
 
 TRAIN_KEYS = {
     "device_kind", "device_count", "global_batch", "compile_s", "step_time_s",
@@ -27,50 +26,12 @@ TRAIN_KEYS = {
     "recompiles_after_first_call"}
 
 
-class TinyCNN(nn.Module):
-  """The model-module interface of models/bit.py, in two convolutions."""
-  num_classes: int
-  width: int = 8
-  dtype: object = jnp.float32
-
-  @nn.compact
-  def __call__(self, images_BHWC, train: bool = False):
-    del train
-    conv = lambda f, name: nn.Conv(f, (3, 3), (2, 2), dtype=self.dtype,
-                                   param_dtype=jnp.float32, name=name)
-    x = nn.relu(conv(self.width, "conv_a")(images_BHWC.astype(self.dtype)))
-    x = nn.GroupNorm(num_groups=4, dtype=self.dtype, name="gn")(x)
-    x = nn.relu(conv(2 * self.width, "conv_b")(x))
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(x)
-    return logits, {"pre_logits": x}
-
-
-CONFIG = textwrap.dedent("""
-    from big_distill import config_lib
-
-    def get_config(arg=None):
-      c = config_lib.base()
-      c.num_classes = 5
-      c.input.batch_size = 8
-      c.student_name = c.t1_name = "tiny_cnn"
-      c.student = dict(width=4)
-      c.t1 = dict(width=8)
-      c.student_res, c.t1_res = 24, 32
-      return c
-    """)
-
-
 @pytest.fixture(autouse=True)
 def tiny_cnn(monkeypatch):
   # A small matmul measures the CPU's peak well enough for these tests.
   monkeypatch.setattr(benchmark, "CPU_PEAK_MATMUL_SIZE", 512)
   benchmark.device_peak.cache_clear()
-  module = types.ModuleType("big_distill.models.tiny_cnn")
-  module.Model = TinyCNN
-  # Its checkpoint "format": whatever the file holds, the weights plus one.
-  module.load = lambda init, path: jax.tree.map(lambda x: x + 1.0, init)
-  monkeypatch.setitem(sys.modules, module.__name__, module)
+  helpers.install_tiny_cnn(monkeypatch)
   yield
   benchmark.device_peak.cache_clear()
 
@@ -78,27 +39,15 @@ def tiny_cnn(monkeypatch):
 @pytest.fixture
 def config_file(tmp_path):
   path = tmp_path / "tiny_config.py"
-  path.write_text(CONFIG)
+  path.write_text(helpers.TINY_CNN_CONFIG)
   return str(path)
 
 
 @pytest.fixture
 def run_cli(capsys, monkeypatch):
-  """benchmark's main() with these flags; returns its stdout lines."""
-  def reset():
-    flags.FLAGS.unparse_flags()
-    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-      delattr(flags.FLAGS, name)  # Each parse defines the override flags anew.
-
+  """benchmark's main() with these flags, on flags of its own; returns its stdout lines."""
   def run(*args):
-    argv = ["benchmark", *args]
-    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides from it.
-    reset()
-    try:
-      flags.FLAGS(argv)
-      benchmark.main([])
-    finally:
-      reset()
+    helpers.run_main(benchmark, ["benchmark", *args], monkeypatch)
     return capsys.readouterr().out.strip().splitlines()
   return run
 
@@ -137,26 +86,46 @@ def test_flops_only_lowered_with_projection(run_cli, config_file):
   assert p["step_time_s"] == pytest.approx(out["flops_per_step"] / (0.45 * 989.4e12))
 
 
+def _load_config(path):
+  spec = importlib.util.spec_from_file_location("tiny_cnn_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_flop_split_counts_the_steps_own_loss(config_file, monkeypatch):
+  """The student's share is compiled from setup.make_loss itself: a loss that
+  costs more (here: the student's forward run twice) shows up in the split."""
+  config = _load_config(config_file)
+  before = benchmark.flop_split(benchmark.build(config), lowered_only=True)
+  make_loss = setup.make_loss
+
+  def doubled(config, models):
+    loss = make_loss(config, models)
+
+    def twice(*args):
+      total, aux = loss(*args)
+      return total + loss(*args)[0], aux
+    return twice
+  monkeypatch.setattr(setup, "make_loss", doubled)
+  after = benchmark.flop_split(benchmark.build(config), lowered_only=True)
+  assert after["teacher_forward"] == before["teacher_forward"] > 0
+  assert after["student_forward_backward"] > 1.5 * before["student_forward_backward"]
+
+
+def test_input_pipeline_is_measured_in_process(run_cli, fashion_data_dir):
+  config = f"{tiny_config.__file__}:data_dir={fashion_data_dir}"
+  out = json.loads(run_cli(f"--config={config}", "--input", "--steps=3", "--warmup=1")[0])
+  assert out["mode"] == "input" and out["data"] == "fashion_mnist"
+  assert out["examples_per_s"] > 0
+
+
 def test_eval_step(run_cli, config_file):
   out = json.loads(run_cli(f"--config={config_file}", "--eval", "--steps=2",
                            "--warmup=1")[0])
   assert out["mode"] == "eval" and out["step_time_s"] > 0
   assert out["flops"]["teacher_forward"] > out["flops"]["student_forward"] > 0
   assert out["recompiles_after_first_call"] == 0
-
-
-def test_precision_reports_every_model(run_cli, config_file, tmp_path):
-  teacher = tmp_path / "teacher.npz"
-  teacher.write_bytes(b"")
-  out = json.loads(run_cli(f"--config={config_file}", "--precision",
-                           f"--config.t1_init={teacher}")[0])
-  # The teacher's checkpoint exists, so its weights are used; the student has none.
-  assert out["weights"] == {"student": "random", "t1": f"checkpoint {teacher}"}
-  assert out["images"] == "synthetic"  # The config's data set is not prepared.
-  assert set(out["models"]) == {"student", "t1"}
-  for m in out["models"].values():
-    assert 0 < m["rel_l2"] <= m["tolerance"] and 0 < m["sensitivity"] and 0 <= m["kl"]
-  assert out["within_tolerance"]
 
 
 @pytest.mark.parametrize("kind,dtype,peak", [
@@ -175,5 +144,5 @@ def test_peak_table(kind, dtype, peak):
 def test_peak_table_unknown():
   assert benchmark.peak_flops("Imaginary XPU 9000", "bfloat16") is None
   assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "float16") is None
-  with pytest.raises(ValueError, match="PEAKS"):
+  with pytest.raises(ValueError, match="PEAKS"):  # A ConfigError: a flag's value.
     benchmark.projection(1e12, 8, "bfloat16", "Imaginary XPU 9000", 0.45)

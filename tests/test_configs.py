@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from big_distill import train
 from big_distill.data import input as input_lib
 from big_distill.models import bit
+from tests import helpers
 
 # TFDS split sizes (the TFDS catalog), independent of configs/.
 SPLITS = {
@@ -118,16 +119,7 @@ def mock_data(metadata_dir):
 
 def write_checkpoint(model_kwargs, num_classes, path):
   """A random BiT `.npz` (nonzero head), made without compiling anything."""
-  model = bit.Model(num_classes=num_classes, **model_kwargs)
-  images = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), images)
-  rng = np.random.default_rng(0)
-
-  def leaf(path, s):
-    noise = rng.normal(0, 0.1, s.shape).astype(np.float32)
-    return noise + 1 if path[-1].key == "scale" else noise  # GroupNorm scale ~ 1.
-  bit.save(jax.tree_util.tree_map_with_path(leaf, shapes["params"]), str(path))
-  return str(path)
+  return helpers.write_random_bit(path, num_classes, **model_kwargs)
 
 
 @pytest.fixture(scope="module", autouse=True)

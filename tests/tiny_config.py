@@ -7,9 +7,6 @@ the first 160 images only (a cheaper start). Shapes: a BiT R26 of width 1/8 at
 16px (student) and 24px (teacher), batch 16.
 """
 
-import jax
-import numpy as np
-
 from big_distill import config_lib
 
 
@@ -67,14 +64,7 @@ def get_config(arg=None):
 
 
 def write_teacher(path, *, depth=26, width=0.125, res=24, num_classes=10, seed=0):
-  """A random BiT teacher .npz with a non-zero head (a zero head means 'other classes')."""
-  from big_distill.models import bit  # pylint: disable=g-import-not-at-top
-  model = bit.Model(num_classes=num_classes, depth=depth, width=width)
-  params = model.init(jax.random.key(seed), np.zeros((1, res, res, 3), np.float32))["params"]
-  head = params["head"]["kernel"]
-  params["head"]["kernel"] = jax.random.normal(jax.random.key(seed + 1), head.shape) * 0.3
-  # A class prior far from uniform: something a student can visibly learn in
-  # a few steps, on top of the input-dependent part.
-  params["head"]["bias"] = jax.random.normal(jax.random.key(seed + 2), (num_classes,)) * 2
-  bit.save(params, str(path))
-  return str(path)
+  """A random BiT teacher .npz with a non-zero head (tests/helpers.py)."""
+  del res  # BiT's parameters do not depend on the resolution.
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  return helpers.write_random_bit(path, num_classes, depth=depth, width=width, seed=seed)

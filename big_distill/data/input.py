@@ -21,8 +21,9 @@ per model. Views:
   * 'independent': each model gets its own random view of the same example
     (the paper's ind/ic): the teacher's target is noisy for the student.
   * 'fixed': teachers see the deterministic view `input.pp_fixed`, the student
-    random views. The teachers' input depends only on the example, so their
-    logits could be computed once and cached (the trainer may do so).
+    random views. The teachers' input depends only on the example (the
+    paper's fix/cc: their logits could be precomputed; the trainer computes
+    them at every step, like those of the other views).
 
 Randomness (crops, flips, shuffling) comes only from stateless seeds derived
 from `config.seed`, so the stream is a function of (seed, step); see DESIGN.md
@@ -41,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from big_distill import errors
 from big_distill.data import pp as pp_lib
 from big_distill.data import prepare
 
@@ -51,8 +53,14 @@ _INF = np.iinfo(np.int64).max
 _PERM, _AUG, _SHUFFLE, _EVAL = 1, 2, 3, 4
 
 
-class DataNotPreparedError(FileNotFoundError):
+class DataNotPreparedError(errors.DataError, FileNotFoundError):
   """The data set is not in data_dir; the message says how to prepare it."""
+
+
+def check_views(views: str) -> None:
+  """`config.distill.views` is one of VIEWS (the one place that checks it)."""
+  if views not in VIEWS:
+    raise errors.ConfigError(f"config.distill.views={views!r}: must be one of {VIEWS}.")
 
 
 # ---- Data sets: names, sizes, errors ---------------------------------------
@@ -78,7 +86,7 @@ def _not_prepared(data_config, why: str) -> DataNotPreparedError:
 
 def _builder(data_config) -> tfds.core.DatasetBuilder:
   if not data_config.name:
-    raise ValueError("The data set name is empty: set config.input.data.name "
+    raise errors.ConfigError("The data set name is empty: set config.input.data.name "
                      "(e.g. 'oxford_flowers102') or the eval's data.name.")
   try:
     return tfds.builder(data_config.name, data_dir=data_config.data_dir)
@@ -92,7 +100,7 @@ def _check_split(builder, data_config) -> int:
   try:
     return builder.info.splits[data_config.split].num_examples
   except (KeyError, ValueError, AssertionError) as e:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Bad split {data_config.split!r} for data set {data_config.name!r} ({e}). "
         f"Its splits: {', '.join(builder.info.splits)}; slices look like "
         "'train[:90%]'.") from None
@@ -103,10 +111,10 @@ def _subset_sizes(builder, data_config) -> tuple[int, int]:
   n = data_config.balanced_subset
   label = builder.info.features["label"] if "label" in builder.info.features else None
   if label is None or not hasattr(label, "num_classes"):
-    raise ValueError(f"balanced_subset needs a ClassLabel 'label' in {data_config.name}.")
+    raise errors.ConfigError(f"balanced_subset needs a ClassLabel 'label' in {data_config.name}.")
   k = label.num_classes
   if n <= 0 or n % k:
-    raise ValueError(f"balanced_subset={n} must be a positive multiple of the number "
+    raise errors.ConfigError(f"balanced_subset={n} must be a positive multiple of the number "
                      f"of classes of {data_config.name} ({k}), e.g. {10 * k}.")
   return k, n // k
 
@@ -179,7 +187,7 @@ def _subset_mask(builder, data_config) -> np.ndarray:
     rank[labels == c] = np.arange((labels == c).sum())
   counts = np.bincount(labels, minlength=num_classes)
   if counts.min() < per_class:
-    raise ValueError(f"balanced_subset={data_config.balanced_subset}: some class of "
+    raise errors.ConfigError(f"balanced_subset={data_config.balanced_subset}: some class of "
                      f"{data_config.name} {data_config.split} has fewer than "
                      f"{per_class} examples (counts: {counts.tolist()}).")
   return rank < per_class
@@ -200,7 +208,7 @@ def _select(ds: tf.data.Dataset, mask: np.ndarray) -> tf.data.Dataset:
 
 def _local_batch(batch_size: int, process_count: int, what: str) -> int:
   if batch_size % process_count:
-    raise ValueError(f"{what}={batch_size} must be divisible by the number of "
+    raise errors.ConfigError(f"{what}={batch_size} must be divisible by the number of "
                      f"processes ({process_count}).")
   return batch_size // process_count
 
@@ -240,6 +248,8 @@ def _to_model(image, res: int, post: pp_lib.PPFn, rng, name: str) -> tf.Tensor:
   fix = (f"The image for {name!r} must be [{res}, {res}, 3]; got {image.shape}. "
          "Add grayscale_to_rgb (or use decode(3)) in the pp string.")
   if image.shape.rank != 3 or image.shape[-1] not in (3, None):
+    # A ValueError, not a ConfigError: tf.data's tracing turns any other type
+    # into a StagingError, and this one reaches the caller as it is.
     raise ValueError(fix)
   with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(image)[-1], 3, fix)]):
     return tf.ensure_shape(image, [res, res, 3])
@@ -257,8 +267,7 @@ def _output(images: dict, data: dict, config, post, rng) -> dict:
 def _train_example_fn(config: mlc.ConfigDict):
   """The per-example function of training: pp, views, resizes, pp_post."""
   views = config.distill.views
-  if views not in VIEWS:
-    raise ValueError(f"config.distill.views={views!r}; use one of {VIEWS}.")
+  check_views(views)
   pre = pp_lib.parse(config.input.pp)
   rand = pp_lib.parse(config.input.pp_random)
   fixed = pp_lib.parse(config.input.pp_fixed)
@@ -296,7 +305,8 @@ def _cached_stream(builder, config, start_step, p, P) -> tf.data.Dataset:
     raw = _select(raw, _subset_mask(builder, data_config))
   chunks = list(raw.batch(8192).as_numpy_iterator())
   if not chunks:
-    raise ValueError(f"{data_config.name} {data_config.split} has no examples.")
+    raise errors.DataError(f"{data_config.name} {data_config.split} has no examples: "
+                           "check config.input.data.split.")
   arrays = {k: tf.constant(np.concatenate([c[k] for c in chunks])) for k in chunks[0]}
   n = int(arrays["image"].shape[0])
   B, b = config.input.batch_size, config.input.batch_size // P
@@ -330,7 +340,7 @@ def _streamed(builder, config, start_step, p, P) -> tf.data.Dataset:
     if n < 0:
       n = int(raw.reduce(0, lambda c, _: c + 1))
   if n == 0:
-    raise ValueError(f"Process {p} of {P} got no examples of {data_config.name} "
+    raise errors.DataError(f"Process {p} of {P} got no examples of {data_config.name} "
                      f"{data_config.split}.")
   shuffle_key = _fold_in(_key(config.seed, _SHUFFLE), p)
   aug_key = _fold_in(_key(config.seed, _AUG), p)
@@ -413,7 +423,7 @@ def make_eval_dataset(config: mlc.ConfigDict, evaluation: str | mlc.ConfigDict, 
   try:
     pad = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
   except (TypeError, ValueError):
-    raise ValueError(f"Eval pp {ec.pp!r} gives examples of unknown shape "
+    raise errors.ConfigError(f"Eval pp {ec.pp!r} gives examples of unknown shape "
                      f"{ds.element_spec}; padding needs fixed shapes.") from None
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
   ds = ds.take(num_batches * b).batch(b).prefetch(tf.data.AUTOTUNE)

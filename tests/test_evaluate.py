@@ -1,0 +1,118 @@
+"""evaluate.py: every metric on hand-made logits, checks of an evaluator's config.
+
+Logits are the logs of chosen weights, so every probability is a fraction
+worked out by hand below (not by calling the code under test).
+"""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from big_distill import config_lib
+from big_distill import errors
+from big_distill import evaluate
+
+# Softmax(log w) = w / sum(w). Five real examples and one padding row.
+WEIGHTS = [
+    [6, 1, 1, 1, 1, 1],      # label 0: p = 6/11, right.
+    [1, 8, 2, 4, 3, 0.5],    # label 0: p(0) = 1/18.5; top-5 = classes 1,3,4,2,0: in it.
+    [1, 8, 2, 4, 3, 0.5],    # label 5: p(5) = 0.5/18.5; not in the top 5.
+    [1, 1, 1, 1, 1, 45],     # label 5: p = 45/50 = 0.9, right.
+    [1, 1, 1, 1, 1, 1],      # padding (mask 0): must not count.
+]
+LABELS = [0, 0, 5, 5, 3]
+MASK = [1, 1, 1, 1, 0]
+
+
+def batch():
+  return {"label": jnp.asarray(LABELS, jnp.int32), "_mask": jnp.asarray(MASK, jnp.float32)}
+
+
+def logits():
+  return jnp.log(jnp.asarray(WEIGHTS, jnp.float32))
+
+
+def test_classification_by_hand():
+  got = evaluate.batch_metrics("classification", {"student": logits()}, batch())
+  assert got["student_top1"] == pytest.approx(2 / 4)
+  assert got["student_top5"] == pytest.approx(3 / 4)
+  loss = (math.log(11 / 6) + math.log(18.5) + math.log(37) + math.log(50 / 45)) / 4
+  assert got["student_loss"] == pytest.approx(loss, rel=1e-6)
+
+
+def test_top5_with_fewer_than_five_classes_is_top_k():
+  two = {"student": jnp.log(jnp.asarray([[1.0, 3.0], [3.0, 1.0]]))}
+  b = {"label": jnp.asarray([0, 0]), "_mask": jnp.ones(2)}
+  got = evaluate.batch_metrics("classification", two, b)
+  assert (got["student_top1"], got["student_top5"]) == (0.5, 1.0)
+
+
+def test_calibration_by_hand():
+  # 4 bins of confidence: [0, .25) [.25, .5) [.5, .75) [.75, 1]. Confidences
+  # 6/11 (bin 2, right), 8/18.5 twice (bin 1, wrong), 0.9 (bin 3, right):
+  # ECE = (|2 * 8/18.5 - 0| + |6/11 - 1| + |0.9 - 1|) / 4.
+  got = evaluate.batch_metrics("calibration", {"student": logits()}, batch(), bins=4)
+  ece = (2 * 8 / 18.5 + 5 / 11 + 0.1) / 4
+  assert got["student_ece"] == pytest.approx(ece, rel=1e-6)
+  assert got["student_confidence"] == pytest.approx((6 / 11 + 2 * 8 / 18.5 + 0.9) / 4, rel=1e-6)
+  # With one bin ECE is |mean confidence - accuracy|.
+  one = evaluate.batch_metrics("calibration", {"student": logits()}, batch(), bins=1)
+  assert one["student_ece"] == pytest.approx(abs(got["student_confidence"] - 0.5), rel=1e-6)
+
+
+def test_distance_by_hand():
+  student = logits()
+  # Example 0: the teacher is the student shifted by 2 (same softmax): KL 0,
+  # euclidean 2 * sqrt(6), same top-1. Example 1: the teacher's top-1 is class
+  # 5, the student's last. Others: equal logits.
+  teacher = student.at[0].add(2.0).at[1].set(jnp.log(jnp.asarray([1, 1, 1, 1, 1, 3.0])))
+  got = evaluate.batch_metrics("distance", {"student": student, "t1": teacher}, batch(),
+                               teachers=("t1",))
+  assert got["t1_agree_top1"] == pytest.approx(3 / 4)
+  assert got["t1_agree_top5"] == pytest.approx(3 / 4)
+  # Example 1: q = (1,1,1,1,1,3)/8, p = (1,8,2,4,3,0.5)/18.5.
+  q = np.array([1, 1, 1, 1, 1, 3]) / 8
+  p = np.array([1, 8, 2, 4, 3, 0.5]) / 18.5
+  assert got["t1_kl"] == pytest.approx(np.sum(q * np.log(q / p)) / 4, rel=1e-5)
+  d1 = np.linalg.norm(np.log([1, 1, 1, 1, 1, 3.0]) - np.log([1, 8, 2, 4, 3, 0.5]))
+  assert got["t1_euclidean"] == pytest.approx((2 * math.sqrt(6) + d1) / 4, rel=1e-5)
+
+
+def _config(**evals):
+  c = config_lib.base()
+  for name, fields in evals.items():
+    c.evals[name] = config_lib.eval_config()
+    c.evals[name].update(fields)
+  return c
+
+
+def test_models_of_an_eval():
+  c = _config(a=dict(models="all"), b=dict(models="student"), d=dict(type="distance",
+                                                                    models="student"))
+  assert evaluate.eval_models(c, "a") == ("student", "t1")
+  assert evaluate.eval_models(c, "b") == ("student",)
+  assert evaluate.eval_models(c, "d") == ("student", "t1")  # Distances need both.
+
+
+@pytest.mark.parametrize("fields,config_change,match", [
+    (dict(type="accuracy"), {}, r"config.evals.e.type='accuracy': must be one of"),
+    (dict(type="distance"), dict(teachers=()), r"'distance' eval, which needs teachers"),
+    (dict(models="student,t9"), {}, r"unknown models \['t9'\]; known: student, t1"),
+    (dict(pp="decode|centre_crop(4)"), {}, r"config.evals.e.pp: Unknown pp op 'centre_crop'"),
+])
+def test_bad_eval_config_is_one_config_error(fields, config_change, match):
+  c = _config(e=fields)
+  c.update(config_change)
+  with pytest.raises(errors.ConfigError, match=match):
+    evaluate.check_eval(c, "e")
+
+
+def test_period_in_any_unit():
+  c = _config(e=dict(log_epochs=2.0))
+  assert evaluate.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 20
+  c = _config(e=dict(log_steps=-1))
+  assert evaluate.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 50
+  c = _config(e={})
+  assert evaluate.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 50
