@@ -1,0 +1,237 @@
+"""Tests for big_distill.models.mobilenet_v3: sizes, forward, BatchNorm, checkpoints."""
+
+import functools
+import math
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from big_distill.errors import CheckpointError, ConfigError
+from big_distill.models import mobilenet_v3 as mnv3
+
+
+def _shapes(model, res=224):
+  return jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, res, res, 3))), jax.random.key(0))
+
+
+def _count(tree):
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+# ---- Architecture ----------------------------------------------------------
+
+# timm's parameter counts of mobilenetv3_large_100 / mobilenetv3_small_100.
+@pytest.mark.parametrize("variant,want", [("large", 5_483_032), ("small", 2_542_856)])
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_parameter_counts_match_the_reference(variant, want, norm):
+  shapes = _shapes(mnv3.Model(1000, variant=variant, norm=norm))
+  assert _count(shapes["params"]) == want
+  if norm == "batch":  # A mean and a variance for every scale.
+    scales = {k: v for k, v in jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
+              if k[-1].key == "scale"}
+    assert _count(shapes["batch_stats"]) == 2 * _count(list(scales.values()))
+  else:
+    assert set(shapes) == {"params"}
+
+
+def test_large_layers_as_in_the_paper_table():
+  p = _shapes(mnv3.Model(1000, variant="large"))["params"]
+  assert p["stem_conv"]["kernel"].shape == (3, 3, 3, 16)
+  assert "block01_expand" not in p  # Expansion 1: depthwise + projection only.
+  assert p["block01_depthwise"]["kernel"].shape == (3, 3, 1, 16)
+  assert p["block04_expand"]["kernel"].shape == (1, 1, 24, 72)
+  assert p["block04_depthwise"]["kernel"].shape == (5, 5, 1, 72)
+  assert p["block04_se_reduce"]["kernel"].shape == (72, 24)  # 72/4 = 18, rounded to 24.
+  assert p["block09_expand"]["kernel"].shape == (1, 1, 80, 184)  # 80 * 2.3.
+  assert p["block15_project"]["kernel"].shape == (1, 1, 960, 160)
+  assert p["final_conv"]["kernel"].shape == (1, 1, 160, 960)
+  assert p["head_conv"]["kernel"].shape == (960, 1280)
+  assert p["head"]["kernel"].shape == (1280, 1000)
+
+
+def test_width_scales_channels_with_the_reference_rounding():
+  p = _shapes(mnv3.Model(10, variant="small", width=0.5), 32)["params"]
+  assert p["stem_conv"]["kernel"].shape[-1] == 16   # Fixed below width 0.75.
+  assert p["block01_project"]["kernel"].shape[-1] == 8    # 16 * 0.5.
+  assert p["block02_project"]["kernel"].shape[-1] == 16   # 24 * 0.5 = 12 -> 16.
+  assert p["block02_expand"]["kernel"].shape[-1] == 40    # 8 * 4.5 = 36 -> 40.
+  assert p["final_conv"]["kernel"].shape[-1] == 288       # 576 * 0.5.
+  assert p["head_conv"]["kernel"].shape == (288, 1024)    # The head is not scaled.
+  assert [mnv3.make_divisible(v) for v in (8, 12, 18, 36, 88.08, 4)] == [8, 16, 24, 40, 88, 8]
+
+
+def test_group_count():
+  assert mnv3.group_count(24, 8) == 8
+  assert mnv3.group_count(24, 32) == 24  # Largest divisor of 24 up to 32.
+  assert mnv3.group_count(40, 16) == 10
+  assert mnv3.group_count(4, 8) == 4
+
+
+def test_bad_arguments_are_config_errors():
+  with pytest.raises(ConfigError, match="variant='medium'"):
+    mnv3.Model(10, variant="medium")
+  with pytest.raises(ConfigError, match="norm='layer'"):
+    mnv3.Model(10, norm="layer")
+  with pytest.raises(ConfigError, match="width=0"):
+    mnv3.Model(10, width=0.0)
+
+
+def test_small_input_drops_early_downsampling():
+  def out_shapes(small_input):
+    model = mnv3.Model(10, variant="small", width=0.5, small_input=small_input)
+    variables = _shapes(model, 32)
+    return jax.eval_shape(lambda v, x: model.apply(v, x)[1], variables,
+                          jnp.zeros((2, 32, 32, 3)))
+  full, small = out_shapes(False), out_shapes(True)
+  assert full["features"].shape == (2, 1, 1, 288)   # 32x down.
+  assert small["features"].shape == (2, 4, 4, 288)  # 8x down.
+  assert small["stem"].shape == (2, 32, 32, 16)
+  assert small["pre_logits"].shape == (2, 1024)
+  assert _count(_shapes(mnv3.Model(10, variant="small", small_input=True), 32)) == _count(
+      _shapes(mnv3.Model(10, variant="small"), 32))
+
+
+# ---- Forward ---------------------------------------------------------------
+
+IMAGES = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
+
+
+@functools.lru_cache
+def _tiny(norm):
+  model = mnv3.Model(10, variant="small", width=0.5, norm=norm, small_input=True)
+  variables = model.init(jax.random.key(1), IMAGES[:1])
+  # A random head, so that logits depend on the features (it starts at zeros).
+  head = variables["params"]["head"]
+  variables["params"]["head"] = {
+      "kernel": jax.random.normal(jax.random.key(2), head["kernel"].shape),
+      "bias": jnp.arange(10, dtype=jnp.float32)}
+  return model, variables
+
+
+def test_forward_group_norm():
+  model, variables = _tiny("group")
+  logits, out = jax.jit(model.apply)(variables, IMAGES)
+  assert logits.shape == (4, 10) and logits.dtype == jnp.float32
+  head = variables["params"]["head"]
+  np.testing.assert_allclose(logits, out["pre_logits"] @ head["kernel"] + head["bias"],
+                             rtol=1e-5, atol=1e-5)
+  assert np.all(np.isfinite(logits)) and float(jnp.std(logits[:, 0])) > 0
+  # GroupNorm has no batch statistics: train and eval are the same function.
+  np.testing.assert_array_equal(jax.jit(functools.partial(model.apply, train=True))(
+      variables, IMAGES)[0], logits)
+
+
+def test_bfloat16_compute_float32_params_and_logits():
+  model = mnv3.Model(10, variant="small", width=0.5, small_input=True, dtype=jnp.bfloat16)
+  variables = model.init(jax.random.key(1), IMAGES[:1])
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  logits, out = jax.jit(model.apply)(variables, IMAGES)
+  assert logits.dtype == jnp.float32 and out["block05"].dtype == jnp.bfloat16
+
+
+def test_batch_norm_train_updates_stats_and_eval_uses_them():
+  model, variables = _tiny("batch")
+  stats0 = variables["batch_stats"]
+  train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+  evaluate = jax.jit(model.apply)
+  (logits_train, _), new = train(variables, IMAGES)
+  stats1 = new["batch_stats"]
+  # Running mean of the stem: decay 0.99 from 0 towards the batch mean of the
+  # stem conv's output (no stride with small_input; padding 1).
+  conv = jax.lax.conv_general_dilated(
+      IMAGES, variables["params"]["stem_conv"]["kernel"], (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(stats1["stem_norm"]["mean"], 0.01 * conv.mean((0, 1, 2)),
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(stats0["stem_norm"]["mean"], 0.0)
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), stats0, stats1)
+  assert all(jax.tree.leaves(changed))
+  # Train mode normalizes with the batch: an image's logits depend on the
+  # other images. Eval mode uses the running averages: they do not.
+  (alone_train, _), _ = train(variables, IMAGES[:2])
+  assert not np.allclose(alone_train[:2], logits_train[:2], atol=1e-4)
+  logits_eval = evaluate(variables, IMAGES)[0]
+  np.testing.assert_allclose(evaluate(variables, IMAGES[:2])[0], logits_eval[:2],
+                             rtol=1e-5, atol=1e-5)
+  # ... and they are the averages given, not the batch's.
+  with_new = {"params": variables["params"], "batch_stats": stats1}
+  assert not np.allclose(evaluate(with_new, IMAGES)[0], logits_eval, atol=1e-4)
+  assert not np.allclose(logits_eval, logits_train, atol=1e-4)
+
+
+# ---- Checkpoints -----------------------------------------------------------
+
+def _perturbed(variables, seed=5):
+  leaves, tree = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [x + jax.random.normal(k, x.shape)
+                                   for x, k in zip(leaves, keys)])
+
+
+def _zeros(tree):
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)
+
+
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_save_load_round_trip_is_bitwise(tmp_path, norm):
+  _, variables = _tiny(norm)
+  variables = _perturbed(variables)
+  path = str(tmp_path / "student.npz")
+  mnv3.save(variables, path)
+  assert not (tmp_path / "student.npz.tmp").exists()
+  with np.load(path, allow_pickle=False) as npz:
+    keys = set(npz.files)
+  assert "head/kernel" in keys and "block03_depthwise/kernel" in keys
+  assert any(k.startswith("batch_stats/") for k in keys) == (norm == "batch")
+  loaded = mnv3.load(_zeros(variables), path)
+  jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(variables))
+  assert jax.tree.structure(loaded) == jax.tree.structure(variables)
+  # The params tree alone round-trips too (what the trainer exports today).
+  params_path = str(tmp_path / "params.npz")
+  mnv3.save(variables["params"], params_path)
+  jax.tree.map(np.testing.assert_array_equal,
+               mnv3.load(_zeros(variables["params"]), params_path),
+               jax.device_get(variables["params"]))
+
+
+def test_load_errors_name_the_arrays(tmp_path):
+  _, variables = _tiny("batch")
+  path = str(tmp_path / "bn.npz")
+  mnv3.save(variables, path)
+  # A BatchNorm file into a params-only template.
+  with pytest.raises(CheckpointError, match=r"batch_stats/stem_norm/mean: in the file"
+                     r"[\s\S]*norm='batch' model, to be loaded with the whole variables dict"):
+    mnv3.load(_zeros(variables["params"]), path)
+  # A GroupNorm model's file into a BatchNorm model.
+  _, gn = _tiny("group")
+  gn_path = str(tmp_path / "gn.npz")
+  mnv3.save(gn, gn_path)
+  with pytest.raises(CheckpointError, match=r"0 mis-shaped, \d+ missing, 0 unexpected"
+                     r"[\s\S]*norm='group' checkpoint"):
+    mnv3.load(_zeros(variables), gn_path)
+  # Another number of classes: the head is mis-shaped.
+  other = _shapes(mnv3.Model(7, variant="small", width=0.5, small_input=True), 16)
+  with pytest.raises(CheckpointError, match=r"head/kernel: file \(1024, 10\), model \(1024, 7\)"):
+    mnv3.load(_zeros(other["params"]), gn_path)
+  # Another variant: many arrays at once, the message is cut.
+  large = _shapes(mnv3.Model(10, variant="large", width=0.5), 32)
+  with pytest.raises(CheckpointError, match=r"\.\.\. and \d+ more[\s\S]*variant/width"):
+    mnv3.load(_zeros(large["params"]), gn_path)
+
+
+def test_load_refuses_non_npz_and_pickles(tmp_path):
+  _, variables = _tiny("group")
+  template = _zeros(variables)
+  with pytest.raises(CheckpointError, match="does not exist"):
+    mnv3.load(template, str(tmp_path / "nope.npz"))
+  pkl = tmp_path / "model.pkl"
+  pkl.write_bytes(pickle.dumps({"head/kernel": np.zeros(3)}))
+  with pytest.raises(CheckpointError, match="not an .npz file"):
+    mnv3.load(template, str(pkl))
+  obj = tmp_path / "obj.npz"
+  np.savez(obj, head=np.array([{"a": 1}], dtype=object))
+  with pytest.raises(CheckpointError, match="pickled objects"):
+    mnv3.load(template, str(obj))
