@@ -1,6 +1,7 @@
 """Tests for big_distill.models.mobilenet_v3: sizes, forward, BatchNorm, checkpoints."""
 
 import functools
+import importlib
 import math
 import pickle
 
@@ -235,3 +236,65 @@ def test_load_refuses_non_npz_and_pickles(tmp_path):
   np.savez(obj, head=np.array([{"a": 1}], dtype=object))
   with pytest.raises(CheckpointError, match="pickled objects"):
     mnv3.load(template, str(obj))
+
+
+# ---- configs/imagenet_mobilenet.py -----------------------------------------
+
+ARGS = [",".join(a for a in (f"variant={v}", f"norm={n}", e, r) if a)
+        for v in ("large", "small") for n in ("group", "batch")
+        for e in ("", "ensemble") for r in ("", "runlocal")]
+
+
+@functools.lru_cache
+def _model_shapes(name, kwargs, num_classes, res):
+  module = importlib.import_module(f"big_distill.models.{name}")
+  model = module.Model(num_classes=num_classes, dtype=jnp.bfloat16, **dict(kwargs))
+  return _shapes(model, res)
+
+
+@pytest.mark.parametrize("arg", ARGS)
+def test_imagenet_mobilenet_config_builds_and_its_models_evaluate(arg):
+  from configs import imagenet_mobilenet  # pylint: disable=g-import-not-at-top
+  a = dict(p.partition("=")[::2] for p in arg.split(","))
+  c = imagenet_mobilenet.get_config(arg)
+  local, ensemble = "runlocal" in a, "ensemble" in a
+  assert c.student_name == "mobilenet_v3" and c.num_classes == 1000
+  assert (c.student.variant, c.student.norm, c.student.groups) == (a["variant"], a["norm"], 8)
+  assert c.student_res == (56 if local else 224)
+  assert c.teachers == (("t1", "t2") if ensemble else ("t1",))
+  want_res = {"t1": 224, "t2": 384}
+  for t in c.teachers:
+    assert c[f"{t}_name"] == "bit"
+    assert c[f"{t}_res"] == want_res[t] // (4 if local else 1)
+    if local:
+      assert c[f"{t}_init"].startswith("workdirs/teachers/imagenet_local_")
+    else:
+      assert c[f"{t}_init"] == f"gs://bit_models/distill/R152x2_T_{want_res[t]}.npz"
+      assert (c[t].depth, c[t].width, c[t].stem_pool_pad) == (152, 2.0, "neg_inf")
+  # The paper's recipe: function matching, ImageNet's settings.
+  assert (c.distill.views, c.mixup.p, c.distill.loss, c.distill.t) == ("consistent", 1.0, "kl", 1.0)
+  assert (c.optim.name, c.lr, c.wd, c.input.batch_size) == (
+      ("adam", 0.03, 3e-4, 16) if local else ("adam", 0.03, 3e-4, 4096))
+  assert c.total_epochs == (None if local else 1200)
+  assert {e.data.name for e in c.evals.values()} == {"imagenet2012"}
+
+  # The models the trainer would build (by name, with the config's kwargs).
+  freeze = lambda d: tuple(sorted(d.to_dict().items()))
+  student = _model_shapes(c.student_name, freeze(c.student), c.num_classes, c.student_res)
+  assert ("batch_stats" in student) == (a["norm"] == "batch")
+  if not local:  # timm's count whatever the norm.
+    assert _count(student["params"]) == {"large": 5_483_032, "small": 2_542_856}[a["variant"]]
+  for t in c.teachers:
+    teacher = _model_shapes(c[f"{t}_name"], freeze(c[t]), c.num_classes, c[f"{t}_res"])
+    width = c[t].width
+    assert teacher["params"]["head"]["kernel"].shape == (int(2048 * width), 1000)
+
+
+def test_imagenet_mobilenet_config_refuses_unknown_values():
+  from configs import imagenet_mobilenet  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match="variant=medium: must be one of large, small"):
+    imagenet_mobilenet.get_config("variant=medium")
+  with pytest.raises(ConfigError, match="norm=layer"):
+    imagenet_mobilenet.get_config("norm=layer")
+  with pytest.raises(ValueError, match="Unknown config argument 'teachers'"):
+    imagenet_mobilenet.get_config("teachers=3")
