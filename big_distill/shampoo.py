@@ -21,9 +21,9 @@ current JAX, so this is a small one with the same ingredients:
   only on those steps).
 - The direction is `L^{-1/4} D R^{-1/4}`. D is the momentum: M, the
   bias-corrected first moment (an average of gradients, as Adam's), or with
-  `nesterov=True` its look-ahead `b1 M + (1 - b1) G` (the momentum the next
-  step will have if the gradient stays G; it reacts to a change of gradient
-  at once instead of after ~1/(1-b1) steps).
+  `nesterov=True` its look-ahead `b1 M + (1 - b1) G` (roughly the momentum
+  of the next step if the gradient stays G: it follows a change of gradient
+  at once, where M takes ~1/(1-b1) steps).
 - The direction is grafted: rescaled to the norm of the graft's update of the
   same parameter, Adam's `D / (sqrt(V) + eps)` (`graft="adam"`: Adam's learning
   rate carries over) or the momentum D itself (`graft="sgd"`: SGD-with-momentum
