@@ -2,12 +2,13 @@
 
 `make(config, params, total_steps=..., warmup_steps=...)` returns `(tx,
 schedule)`. `schedule(step)` is a multiplier in [0, 1] (linear warm-up, then
-cosine, linear or constant), and `tx` is, in order:
+cosine, linear, constant or quadratic), and `tx` is, in order:
 
 1. global-norm gradient clipping at `config.grad_clip_norm` (None or 0: none);
 2. the direction `config.optim.name`: 'adam' (first moment in
    `config.optim.mu_dtype`, bfloat16 in the paper), 'sgd' (momentum), 'muon',
-   or 'shampoo' (`shampoo.py`);
+   or 'shampoo' (`shampoo.py`; `config.optim.b1` is its momentum decay too,
+   and `PAPER_SHAMPOO` the paper's setting of its fields);
 3. `-config.lr * schedule(step)`;
 4. decoupled weight decay `-config.wd * schedule(step) * param` on kernels only
    (parameters whose path ends in 'kernel': conv and dense kernels; not biases
@@ -32,9 +33,21 @@ import optax
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
 from big_distill import shampoo
+from big_distill.errors import ConfigError
 
 DIRECTIONS = ("adam", "sgd", "muon", "shampoo")
-DECAY_TYPES = ("cosine", "linear", "constant")
+DECAY_TYPES = ("cosine", "linear", "constant", "quadratic")
+
+# The paper's Shampoo (Appendix D: blocks of at most 128x128, inverse roots
+# every step, Nesterov momentum, "identical to" Anil et al.'s ResNet-50 recipe,
+# whose public settings add SGD grafting, beta1 0.95, beta2 0.85 and 25 steps
+# before preconditioning), as `config.optim` fields. With SGD grafting the
+# step is SGD's, so the learning rate is SGD's scale, not Adam's. The paper's
+# schedule: warm-up 1,800 steps then `schedule.decay_type = "quadratic"`.
+PAPER_SHAMPOO = dict(
+    name="shampoo", b1=0.95, shampoo_b2=0.85, shampoo_block_size=128,
+    shampoo_precond_every=1, shampoo_start_preconditioning=25,
+    shampoo_graft="sgd", shampoo_nesterov=True, shampoo_graft_per_block=False)
 Schedule = Callable[[jax.Array | int], jax.Array]
 
 
@@ -59,7 +72,8 @@ def make_schedule(c: mlc.ConfigDict, *, total_steps: int, warmup_steps: int) -> 
   """The multiplier of `config.schedule`: 0 -> 1 in `warmup_steps`, then decay.
 
   The decay runs from the end of the warm-up to `total_steps`: 'cosine' to 0,
-  'linear' to `c.linear_end`, or 'constant'.
+  'linear' to `c.linear_end`, 'quadratic' to 0 (`(1 - progress)^2`, the
+  paper's Shampoo schedule), or 'constant'.
   """
   if c.decay_type not in DECAY_TYPES:
     raise ValueError(f"Unknown schedule.decay_type {c.decay_type!r}; known: "
@@ -77,6 +91,8 @@ def make_schedule(c: mlc.ConfigDict, *, total_steps: int, warmup_steps: int) -> 
       mult = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     elif decay_type == "linear":
       mult = 1.0 - (1.0 - linear_end) * progress
+    elif decay_type == "quadratic":
+      mult = jnp.square(1.0 - progress)
     else:
       mult = jnp.ones_like(progress)
     if warmup_steps:
@@ -95,10 +111,15 @@ def direction(c: mlc.ConfigDict, params: Any) -> optax.GradientTransformation:
   if c.name == "sgd":
     return optax.trace(decay=c.momentum, nesterov=c.nesterov, accumulator_dtype=mu_dtype)
   if c.name == "shampoo":
+    if c.shampoo_graft not in shampoo.GRAFTS:
+      raise ConfigError(f"config.optim.shampoo_graft={c.shampoo_graft!r}: must be one of "
+                        f"{shampoo.GRAFTS} ('sgd' is the paper's, 'adam' keeps Adam's lr).")
+    # Adam's b2 and eps are the Adam graft's; shampoo_b2 is the statistics'.
     return shampoo.scale_by_shampoo(
         block_size=c.shampoo_block_size, precond_every=c.shampoo_precond_every,
         b2=c.shampoo_b2, eps=c.shampoo_eps,
-        start_preconditioning=c.shampoo_start_preconditioning, graft="adam",
+        start_preconditioning=c.shampoo_start_preconditioning, graft=c.shampoo_graft,
+        nesterov=c.shampoo_nesterov, graft_per_block=c.shampoo_graft_per_block,
         b1=c.b1, graft_b2=c.b2, graft_eps=c.eps, mu_dtype=mu_dtype)
   if c.name == "muon":
     labels = jax.tree.map(lambda m: "muon" if m else "adam", muon_mask(params))

@@ -1,4 +1,4 @@
-"""A compact blocked Shampoo with Adam grafting, as an optax transformation.
+"""A compact blocked Shampoo with Adam or SGD grafting, as an optax transformation.
 
 The paper reports about 4x faster convergence with Shampoo than with Adam. The
 published JAX implementation (precondition-opt 0.3.0) no longer imports on
@@ -19,12 +19,19 @@ current JAX, so this is a small one with the same ingredients:
 - Preconditioners `L^{-1/4}`, `R^{-1/4}`, recomputed every `precond_every`
   steps inside one `lax.cond` (one compiled program; the expensive branch runs
   only on those steps).
-- The direction is `L^{-1/4} M R^{-1/4}`, with M the bias-corrected first
-  moment (the Adam momentum), and it is grafted layerwise: rescaled to the norm
-  of the Adam update `M / (sqrt(V) + eps)` of the same parameter. Grafting takes
-  the step size from Adam (so Adam's learning rate carries over) and the
-  direction from Shampoo. Before `start_preconditioning` steps the Adam update
-  itself is used, while the statistics warm up.
+- The direction is `L^{-1/4} D R^{-1/4}`. D is the momentum: M, the
+  bias-corrected first moment (an average of gradients, as Adam's), or with
+  `nesterov=True` its look-ahead `b1 M + (1 - b1) G` (roughly the momentum
+  of the next step if the gradient stays G: it follows a change of gradient
+  at once, where M takes ~1/(1-b1) steps).
+- The direction is grafted: rescaled to the norm of the graft's update of the
+  same parameter, Adam's `D / (sqrt(V) + eps)` (`graft="adam"`: Adam's learning
+  rate carries over) or the momentum D itself (`graft="sgd"`: SGD-with-momentum
+  step sizes, as in Anil et al.'s ResNet-50 recipe). Grafting takes the step
+  size from the graft and the direction from Shampoo; per parameter (layerwise,
+  as the reference implementation does), or per block with
+  `graft_per_block=True`. Before `start_preconditioning` steps the graft's
+  update itself is used, while the statistics warm up.
 
 Numerics of the inverse 4th root (float32): `eigh` of the symmetrised
 statistic, eigenvalues clipped at 0, then damped by `eps * max eigenvalue`
@@ -38,8 +45,18 @@ statistics (never passed to `eigh`) or a failed `eigh` (non-finite root) keeps
 its previous root.
 
 The state is a pytree of fixed-shape arrays (jit-, checkpoint- and shard-
-friendly): a count, Adam's moments, and per matrix parameter the statistics
-and roots as `[num_blocks, b, b]` stacks.
+friendly): a count, the moments, and per matrix parameter the statistics and
+roots as `[num_blocks, b, b]` stacks.
+
+The paper's setting (Beyer et al., Appendix D, "identical to" the ResNet-50
+recipe of Anil et al. 2020, arXiv 2002.09018): `block_size=128`,
+`precond_every=1`, `nesterov=True`, `graft="sgd"`, `b1=0.95`, `b2=0.85`,
+`start_preconditioning=25` (`optim.PAPER_SHAMPOO` in config terms). Two
+differences from the reference code: its momentum is a sum of past grafted
+updates (1/(1-b1) = 20x an average at b1=0.95, i.e. only a rescaling of the
+learning rate), and it preconditions and grafts each gradient before taking
+the momentum, where this one preconditions the momentum (the same direction
+while the preconditioner is fixed).
 """
 
 from __future__ import annotations
@@ -133,6 +150,8 @@ def scale_by_shampoo(
     start_preconditioning: int = 10,
     graft: str = "adam",
     *,
+    nesterov: bool = False,
+    graft_per_block: bool = False,
     b1: float = 0.9,
     graft_b2: float = 0.999,
     graft_eps: float = 1e-8,
@@ -146,7 +165,11 @@ def scale_by_shampoo(
     b2: decay of the Kronecker-factor statistics.
     eps: damping of the statistics, relative to their largest eigenvalue.
     start_preconditioning: steps of pure graft before Shampoo takes over.
-    graft: 'adam' (norm of `M / (sqrt(V) + graft_eps)`) or 'sgd' (norm of M).
+    graft: 'adam' (norm of `D / (sqrt(V) + graft_eps)`) or 'sgd' (norm of D),
+      D the momentum below.
+    nesterov: D is Nesterov's look-ahead `b1 M + (1 - b1) G` instead of M.
+    graft_per_block: graft each block to the graft's norm on that block,
+      instead of the whole parameter.
     b1: decay of the first moment M (preconditioned, and used by the graft).
     graft_b2, graft_eps: Adam's second-moment decay and epsilon.
     mu_dtype: dtype of M (None: the parameters' dtype).
@@ -185,6 +208,8 @@ def scale_by_shampoo(
     mu = [b1 * m.astype(jnp.float32) + (1 - b1) * g
           for m, g in zip(treedef.flatten_up_to(state.mu), grads)]
     mu_hat = [m / (1 - b1**t) for m in mu]
+    if nesterov:
+      mu_hat = [b1 * m + (1 - b1) * g for m, g in zip(mu_hat, grads)]
     if graft == "adam":
       nu = [graft_b2 * v + (1 - graft_b2) * jnp.square(g)
             for v, g in zip(treedef.flatten_up_to(state.nu), grads)]
@@ -227,9 +252,15 @@ def scale_by_shampoo(
       mb = to_blocks(m, block_size)
       pb = jnp.matmul(jnp.matmul(r.left, mb, precision=_HIGHEST), r.right,
                       precision=_HIGHEST)
-      p = from_blocks(pb, g.shape, block_size)
-      p_norm, gr_norm = jnp.linalg.norm(p), jnp.linalg.norm(gr)
-      p = p * (gr_norm / jnp.where(p_norm > 0, p_norm, 1.0))
+      if graft_per_block:
+        p_norm = jnp.linalg.norm(pb, axis=(-2, -1), keepdims=True)
+        gr_norm = jnp.linalg.norm(to_blocks(gr, block_size), axis=(-2, -1), keepdims=True)
+        p = from_blocks(pb * (gr_norm / jnp.where(p_norm > 0, p_norm, 1.0)), g.shape,
+                        block_size)
+      else:
+        p = from_blocks(pb, g.shape, block_size)
+        p_norm, gr_norm = jnp.linalg.norm(p), jnp.linalg.norm(gr)
+        p = p * (gr_norm / jnp.where(p_norm > 0, p_norm, 1.0))
       out.append(jnp.where(use_shampoo, p, gr).astype(g.dtype))
 
     unflat = lambda xs: None if xs is None else treedef.unflatten(xs)

@@ -9,12 +9,26 @@ import optax
 import pytest
 
 from big_distill import config_lib, optim
+from big_distill.errors import ConfigError
 from tests.test_shampoo import conv_loss as _loss
 from tests.test_shampoo import conv_tree as _params
 
+# config.optim fields that optim.py reads and config_lib.base() is to gain
+# (with these defaults: today's Shampoo).
+NEW_OPTIM_FIELDS = dict(shampoo_graft="adam", shampoo_nesterov=False,
+                        shampoo_graft_per_block=False)
+
+
+def base():
+  c = config_lib.base()
+  for k, v in NEW_OPTIM_FIELDS.items():
+    if k not in c.optim:
+      c.optim[k] = v
+  return c
+
 
 def _config(name="adam", **kw):
-  c = config_lib.base()
+  c = base()
   c.optim.name = name
   c.optim.shampoo_block_size = 8
   c.optim.shampoo_precond_every = 2
@@ -79,6 +93,42 @@ def test_muon_orthogonalizes_conv_kernels_as_matrices():
   np.testing.assert_allclose(u["head"]["kernel"], -np.sign(g["head"]["kernel"]), rtol=1e-2)
 
 
+def test_shampoo_fields_reach_the_transformation():
+  # Before preconditioning starts the update is the graft's own, and with
+  # b1 = 0 the momentum is the gradient: SGD's step is -lr * g, Adam's first
+  # step -lr * sign(g).
+  params = _params()
+  g = jax.grad(_loss)(params)
+  # (Adam's eps 1e-8 is not negligible against these small gradients: 1e-3.)
+  for graft, want, rtol in (("sgd", jax.tree.map(lambda x: -x, g), 1e-5),
+                            ("adam", jax.tree.map(lambda x: -jnp.sign(x), g), 1e-3)):
+    c = _config("shampoo", lr=1.0, wd=0.0, grad_clip_norm=None)
+    c.optim.b1, c.optim.shampoo_graft, c.optim.shampoo_nesterov = 0.0, graft, True
+    c.optim.shampoo_start_preconditioning = 5
+    tx, _ = optim.make(c, params, total_steps=10, warmup_steps=0)
+    u, _ = jax.jit(tx.update)(g, tx.init(params), params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-7), u, want)
+  c.optim.shampoo_graft = "adagrad"
+  with pytest.raises(ConfigError, match="config.optim.shampoo_graft='adagrad': must be one of"):
+    optim.make(c, params, total_steps=10, warmup_steps=0)
+
+
+def test_paper_shampoo_setting_trains():
+  c = _config("shampoo", lr=1.0, wd=0.0)
+  c.optim.update(optim.PAPER_SHAMPOO)
+  c.schedule.decay_type = "quadratic"
+  assert (c.optim.shampoo_block_size, c.optim.shampoo_precond_every, c.optim.b1,
+          c.optim.shampoo_b2, c.optim.shampoo_start_preconditioning, c.optim.shampoo_graft,
+          c.optim.shampoo_nesterov) == (128, 1, 0.95, 0.85, 25, "sgd", True)
+  tx, _ = optim.make(c, _params(), total_steps=40, warmup_steps=3)
+  _, state, losses = _train(tx, _params(), 40)
+  shampoo_state = next(s for s in state if hasattr(s, "roots"))
+  assert shampoo_state.nu is None  # SGD grafting keeps no second moment.
+  # 15 preconditioned steps, roots recomputed at each: no longer the identity.
+  assert not np.allclose(shampoo_state.roots["conv"]["kernel"].left, np.eye(18), atol=1e-3)
+  assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+
+
 def test_unknown_optimizer():
   with pytest.raises(ValueError, match="'adamw'; known: adam, sgd, muon, shampoo"):
     optim.make(_config("adamw"), _params(), total_steps=10, warmup_steps=0)
@@ -124,7 +174,8 @@ def test_learning_rate_scales_the_direction_with_schedule():
 # ---- Schedule --------------------------------------------------------------
 
 @pytest.mark.parametrize("decay_type,mid,end", [
-    ("cosine", 0.5, 0.0), ("linear", 0.55, 0.1), ("constant", 1.0, 1.0)])
+    ("cosine", 0.5, 0.0), ("linear", 0.55, 0.1), ("constant", 1.0, 1.0),
+    ("quadratic", 0.25, 0.0)])
 def test_schedule_values(decay_type, mid, end):
   c = config_lib.base().schedule
   c.decay_type, c.linear_end = decay_type, 0.1
@@ -137,6 +188,8 @@ def test_schedule_values(decay_type, mid, end):
   np.testing.assert_allclose(float(s(500)), end, atol=1e-7)  # Stays there.
   if decay_type == "cosine":  # Quarter of the way: (1 + cos(pi/4)) / 2.
     np.testing.assert_allclose(float(s(35)), (1 + math.cos(math.pi / 4)) / 2, rtol=1e-6)
+  if decay_type == "quadratic":  # Quarter of the way: (3/4)^2.
+    np.testing.assert_allclose(float(s(35)), 0.5625, rtol=1e-6)
   values = np.asarray(jax.vmap(s)(jnp.arange(120)))
   assert values.min() >= 0.0 and values.max() <= 1.0
 

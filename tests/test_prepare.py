@@ -1,4 +1,4 @@
-"""Offline preparation: Fashion-MNIST from the Debian files, image folders."""
+"""Offline preparation: Fashion-MNIST from the Debian files, scikit-learn's digits, image folders."""
 
 import os
 
@@ -78,3 +78,45 @@ def test_command():
       "python -m big_distill.data.prepare folder --path=YOUR_IMAGE_DIR --name=my_data")
   assert prepare.command("oxford_flowers102").startswith(
       "python -m big_distill.data.prepare oxford_flowers102")
+
+
+# ---- scikit-learn's digits -------------------------------------------------
+
+def test_digits_as_tfds(tmp_path, capsys):
+  from sklearn import datasets as sklearn_datasets  # The test extra has it.
+  data_dir = str(tmp_path / "tfds")
+  prepare.main(["digits", f"--data_dir={data_dir}"])
+  assert "config.input.data.name = 'sklearn_digits'" in capsys.readouterr().out
+  builder = tfds.builder("sklearn_digits", data_dir=data_dir)
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 1797}
+  assert builder.info.features["label"].names == [str(d) for d in range(10)]
+  ex = next(iter(tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False)
+                               .batch(2000))))
+  digits = sklearn_datasets.load_digits()
+  # Same images in the package's order, 0..16 scaled to 0..255 (16 -> 255).
+  assert ex["image"].shape == (1797, 8, 8, 1) and ex["image"].dtype == np.uint8
+  np.testing.assert_array_equal(ex["image"][..., 0], np.round(digits.images * 255 / 16))
+  np.testing.assert_array_equal(ex["label"], digits.target)
+  assert ex["image"].max() == 255 and ex["image"].min() == 0
+  # Read by name as any prepared data set, through the trainer's readers
+  # (a class-balanced subset too); preparing again is a no-op.
+  from big_distill import config_lib  # pylint: disable=g-import-not-at-top
+  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
+  d = config_lib.data_config()
+  d.name, d.split, d.data_dir = "sklearn_digits", "train[:1500]", data_dir
+  input_lib.check_prepared(d)
+  assert (input_lib.num_examples(d), input_lib.num_classes(d)) == (1500, 10)
+  d.balanced_subset = 100
+  assert input_lib.num_examples(d) == 100
+  assert prepare.command("sklearn_digits", data_dir) == (
+      f"python -m big_distill.data.prepare digits --data_dir={data_dir}")
+  prepare.main(["digits", f"--data_dir={data_dir}"])
+  out = capsys.readouterr().out
+  assert "already prepared" in out and "train=1797" in out
+
+
+def test_digits_without_scikit_learn_says_what_to_install(monkeypatch, tmp_path):
+  import sys  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "sklearn", None)  # Makes the import fail.
+  with pytest.raises(ModuleNotFoundError, match=r"pip install 'big_distill\[data\]'"):
+    prepare.prepare_digits(str(tmp_path))

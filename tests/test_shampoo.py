@@ -170,6 +170,79 @@ def test_non_finite_statistics_keep_previous_roots():
   np.testing.assert_array_equal(after.roots["kernel"].left, state.roots["kernel"].left)
 
 
+# ---- Grafting and momentum (the paper's setting) ----------------------------
+
+def _sgd_momentum(grads, b1, nesterov):
+  """The SGD graft's update by hand: bias-corrected EMA (or its look-ahead)."""
+  m, out = 0.0, []
+  for t, g in enumerate(grads, start=1):
+    m = b1 * m + (1 - b1) * g
+    m_hat = m / (1 - b1**t)
+    out.append(b1 * m_hat + (1 - b1) * g if nesterov else m_hat)
+  return out
+
+
+@pytest.mark.parametrize("per_block", [False, True])
+def test_sgd_graft_takes_the_sgd_update_norm(per_block):
+  rng = np.random.default_rng(5)
+  grads = [rng.normal(size=(6, 4)).astype(np.float32) * s for s in (1.0, 3.0, 0.5, 2.0)]
+  tx = shampoo.scale_by_shampoo(block_size=3, precond_every=1, b2=0.85, start_preconditioning=1,
+                                graft="sgd", nesterov=True, graft_per_block=per_block, b1=0.9)
+  update = jax.jit(tx.update)
+  state = tx.init({"w": jnp.zeros((6, 4))})
+  for i, (g, sgd) in enumerate(zip(grads, _sgd_momentum(grads, 0.9, nesterov=True))):
+    u, state = update({"w": jnp.asarray(g)}, state)
+    u = np.asarray(u["w"])
+    if i == 0:  # Before preconditioning: the SGD update itself.
+      np.testing.assert_allclose(u, sgd, rtol=1e-5)
+      continue
+    blocks, sgd_blocks = _np_blocks(u, 3, 2), _np_blocks(sgd, 3, 2)
+    block_norms = np.array([np.linalg.norm(b) for b in blocks])
+    sgd_norms = np.array([np.linalg.norm(b) for b in sgd_blocks])
+    if per_block:
+      np.testing.assert_allclose(block_norms, sgd_norms, rtol=1e-4)
+    else:  # Layerwise: the whole update has SGD's norm; its blocks do not.
+      np.testing.assert_allclose(np.linalg.norm(u), np.linalg.norm(sgd), rtol=1e-4)
+      assert not np.allclose(block_norms, sgd_norms, rtol=1e-2)
+    # The direction is Shampoo's, not SGD's.
+    cos = np.vdot(u, sgd) / (np.linalg.norm(u) * np.linalg.norm(sgd))
+    assert 0 < cos < 0.99, cos
+
+
+def test_nesterov_against_heavy_ball_by_hand():
+  # b1 = 1/2, one gradient of 1 then zeros. Heavy ball (bias-corrected EMA):
+  # m_hat = 1, 1/3, 1/7 (m = 1/2, 1/4, 1/8 over 1 - b1^t = 1/2, 3/4, 7/8).
+  # Nesterov looks ahead, b1 m_hat + (1 - b1) g: 1, 1/6, 1/14: it drops as soon
+  # as the gradient does, heavy ball only as the average forgets it.
+  want = {False: [1.0, 1 / 3, 1 / 7], True: [1.0, 1 / 6, 1 / 14]}
+  grads = [1.0, 0.0, 0.0]
+  for nesterov in (False, True):
+    assert np.allclose(_sgd_momentum(grads, 0.5, nesterov), want[nesterov])
+    tx = shampoo.scale_by_shampoo(graft="sgd", nesterov=nesterov, b1=0.5,
+                                  start_preconditioning=100)
+    params = {"bias": jnp.zeros((2,)), "kernel": jnp.zeros((3, 2))}
+    state, got = tx.init(params), []
+    for g in grads:
+      u, state = tx.update(jax.tree.map(lambda p: jnp.full_like(p, g), params), state)
+      np.testing.assert_array_equal(u["bias"], u["kernel"][0])  # Matrices too, before start.
+      got.append(float(u["bias"][0]))
+    np.testing.assert_allclose(got, want[nesterov], rtol=1e-6)
+
+
+def test_nesterov_with_adam_graft_is_nadam_like_before_start():
+  # Adam's graft divides the (look-ahead) momentum by sqrt(V): with b1 = 1/2
+  # and gradients 1, 0, the second step is (1/6) / sqrt(v_hat).
+  tx = shampoo.scale_by_shampoo(graft="adam", nesterov=True, b1=0.5, graft_b2=0.5,
+                                graft_eps=0.0, start_preconditioning=100)
+  params = {"bias": jnp.zeros((1,))}
+  state = tx.init(params)
+  u1, state = tx.update({"bias": jnp.ones((1,))}, state)
+  u2, _ = tx.update({"bias": jnp.zeros((1,))}, state)
+  v_hat = (0.25 * 1.0) / (1 - 0.25)  # v = 0.5 * 0.5 * 1, bias-corrected.
+  np.testing.assert_allclose([float(u1["bias"][0]), float(u2["bias"][0])],
+                             [1.0, (1 / 6) / np.sqrt(v_hat)], rtol=1e-6)
+
+
 def test_unknown_graft():
   with pytest.raises(ValueError, match="Unknown Shampoo graft 'adagrad'; known: adam, sgd"):
     shampoo.scale_by_shampoo(graft="adagrad")

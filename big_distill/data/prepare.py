@@ -3,6 +3,10 @@
     # Fashion-MNIST from the Debian package dataset-fashion-mnist (no internet):
     python -m big_distill.data.prepare fashion_mnist [--data_dir=DIR]
 
+    # scikit-learn's handwritten digits (1,797 8x8 images shipped inside
+    # scikit-learn: pip install 'big_distill[data]'), as TFDS 'sklearn_digits':
+    python -m big_distill.data.prepare digits [--data_dir=DIR]
+
     # Your own images, DIR/<split>/<class_name>/*.jpg (or .jpeg, .png):
     python -m big_distill.data.prepare folder --path=DIR --name=my_data [--data_dir=DIR]
 
@@ -21,6 +25,13 @@ Fashion-MNIST: the Debian package holds the four .gz files TFDS would fetch
 (recompressed, so their checksums differ from the ones TFDS registers); TFDS'
 own FashionMNIST builder writes the data set, its download manager replaced by
 one that hands it these local files.
+
+Digits (`sklearn_digits`): the images of `sklearn.datasets.load_digits`, a
+copy of the UCI optical-recognition test set, as one split 'train' of 1,797
+examples in scikit-learn's order (slice it, e.g. 'train[:1500]', for held-out
+parts): "image" uint8 8x8x1, the 17 grey levels 0..16 scaled to 0..255;
+"label" the digit 0..9. Offline images of another domain than Fashion-MNIST,
+to distil a Fashion-MNIST teacher on (paper Section 3.8).
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+DIGITS_NAME = "sklearn_digits"
 _MODULE = "python -m big_distill.data.prepare"
 
 
@@ -49,6 +61,8 @@ def command(name: str, data_dir: str | None = None) -> str:
   dd = f" --data_dir={data_dir}" if data_dir else ""
   if name == "fashion_mnist":
     return f"{_MODULE} fashion_mnist{dd}"
+  if name == DIGITS_NAME:
+    return f"{_MODULE} digits{dd}"
   if name in tfds.list_builders(with_community_datasets=False):
     return f"{_MODULE} {name}{dd}   (add --manual_dir=DIR if TFDS asks for manual files)"
   return f"{_MODULE} folder --path=YOUR_IMAGE_DIR --name={name}{dd}"
@@ -122,6 +136,42 @@ def prepare_fashion_mnist(data_dir: str | None = None, *,
     return builder
   _ensure_fashion_mnist_files(src_dir)
   return _build_offline(builder, src_dir)
+
+
+def digits_arrays() -> tuple["np.ndarray", "np.ndarray"]:
+  """scikit-learn's digits: uint8 images [1797, 8, 8, 1] in 0..255, int labels."""
+  try:
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  except ModuleNotFoundError as e:
+    raise ModuleNotFoundError(
+        f"{e}: the digits data set comes with scikit-learn. Install it with "
+        "pip install 'big_distill[data]' (or pip install 'scikit-learn>=1.6,<1.10').") from None
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  # 17 grey levels, 0..16: scaled to the full byte range like other images.
+  images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+  return images, digits.target.astype(np.int64)
+
+
+def prepare_digits(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """Writes `sklearn_digits` (split 'train', 1,797 examples) to `data_dir`."""
+  images, labels = digits_arrays()
+  examples = [(f"{i:04d}", {"image": image, "label": int(label)})
+              for i, (image, label) in enumerate(zip(images, labels))]
+  builder = tfds.dataset_builders.AdhocBuilder(
+      name=DIGITS_NAME, version="1.0.0", data_dir=data_dir,
+      features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(8, 8, 1)),
+          "label": tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
+      }),
+      split_datasets={"train": examples},
+      disable_shuffling=True,  # Keep scikit-learn's order: 'train[:N]' is its first N.
+      description="scikit-learn's load_digits (UCI optical recognition of handwritten "
+                  "digits, test part), grey levels 0..16 scaled to 0..255.")
+  if builder.is_prepared():
+    print(f"{DIGITS_NAME} is already prepared in {builder.data_dir}.")
+    return builder
+  return _build_offline(builder)
 
 
 def _folder_examples(path: str) -> tuple[list[str], dict[str, list]]:
@@ -201,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       prog=_MODULE, description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("dataset", help="'fashion_mnist', 'folder', or a TFDS name")
+  parser.add_argument("dataset", help="'fashion_mnist', 'digits', 'folder', or a TFDS name")
   parser.add_argument("--data_dir", default=None, help="where TFDS data sets live")
   parser.add_argument("--path", help="folder: DIR/<split>/<class>/*.jpg")
   parser.add_argument("--name", help="folder: the data set's TFDS name")
@@ -211,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
   try:
     if args.dataset == "fashion_mnist":
       builder = prepare_fashion_mnist(args.data_dir)
+    elif args.dataset in ("digits", DIGITS_NAME):
+      builder = prepare_digits(args.data_dir)
     elif args.dataset == "folder":
       if not args.path or not args.name:
         parser.error("folder needs --path=DIR and --name=NAME")
