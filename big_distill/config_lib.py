@@ -151,6 +151,9 @@ def base() -> mlc.ConfigDict:
       shampoo_block_size=128, shampoo_precond_every=10,
       shampoo_start_preconditioning=10, shampoo_eps=1e-6,
       shampoo_b2=0.999,
+      # 'adam' grafting keeps Adam's lr scale; the paper's (optim.PAPER_SHAMPOO)
+      # is 'sgd' grafting per layer with Nesterov momentum.
+      shampoo_graft="adam", shampoo_nesterov=False, shampoo_graft_per_block=False,
   ))
   c.lr = 0.003
   c.wd = 3e-4  # Decoupled, on kernels only, scaled by the schedule.

@@ -15,16 +15,8 @@ from tests.test_shampoo import conv_tree as _params
 
 # config.optim fields that optim.py reads and config_lib.base() is to gain
 # (with these defaults: today's Shampoo).
-NEW_OPTIM_FIELDS = dict(shampoo_graft="adam", shampoo_nesterov=False,
-                        shampoo_graft_per_block=False)
-
-
 def base():
-  c = config_lib.base()
-  for k, v in NEW_OPTIM_FIELDS.items():
-    if k not in c.optim:
-      c.optim[k] = v
-  return c
+  return config_lib.base()
 
 
 def _config(name="adam", **kw):
