@@ -52,36 +52,72 @@ from configs import common
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, res=224, runlocal=False)
   local = arg.runlocal
-  c = common.base("imagenet", runlocal=local, batch_size=4096)
-  if not local:
-    c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
+  c = config_lib.base()
 
-  # One inception crop, decoded straight from the JPEG and kept at its own
-  # size: each model's image is a resize of it to the model's resolution.
+  # ---- Data (ImageNet-1k): streamed from TFDS 'train' (too large to cache).
+  c.input.data = common.data("imagenet")
+  c.input.cache_raw = False
+  c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
+  c.input.batch_size = 4096
+  c.num_classes = 1000
+
+  # ---- Preprocessing: one inception crop, decoded straight from the JPEG and
+  # kept at its own size: each model's image is a resize of it to the model's
+  # resolution. The fixed view and evaluation: the short side to 439, the
+  # central 384 (ImageNet's 87.5% crop), resized down for the 224px models, so
+  # every model evaluates the same crop.
+  r384 = common.res(384, local)
   c.input.pp = ""
   c.input.pp_random = "decode_jpeg_and_inception_crop|flip_lr"
-  c.input.pp_fixed = f"decode|{common.eval_view('imagenet', common.res(384, local))}"
+  c.input.pp_fixed = f"decode|resize_small({round(r384 / 0.875)})|central_crop({r384})"
   c.input.pp_post = "value_range(-1, 1)"
+  pp_eval = f"decode|resize_small({round(r384 / 0.875)})|central_crop({r384})|value_range(-1, 1)"
 
+  # ---- Models: a BiT R50x1 student from scratch at 224px (or 160px); two
+  # BiT-M R152x2 teachers fine-tuned at 224px (t1) and 384px (t2).
   c.student_name = "bit"
-  c.student = common.LOCAL_STUDENT if local else common.R50X1
+  c.student = dict(depth=50, width=1.0)
   c.student_res = common.res(arg.res, local)
+  c.student_init = None
   c.teachers = ("t1", "t2")
   for name, pixels in (("t1", 224), ("t2", 384)):
     c[f"{name}_name"] = "bit"
-    c[name] = common.LOCAL_TEACHER if local else common.R152X2
+    c[name] = dict(depth=152, width=2.0)
     c[f"{name}_res"] = common.res(pixels, local)
-    c[f"{name}_init"] = (
-        f"{common.teacher_workdir('imagenet', local, f'_{pixels}')}/student.npz")
+    c[f"{name}_init"] = (f"workdirs/teachers/imagenet_{'local' if local else 'r152x2'}"
+                         f"_{pixels}/student.npz")
+  c.compute_dtype = "bfloat16"
 
-  common.function_matching(c, lr=0.03, wd=3e-4, t=1.0)
-  common.set_durations(c, runlocal=local, total_epochs=1200, warmup_steps=5000,
-                       log_training_steps=50, ckpt_steps=1000)
-  # One 384px central view (256 -> 224 at 224px), resized down for the
-  # student and t1: every model evaluates the same crop.
-  common.add_evals(c, "imagenet", pp=common.eval_pp("imagenet", common.res(384, local)),
-                   runlocal=local, cache_raw=False, log_epochs=10,
-                   types={"": ("classification", "train", "val"),
-                          "dist_": ("distance", "train", "val"),
-                          "calib_": ("calibration", "val")})
+  # ---- Distillation: function matching (consistent views + mixup, KL at
+  # temperature 1, labels unused); the per-teacher KLs are summed, which
+  # distills from the teachers' probability-space ensemble.
+  c.distill.views = "consistent"
+  c.mixup.p = 1.0
+  c.distill.loss = "kl"
+  c.distill.t = 1.0
+  c.distill.label_weight = 0.0
+
+  # ---- Optimizer and schedule: Adam with a bfloat16 first moment, clipping at
+  # 1.0, decoupled weight decay on kernels, 5,000 warm-up steps then cosine.
+  # 1,200 epochs: the released config's "middle ground".
+  c.optim.name = "adam"
+  c.optim.mu_dtype = "bfloat16"
+  c.lr, c.wd = 0.03, 3e-4
+  c.grad_clip_norm = 1.0
+  c.schedule.decay_type = "cosine"
+  c.schedule.warmup_steps = 5000
+  c.total_epochs = 1200
+  c.log_training_steps, c.ckpt_steps = 50, 1000
+
+  # ---- Evaluators: accuracy and distances on train[:10000] and validation,
+  # calibration on validation, every 10 epochs.
+  for prefix, kind, splits in (("", "classification", ("train", "val")),
+                               ("dist_", "distance", ("train", "val")),
+                               ("calib_", "calibration", ("val",))):
+    for split in splits:
+      common.add_eval(c, prefix + split, kind, "imagenet", split, pp=pp_eval,
+                      cache_raw=False, log_epochs=10)
+
+  if local:
+    common.shrink_for_local(c)
   return c

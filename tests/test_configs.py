@@ -4,7 +4,8 @@ Runs use `:runlocal` on TFDS mock data (random images from each builder's
 feature spec) over metadata that gives every split its real size, so split
 names and slices are checked as on the real data sets. Teachers are random
 tiny BiT models saved as `.npz`, shaped as each runlocal config's teachers.
-The expected settings below are written from PAPER_NOTES.md, not from the
+The expected settings below are written from the paper and its released
+settings (big_vision configs/proj/distill), not from the
 configs.
 """
 
@@ -38,7 +39,7 @@ SPLITS = {
 }
 MOCK_EXAMPLES = 16
 
-# PAPER_NOTES "Released settings": (epochs, lr, weight decay, temperature).
+# The released settings (big_vision configs/proj/distill): (epochs, lr, weight decay, temperature).
 RELEASED = {
     "flowers_r50": dict(fast=(10_000, .003, 3e-4, 10), medium=(100_000, .001, 1e-4, 1),
                         long=(1_000_000, .0003, 1e-5, 1)),
@@ -49,7 +50,7 @@ RELEASED = {
     "sun397_r50": dict(fast=(100, .01, 1e-3, 10), medium=(1_000, .001, 1e-4, 10),
                        long=(3_000, .01, 3e-5, 10)),
 }
-# TFDS name, classes, training examples (PAPER_NOTES: Pets train[:90%]).
+# TFDS name, classes, training examples (the release: Pets train[:90%]).
 DATA = {
     "flowers": ("oxford_flowers102", 102, 1020),
     "pets": ("oxford_iiit_pet", 37, 3312),
