@@ -14,6 +14,8 @@ and the same for every prefix. `steps()` converts them.
 from __future__ import annotations
 
 import math
+import os
+import re
 from typing import Any
 
 import ml_collections as mlc
@@ -207,3 +209,21 @@ def steps(prefix: str, config: mlc.ConfigDict, *, num_examples: int | None,
       raise errors.ConfigError(f"{prefix}: a negative duration needs the total.")
     return total_steps
   return n
+
+
+def default_workdir(config_arg: str) -> str:
+  """`workdirs/<config name>[_<config args>]`, a file-system-safe folder name.
+
+  `config_arg` is the `--config` flag's value. The config name is the file's
+  path below configs/ without `.py` (configs/teachers/pets.py ->
+  teachers/pets), else the file's stem; in the arguments, everything but
+  letters, digits, '.' and '-' becomes '_'
+  (`flowers_r50.py:variant=fast,runlocal` -> `flowers_r50_variant_fast_runlocal`).
+  """
+  path, _, args = config_arg.partition(":")
+  parts = os.path.normpath(os.path.splitext(path)[0]).split(os.sep)
+  below = [i for i, part in enumerate(parts[:-1]) if part == "configs"]
+  name = "/".join(parts[below[-1] + 1:]) if below else parts[-1]
+  if args:
+    name += "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", args).strip("_")
+  return os.path.join("workdirs", name)

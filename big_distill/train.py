@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -31,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from big_distill import checkpoint as ckpt_lib
+from big_distill import config_lib
 from big_distill import errors
 from big_distill import fileio
 from big_distill import metrics as metrics_lib
@@ -287,22 +287,6 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
 # ---- The command -------------------------------------------------------------
 
 
-def default_workdir(config_arg: str) -> str:
-  """`workdirs/<config name>[_<config args>]`, a file-system-safe folder name.
-
-  The config name is the file's path below configs/ without `.py`
-  (configs/teachers/pets.py -> teachers/pets), else the file's stem; the
-  arguments' characters other than letters, digits, '.' and '-' become '_'
-  (`flowers_r50.py:variant=fast,runlocal` -> `flowers_r50_variant_fast_runlocal`).
-  """
-  path, _, args = config_arg.partition(":")
-  parts = os.path.normpath(os.path.splitext(path)[0]).split(os.sep)
-  name = "/".join(parts[parts.index("configs") + 1:]) if "configs" in parts[:-1] else parts[-1]
-  if args:
-    name += "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", args).strip("_")
-  return os.path.join("workdirs", name)
-
-
 def define_flags(values: flags.FlagValues | None = None) -> None:
   """The command's flags (only when run as a command: importing defines none)."""
   values = values if values is not None else flags.FLAGS
@@ -334,7 +318,7 @@ def main(argv):
     handler.addFilter(_QuietLibraries())
   if f.config is None:
     raise app.UsageError("Give --config=configs/X.py[:args] (and optionally --workdir=DIR).")
-  workdir = f.workdir or default_workdir(config_flags.get_config_filename(f["config"]))
+  workdir = f.workdir or config_lib.default_workdir(config_flags.get_config_filename(f["config"]))
   logging.info("Workdir: %s", os.path.abspath(workdir) if "://" not in workdir else workdir)
   parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
   if jax.process_index() != 0:
