@@ -193,8 +193,8 @@ def period(config, name: str, *, num_examples: int, batch_size: int, total_steps
 #
 # PATH is a weights .npz (BiT layout, or any layout the config's model module
 # reads), a gs:// path, or the workdir of a run: its student.npz, else its
-# newest orbax checkpoint. The config's teachers are loaded as the trainer
-# loads them. Prints one JSON line and writes it to
+# newest orbax checkpoint; without --init, the config's teachers alone. The
+# config's teachers are loaded as the trainer loads them. Prints one JSON line and writes it to
 # DIR/evaluate_<name of PATH>.json (DIR: the run's workdir when PATH is one,
 # else the config's default workdir).
 
@@ -230,10 +230,31 @@ def _student_params(config, s, init: str) -> tuple[object, str]:
   return jax.tree.map(jax.device_put, host, s.state_sharding["params"]), source
 
 
-def evaluate_checkpoint(config, init: str) -> dict:
+def teachers_only(config):
+  """`config` with every evaluator restricted to the teachers (no distances)."""
+  if not config.teachers:
+    raise errors.ConfigError("This config has no teachers: give --init=PATH, the weights "
+                             "to evaluate.")
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    for name in list(c.evals):
+      if c.evals[name].type == "distance":
+        del c.evals[name]
+      else:
+        c.evals[name].models = ",".join(config.teachers)
+  return c
+
+
+def evaluate_checkpoint(config, init: str | None) -> dict:
   """Runs every evaluator of `config` on the weights `init`, through the
-  trainer's own set-up; returns {"init", "weights", "metrics"}."""
+  trainer's own set-up; returns {"init", "weights", "metrics"}.
+
+  Without `init`, the config's teachers alone (e.g. to check a released
+  teacher's accuracy, and which `stem_pool_pad` fits it).
+  """
   from big_distill import setup  # pylint: disable=g-import-not-at-top
+  if init is None:
+    config = teachers_only(config)
   setup.check_config(config)
   models = setup.build_models(config)
   setup.check_data(config)
@@ -242,16 +263,16 @@ def evaluate_checkpoint(config, init: str) -> dict:
   d = setup.durations(config)
   s = setup.build(config, models, mesh, total_steps=d.total, warmup_steps=d.warmup)
   teacher_params = setup.load_teachers(config, models, mesh)
-  params, source = _student_params(config, s, init)
+  params, source = (None, "teachers only") if init is None else _student_params(config, s, init)
   metrics = {}
   for e in setup.make_evaluators(config, models, mesh):
     metrics.update(e.run(params, teacher_params))
   return {"init": init, "weights": source, "metrics": metrics}
 
 
-def output_path(init: str, workdir: str) -> str:
+def output_path(init: str | None, workdir: str) -> str:
   """`workdir/evaluate_<file-system-safe name of init>.json`."""
-  name = os.path.basename(os.path.normpath(init)) or "init"
+  name = os.path.basename(os.path.normpath(init)) if init else "teachers"
   return os.path.join(workdir, f"evaluate_{re.sub(r'[^A-Za-z0-9.-]+', '_', name)}.json")
 
 
@@ -262,7 +283,8 @@ def define_flags(values=None) -> None:
                                   "configs/flowers_r50.py.", flag_values=values,
                                   lock_config=True)
   flags.DEFINE_string("init", None, "Weights to evaluate: an .npz (local or gs://) or a "
-                      "run's workdir.", flag_values=values)
+                      "run's workdir. Without it: the config's teachers alone.",
+                      flag_values=values)
   flags.DEFINE_string("workdir", None, "Where the JSON goes (default: the run's workdir if "
                       "--init is one, else the config's default workdir).", flag_values=values)
 
@@ -270,15 +292,18 @@ def define_flags(values=None) -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
-  if f.config is None or not f.init:
-    raise app.UsageError("Give --config=configs/X.py[:args] and --init=PATH.")
+  if f.config is None:
+    raise app.UsageError("Give --config=configs/X.py[:args] [--init=PATH].")
   try:
-    out = evaluate_checkpoint(f.config, f.init)
+    out = evaluate_checkpoint(f.config, f.init or None)
   except (errors.UserError, ckpt_lib.CheckpointError) as e:
     print(f"big_distill.evaluate: error: {e}", file=sys.stderr)
     sys.exit(2)
-  workdir = f.workdir or (f.init if tf.io.gfile.isdir(f.init) else config_lib.default_workdir(
-      config_flags.get_config_filename(f["config"])))
+  workdir = f.workdir
+  if not workdir:
+    is_run = f.init and tf.io.gfile.isdir(f.init)
+    workdir = f.init if is_run else config_lib.default_workdir(
+        config_flags.get_config_filename(f["config"]))
   tf.io.gfile.makedirs(workdir)
   path = output_path(f.init, workdir)
   with fileio.atomic_write(path) as file:

@@ -168,6 +168,17 @@ def test_evaluate_gives_exactly_what_the_trainer_logged(trained, monkeypatch, ca
   assert (bare / "evaluate_bare.json").exists()  # Beside the run, by default.
 
 
+def test_without_init_the_teachers_alone(trained, monkeypatch, capsys, tmp_path):
+  _, last, arg = trained
+  helpers.run_main(evaluate, ["evaluate", f"--config={CONFIG}:{arg}", f"--workdir={tmp_path}"],
+                   monkeypatch)
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["weights"] == "teachers only"
+  assert set(out["metrics"]) == {"test/t1_top1", "test/t1_top5", "test/t1_loss"}
+  assert out["metrics"] == {k: last[k] for k in out["metrics"]}
+  assert (tmp_path / "evaluate_teachers.json").exists()
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda p: p / "missing.npz", r"--init=\S*missing.npz does not exist"),
     (lambda p: p, r"--init=\S+ is a directory with neither student.npz nor checkpoints/"),
