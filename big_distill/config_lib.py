@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from typing import Any
 
 import ml_collections as mlc
@@ -227,3 +228,57 @@ def default_workdir(config_arg: str) -> str:
   if args:
     name += "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", args).strip("_")
   return os.path.join("workdirs", name)
+
+
+# ---- The commands' flags -------------------------------------------------------
+
+
+def _innermost_message(e: BaseException) -> str:
+  """ml_collections wraps a KeyError's text in an AttributeError; unwrap it."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _config_file_error(e: BaseException) -> str | None:
+  """The message of a UserError that the config file's get_config() raised.
+
+  config_flags re-raises it with the traceback as its text (and absl wraps
+  that in a flags.Error): the original message is the trace's last line.
+  """
+  while e is not None and not isinstance(e, errors.UserError):
+    e = e.__cause__ or e.__context__
+  if e is None:
+    return None
+  last = str(e).strip().splitlines()[-1]
+  name = f"{type(e).__module__}.{type(e).__name__}: "
+  return last[len(name):] if last.startswith(name) else str(e)
+
+
+def flags_parser(command: str):
+  """absl's flag parsing for `command`, with config mistakes as one line, exit 2.
+
+  Covers an unknown or mistyped `--config.field=` override and an error the
+  config file raises for its arguments (`:variant=slow`).
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return flags.FLAGS(argv)
+    except (flags.Error, errors.UserError) as e:
+      message = _config_file_error(e)
+      if message is None:
+        message = f"{e}\nPass --helpfull to see the flags."
+      print(f"{command}: error: {message}", file=sys.stderr)
+      sys.exit(2)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      overrides = " ".join(a for a in argv[1:] if a.startswith("--config.")) or "--config"
+      what = ("unknown config field" if isinstance(e, (AttributeError, KeyError))
+              else "value of the wrong type for a config field")
+      print(f"{command}: error: {what} in {overrides}: {_innermost_message(e)} "
+            "Fields and their types are in big_distill/config_lib.py (base()) and in the "
+            "config file.", file=sys.stderr)
+      sys.exit(2)
+  return parse

@@ -292,10 +292,10 @@ def define_flags(values=None) -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
-  if f.config is None:
+  if not f["config"].present:
     raise app.UsageError("Give --config=configs/X.py[:args] [--init=PATH].")
   try:
-    out = evaluate_checkpoint(f.config, f.init or None)
+    out = evaluate_checkpoint(f.config, f.init or None)  # The config file runs here.
   except (errors.UserError, ckpt_lib.CheckpointError) as e:
     print(f"big_distill.evaluate: error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -314,4 +314,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.flags_parser("big_distill.evaluate"))

@@ -316,7 +316,7 @@ def main(argv):
   f = flags.FLAGS
   for handler in std_logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
-  if f.config is None:
+  if not f["config"].present:
     raise app.UsageError("Give --config=configs/X.py[:args] (and optionally --workdir=DIR).")
   workdir = f.workdir or config_lib.default_workdir(config_flags.get_config_filename(f["config"]))
   logging.info("Workdir: %s", os.path.abspath(workdir) if "://" not in workdir else workdir)
@@ -324,7 +324,7 @@ def main(argv):
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   try:
-    train(f.config, workdir)
+    train(f.config, workdir)  # The config file runs here: its errors are caught too.
   except Preempted as e:
     logging.warning("%s", e)
     sys.exit(PREEMPTED_EXIT_CODE)
@@ -334,42 +334,6 @@ def main(argv):
     sys.exit(3 if isinstance(e, NonFiniteLossError) else 2)
 
 
-def _innermost_message(e: BaseException) -> str:
-  """ml_collections wraps a KeyError's text in an AttributeError; unwrap it."""
-  while e.args and isinstance(e.args[0], BaseException):
-    e = e.args[0]
-  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
-  return " ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-def parse_flags(argv: list[str], command: str = "big_distill.train") -> list[str]:
-  """absl's flag parsing, with config_flags' override errors as one line.
-
-  A config file's own error (errors.UserError, e.g. an unknown `:variant=`)
-  is one line too.
-  """
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    cause = e.__cause__ or e.__context__
-    if isinstance(cause, errors.UserError):
-      print(f"{command}: error: {cause}", file=sys.stderr)
-    else:
-      print(f"{command}: error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
-    sys.exit(2)
-  except errors.UserError as e:
-    print(f"{command}: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    overrides = " ".join(a for a in argv[1:] if a.startswith("--config.")) or "--config"
-    what = ("unknown config field" if isinstance(e, (AttributeError, KeyError))
-            else "value of the wrong type for a config field")
-    print(f"{command}: error: {what} in {overrides}: {_innermost_message(e)} "
-          "Fields and their types are in big_distill/config_lib.py (base()) and in the "
-          "config file.", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=config_lib.flags_parser("big_distill.train"))
