@@ -53,6 +53,7 @@ import ml_collections as mlc
 from ml_collections import config_flags
 import numpy as np
 
+from big_distill import config_lib
 from big_distill import errors
 from big_distill import parallel
 from big_distill import setup
@@ -458,14 +459,14 @@ def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, A
 def main(argv):
   del argv
   f = flags.FLAGS
-  config = f.config
-  if config is None:
+  if not f["config"].present:
     raise app.UsageError("Give --config=configs/X.py[:args].")
   picked = [m for m in ("eval", "input", "flops_only") if f[m].value]
   if len(picked) > 1:
     raise app.UsageError(f"Choose one of --eval, --input, --flops_only; got {picked}.")
   mode = picked[0] if picked else "train"
   try:
+    config = f.config  # The config file runs here: its errors are caught too.
     if mode in ("train", "flops_only"):
       out = run_train(config, steps=f.steps, warmup=f.warmup, flops_only=mode == "flops_only",
                       lowered_only=f.lowered_only, project_kind=f.project_device_kind,
@@ -482,4 +483,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.flags_parser("big_distill.benchmark"))

@@ -14,6 +14,9 @@ and the same for every prefix. `steps()` converts them.
 from __future__ import annotations
 
 import math
+import os
+import re
+import sys
 from typing import Any
 
 import ml_collections as mlc
@@ -210,3 +213,75 @@ def steps(prefix: str, config: mlc.ConfigDict, *, num_examples: int | None,
       raise errors.ConfigError(f"{prefix}: a negative duration needs the total.")
     return total_steps
   return n
+
+
+def default_workdir(config_arg: str) -> str:
+  """`workdirs/<config name>[_<config args>]`, a file-system-safe folder name.
+
+  `config_arg` is the `--config` flag's value. The config name is the file's
+  path below configs/ without `.py` (configs/teachers/pets.py ->
+  teachers/pets), else the file's stem; in the arguments, everything but
+  letters, digits, '.' and '-' becomes '_'
+  (`flowers_r50.py:variant=fast,runlocal` -> `flowers_r50_variant_fast_runlocal`).
+  """
+  path, _, args = config_arg.partition(":")
+  parts = os.path.normpath(os.path.splitext(path)[0]).split(os.sep)
+  below = [i for i, part in enumerate(parts[:-1]) if part == "configs"]
+  name = "/".join(parts[below[-1] + 1:]) if below else parts[-1]
+  if args:
+    name += "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", args).strip("_")
+  return os.path.join("workdirs", name)
+
+
+# ---- The commands' flags -------------------------------------------------------
+
+
+def _innermost_message(e: BaseException) -> str:
+  """ml_collections wraps a KeyError's text in an AttributeError; unwrap it."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _config_file_error(e: BaseException) -> str | None:
+  """The message of a UserError that the config file's get_config() raised.
+
+  config_flags re-raises it with the traceback as its text (and absl wraps
+  that in a flags.Error): the original message is the trace's last line.
+  """
+  while e is not None and not isinstance(e, errors.UserError):
+    e = e.__cause__ or e.__context__
+  if e is None:
+    return None
+  last = str(e).strip().splitlines()[-1]
+  name = f"{type(e).__module__}.{type(e).__name__}: "
+  return last[len(name):] if last.startswith(name) else str(e)
+
+
+def flags_parser(command: str):
+  """absl's flag parsing for `command`, with config mistakes as one line, exit 2.
+
+  Covers an unknown or mistyped `--config.field=` override and an error the
+  config file raises for its arguments (`:variant=slow`).
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return flags.FLAGS(argv)
+    except (flags.Error, errors.UserError) as e:
+      message = _config_file_error(e)
+      if message is None:
+        message = f"{e}\nPass --helpfull to see the flags."
+      print(f"{command}: error: {message}", file=sys.stderr)
+      sys.exit(2)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      overrides = " ".join(a for a in argv[1:] if a.startswith("--config.")) or "--config"
+      what = ("unknown config field" if isinstance(e, (AttributeError, KeyError))
+              else "value of the wrong type for a config field")
+      print(f"{command}: error: {what} in {overrides}: {_innermost_message(e)} "
+            "Fields and their types are in big_distill/config_lib.py (base()) and in the "
+            "config file.", file=sys.stderr)
+      sys.exit(2)
+  return parse

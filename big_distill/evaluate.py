@@ -1,4 +1,11 @@
-"""Evaluators: accuracy, student-teacher distances and calibration.
+r"""Evaluators: accuracy, student-teacher distances and calibration; and the command
+
+    python -m big_distill.evaluate --config=configs/flowers_r50.py --init=PATH \
+        [--workdir=DIR]
+
+that runs a config's evaluators on any checkpoint without training (see
+`evaluate_checkpoint` below), printing and writing the metrics the trainer
+logs.
 
 Each evaluator in `config.evals` has its own data, preprocessing and period,
 and writes metrics named `<eval name>/<metric>`:
@@ -17,15 +24,25 @@ in every later report (which draws the teacher's line in the plots).
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import sys
 from typing import Callable
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 import numpy as np
+import tensorflow as tf
 
+from big_distill import checkpoint as ckpt_lib
 from big_distill import config_lib
 from big_distill import distill
 from big_distill import errors
+from big_distill import fileio
 from big_distill.data import input as input_lib
 from big_distill.data import pp as pp_lib
 
@@ -167,3 +184,134 @@ def period(config, name: str, *, num_examples: int, batch_size: int, total_steps
   return config_lib.steps("log", config.evals[name], num_examples=num_examples,
                           batch_size=batch_size, total_steps=total_steps,
                           default=total_steps)
+
+
+# ---- The command: a config's evaluators on a checkpoint ----------------------
+#
+#     python -m big_distill.evaluate --config=configs/flowers_r50.py \
+#         --init=PATH [--workdir=DIR]
+#
+# PATH is a weights .npz (BiT layout, or any layout the config's model module
+# reads), a gs:// path, or the workdir of a run: its student.npz, else its
+# newest orbax checkpoint; without --init, the config's teachers alone. The
+# config's teachers are loaded as the trainer loads them. Prints one JSON line and writes it to
+# DIR/evaluate_<name of PATH>.json (DIR: the run's workdir when PATH is one,
+# else the config's default workdir).
+
+
+def _student_params(config, s, init: str) -> tuple[object, str]:
+  """(the student's parameters on the mesh, where they came from)."""
+  # Imported here, not at the top: setup builds its evaluators from this module.
+  from big_distill import setup  # pylint: disable=g-import-not-at-top
+  gfile = tf.io.gfile
+  if not setup.readable(init, "init"):
+    raise errors.CheckpointError(f"--init={init} does not exist. Give a weights .npz "
+                                 "(local or gs://) or the workdir of a run.")
+  source = init
+  if gfile.isdir(init):
+    exported = os.path.join(init, "student.npz")
+    checkpoints = os.path.join(init, "checkpoints")
+    if gfile.exists(exported):
+      source = exported
+    elif gfile.isdir(checkpoints) and gfile.listdir(checkpoints):
+      ckpt = ckpt_lib.Checkpointer(checkpoints, keep=config.keep_ckpts)
+      try:
+        restored = ckpt.restore(s.state)
+      finally:
+        ckpt.close()
+      if restored is not None:
+        step, state = restored
+        return state["params"], f"{checkpoints} step {step}"
+    else:
+      raise errors.CheckpointError(
+          f"--init={init} is a directory with neither student.npz nor checkpoints/: "
+          "give a weights .npz or the workdir of a run.")
+  host = setup.load_trained(config, "student", s.models.student, source, where=f"--init={init}: ")
+  return jax.tree.map(jax.device_put, host, s.state_sharding["params"]), source
+
+
+def teachers_only(config):
+  """`config` with every evaluator restricted to the teachers (no distances)."""
+  if not config.teachers:
+    raise errors.ConfigError("This config has no teachers: give --init=PATH, the weights "
+                             "to evaluate.")
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    for name in list(c.evals):
+      if c.evals[name].type == "distance":
+        del c.evals[name]
+      else:
+        c.evals[name].models = ",".join(config.teachers)
+  return c
+
+
+def evaluate_checkpoint(config, init: str | None) -> dict:
+  """Runs every evaluator of `config` on the weights `init`, through the
+  trainer's own set-up; returns {"init", "weights", "metrics"}.
+
+  Without `init`, the config's teachers alone (e.g. to check a released
+  teacher's accuracy, and which `stem_pool_pad` fits it).
+  """
+  from big_distill import setup  # pylint: disable=g-import-not-at-top
+  if init is None:
+    config = teachers_only(config)
+  setup.check_config(config)
+  models = setup.build_models(config)
+  setup.check_data(config)
+  setup.check_inits(config, student=False)  # --init replaces config.student_init.
+  mesh = setup.make_mesh(config)
+  d = setup.durations(config)
+  s = setup.build(config, models, mesh, total_steps=d.total, warmup_steps=d.warmup)
+  teacher_params = setup.load_teachers(config, models, mesh)
+  params, source = (None, "teachers only") if init is None else _student_params(config, s, init)
+  metrics = {}
+  for e in setup.make_evaluators(config, models, mesh):
+    metrics.update(e.run(params, teacher_params))
+  return {"init": init, "weights": source, "metrics": metrics}
+
+
+def output_path(init: str | None, workdir: str) -> str:
+  """`workdir/evaluate_<file-system-safe name of init>.json`."""
+  name = os.path.basename(os.path.normpath(init)) if init else "teachers"
+  return os.path.join(workdir, f"evaluate_{re.sub(r'[^A-Za-z0-9.-]+', '_', name)}.json")
+
+
+def define_flags(values=None) -> None:
+  """The command's flags (only when run as a command: importing defines none)."""
+  values = values if values is not None else flags.FLAGS
+  config_flags.DEFINE_config_file("config", None, "Config file whose evaluators run, e.g. "
+                                  "configs/flowers_r50.py.", flag_values=values,
+                                  lock_config=True)
+  flags.DEFINE_string("init", None, "Weights to evaluate: an .npz (local or gs://) or a "
+                      "run's workdir. Without it: the config's teachers alone.",
+                      flag_values=values)
+  flags.DEFINE_string("workdir", None, "Where the JSON goes (default: the run's workdir if "
+                      "--init is one, else the config's default workdir).", flag_values=values)
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  if not f["config"].present:
+    raise app.UsageError("Give --config=configs/X.py[:args] [--init=PATH].")
+  try:
+    out = evaluate_checkpoint(f.config, f.init or None)  # The config file runs here.
+  except (errors.UserError, ckpt_lib.CheckpointError) as e:
+    print(f"big_distill.evaluate: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  workdir = f.workdir
+  if not workdir:
+    is_run = f.init and tf.io.gfile.isdir(f.init)
+    workdir = f.init if is_run else config_lib.default_workdir(
+        config_flags.get_config_filename(f["config"]))
+  tf.io.gfile.makedirs(workdir)
+  path = output_path(f.init, workdir)
+  with fileio.atomic_write(path) as file:
+    json.dump(out, file, indent=2, sort_keys=True)
+  print(json.dumps(out, sort_keys=True), flush=True)
+  print(f"Wrote {path}.", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=config_lib.flags_parser("big_distill.evaluate"))

@@ -35,6 +35,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from big_distill import distill
+from big_distill import config_lib
 from big_distill import errors
 from big_distill import setup
 from big_distill.data import input as input_lib
@@ -146,10 +147,10 @@ def define_flags(values: flags.FlagValues | None = None) -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
-  if f.config is None:
+  if not f["config"].present:
     raise app.UsageError("Give --config=configs/X.py[:args].")
   try:
-    out = compare(f.config, f.batch)
+    out = compare(f.config, f.batch)  # The config file runs here: its errors are caught too.
   except errors.UserError as e:
     print(f"big_distill.precision: error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -158,4 +159,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.flags_parser("big_distill.precision"))

@@ -194,8 +194,8 @@ def readable(path: str, field: str) -> bool:
         f"--config.{field}=DIR/{os.path.basename(path)}.") from None
 
 
-def check_inits(config: mlc.ConfigDict) -> None:
-  """The teachers' (and the student's initial) checkpoint files exist."""
+def check_inits(config: mlc.ConfigDict, student: bool = True) -> None:
+  """The teachers' (and, with `student`, the student's initial) checkpoints exist."""
   for t in config.teachers:
     path = config[f"{t}_init"]
     if not path:
@@ -207,7 +207,7 @@ def check_inits(config: mlc.ConfigDict) -> None:
           "first (configs/teachers/, see the config's docstring) or set "
           f"config.{t}_init to its student.npz, its workdir, or a gs:// path.")
     resolve_init(path)  # A workdir must hold its student.npz.
-  if config.student_init:
+  if student and config.student_init:
     if not readable(config.student_init, "student_init"):
       raise errors.ConfigError(f"config.student_init: {config.student_init} does not exist.")
     resolve_init(config.student_init)
@@ -407,40 +407,46 @@ def with_params(s: TrainSetup, state: Any, params: Any) -> Any:
 
 
 def load_weights(config: mlc.ConfigDict, name: str, model, path: str, *, template=None,
-                 **kwargs) -> Any:
+                 where: str | None = None, **kwargs) -> Any:
   """`config.<name>_name`'s load() of `path` into `model`'s shapes, as numpy.
 
   `template`: the parameters load() fills in (default: zeros of the model's
   shapes). The model module reports a file that does not fit the model with a
   ValueError naming the arrays; that is the config's mistake (its depth,
-  width or num_classes, or its `<name>_init`), reported once.
+  width or num_classes, or the path), reported once, prefixed by `where`
+  (default: the config field of the path).
   """
   module = model_module(config[f"{name}_name"])
   if template is None:
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                             param_shapes(model, config[f"{name}_res"]))
-  with config_errors(f"config.{name}_init={config[f'{name}_init']}: "):
+  with config_errors(where if where is not None else f"config.{name}_init={path}: "):
     return module.load(template, resolve_init(path), **kwargs)
 
 
-def _load_teacher(config: mlc.ConfigDict, t: str, model) -> Any:
-  """A teacher's weights; a head of another class count is an error.
+def load_trained(config: mlc.ConfigDict, name: str, model, path: str,
+                 where: str | None = None) -> Any:
+  """Trained weights (a teacher, or a model to evaluate): the head must fit.
 
   Contract: a model module whose load() takes `head_mismatch` raises for a
-  head of another size with head_mismatch="error". Older ones replace such a
-  head by zeros (as fine-tuning from BiT-M wants), so an all-zero kernel is
-  read as that replacement: no trained teacher has one.
+  head of another class count with head_mismatch="error". Older ones replace
+  such a head by zeros (as fine-tuning from BiT-M wants), so an all-zero
+  kernel is read as that replacement: no trained model has one.
   """
-  module = model_module(config[f"{t}_name"])
-  path = config[f"{t}_init"]
+  module = model_module(config[f"{name}_name"])
   if "head_mismatch" in inspect.signature(module.load).parameters:
-    return load_weights(config, t, model, path, head_mismatch="error")
-  host = load_weights(config, t, model, path)
+    return load_weights(config, name, model, path, where=where, head_mismatch="error")
+  host = load_weights(config, name, model, path, where=where)
   if not np.any(host["head"]["kernel"]):
+    if name == "student":
+      what, fix = "The model", ("Evaluate it with the config of the data set it was "
+                                "trained on.")
+    else:
+      what, fix = f"Teacher {name!r}", ("A teacher must be fine-tuned on this data set "
+                                        "first (configs/teachers/).")
     raise errors.ConfigError(
-        f"Teacher {t!r} ({path}) has a head with a different number "
-        f"of classes than config.num_classes={config.num_classes}. A teacher must be "
-        "fine-tuned on this data set first (configs/teachers/).")
+        f"{what} ({path}) has a head with a different number of classes than "
+        f"config.num_classes={config.num_classes}. {fix}")
   return host
 
 
@@ -453,7 +459,7 @@ def put_teacher(config: mlc.ConfigDict, mesh, host: Any) -> Any:
 
 def load_teachers(config: mlc.ConfigDict, models: Models, mesh) -> dict[str, Any]:
   """The teachers' parameters: loaded, checked against their configs, sharded, cast."""
-  return {t: put_teacher(config, mesh, _load_teacher(config, t, m))
+  return {t: put_teacher(config, mesh, load_trained(config, t, m, config[f"{t}_init"]))
           for t, m in models.teachers.items()}
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -31,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from big_distill import checkpoint as ckpt_lib
+from big_distill import config_lib
 from big_distill import errors
 from big_distill import fileio
 from big_distill import metrics as metrics_lib
@@ -287,22 +287,6 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
 # ---- The command -------------------------------------------------------------
 
 
-def default_workdir(config_arg: str) -> str:
-  """`workdirs/<config name>[_<config args>]`, a file-system-safe folder name.
-
-  The config name is the file's path below configs/ without `.py`
-  (configs/teachers/pets.py -> teachers/pets), else the file's stem; the
-  arguments' characters other than letters, digits, '.' and '-' become '_'
-  (`flowers_r50.py:variant=fast,runlocal` -> `flowers_r50_variant_fast_runlocal`).
-  """
-  path, _, args = config_arg.partition(":")
-  parts = os.path.normpath(os.path.splitext(path)[0]).split(os.sep)
-  name = "/".join(parts[parts.index("configs") + 1:]) if "configs" in parts[:-1] else parts[-1]
-  if args:
-    name += "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", args).strip("_")
-  return os.path.join("workdirs", name)
-
-
 def define_flags(values: flags.FlagValues | None = None) -> None:
   """The command's flags (only when run as a command: importing defines none)."""
   values = values if values is not None else flags.FLAGS
@@ -332,15 +316,15 @@ def main(argv):
   f = flags.FLAGS
   for handler in std_logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
-  if f.config is None:
+  if not f["config"].present:
     raise app.UsageError("Give --config=configs/X.py[:args] (and optionally --workdir=DIR).")
-  workdir = f.workdir or default_workdir(config_flags.get_config_filename(f["config"]))
+  workdir = f.workdir or config_lib.default_workdir(config_flags.get_config_filename(f["config"]))
   logging.info("Workdir: %s", os.path.abspath(workdir) if "://" not in workdir else workdir)
   parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   try:
-    train(f.config, workdir)
+    train(f.config, workdir)  # The config file runs here: its errors are caught too.
   except Preempted as e:
     logging.warning("%s", e)
     sys.exit(PREEMPTED_EXIT_CODE)
@@ -350,42 +334,6 @@ def main(argv):
     sys.exit(3 if isinstance(e, NonFiniteLossError) else 2)
 
 
-def _innermost_message(e: BaseException) -> str:
-  """ml_collections wraps a KeyError's text in an AttributeError; unwrap it."""
-  while e.args and isinstance(e.args[0], BaseException):
-    e = e.args[0]
-  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
-  return " ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-def parse_flags(argv: list[str], command: str = "big_distill.train") -> list[str]:
-  """absl's flag parsing, with config_flags' override errors as one line.
-
-  A config file's own error (errors.UserError, e.g. an unknown `:variant=`)
-  is one line too.
-  """
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    cause = e.__cause__ or e.__context__
-    if isinstance(cause, errors.UserError):
-      print(f"{command}: error: {cause}", file=sys.stderr)
-    else:
-      print(f"{command}: error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
-    sys.exit(2)
-  except errors.UserError as e:
-    print(f"{command}: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    overrides = " ".join(a for a in argv[1:] if a.startswith("--config.")) or "--config"
-    what = ("unknown config field" if isinstance(e, (AttributeError, KeyError))
-            else "value of the wrong type for a config field")
-    print(f"{command}: error: {what} in {overrides}: {_innermost_message(e)} "
-          "Fields and their types are in big_distill/config_lib.py (base()) and in the "
-          "config file.", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=config_lib.flags_parser("big_distill.train"))

@@ -1,6 +1,10 @@
 """config_lib.py: config arguments, durations in any unit, the base config."""
 
+import sys
+
+from absl import flags
 import ml_collections as mlc
+from ml_collections import config_flags
 import pytest
 
 from big_distill import config_lib
@@ -84,3 +88,46 @@ def test_base_config_is_locked_against_typos():
     assert all(f"{prefix}_{u}" in c for u in ("steps", "epochs", "examples"))
   e = config_lib.eval_config()
   assert all(f"log_{u}" in e for u in ("steps", "epochs", "examples"))
+
+
+# ---- The commands' flag parsing -------------------------------------------------
+
+
+@pytest.fixture
+def parse(tmp_path, monkeypatch, capsys):
+  """config_lib.flags_parser on a config file whose get_config() checks its argument."""
+  path = tmp_path / "a_config.py"
+  path.write_text("from big_distill import config_lib\n\n"
+                  "def get_config(arg=None):\n"
+                  "  a = config_lib.parse_arg(arg, variant='fast')\n"
+                  "  c = config_lib.base()\n"
+                  "  c.seed = 1\n"
+                  "  return c\n")
+
+  def run(*args):
+    argv = ["cmd", f"--config={path}", *args]
+    if args and args[0].startswith(":"):
+      argv = ["cmd", f"--config={path}{args[0]}", *args[1:]]
+    monkeypatch.setattr(sys, "argv", argv)
+    values = flags.FlagValues()
+    monkeypatch.setattr(flags, "FLAGS", values)
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+    with pytest.raises(SystemExit) as e:
+      config_lib.flags_parser("big_distill.cmd")(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    return err
+  return run
+
+
+def test_config_file_argument_error_is_its_own_message(parse):
+  err = parse(":varient=long")
+  assert err.startswith("big_distill.cmd: error: Unknown config argument 'varient' in "
+                        "'varient=long'. Known arguments: variant."), err
+
+
+def test_unknown_override_names_the_field(parse):
+  err = parse("--config.lrr=1")
+  assert "big_distill.cmd: error: unknown config field in --config.lrr=1" in err
+  assert 'Did you mean "lr"' in err

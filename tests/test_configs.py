@@ -4,7 +4,8 @@ Runs use `:runlocal` on TFDS mock data (random images from each builder's
 feature spec) over metadata that gives every split its real size, so split
 names and slices are checked as on the real data sets. Teachers are random
 tiny BiT models saved as `.npz`, shaped as each runlocal config's teachers.
-The expected settings below are written from PAPER_NOTES.md, not from the
+The expected settings below are written from the paper and its released
+settings (big_vision configs/proj/distill), not from the
 configs.
 """
 
@@ -23,6 +24,8 @@ import tensorflow_datasets as tfds
 from absl import flags
 from ml_collections import config_flags
 
+from big_distill import errors
+from big_distill import setup
 from big_distill import train
 from big_distill.data import input as input_lib
 from big_distill.models import bit
@@ -38,7 +41,7 @@ SPLITS = {
 }
 MOCK_EXAMPLES = 16
 
-# PAPER_NOTES "Released settings": (epochs, lr, weight decay, temperature).
+# The released settings (big_vision configs/proj/distill): (epochs, lr, weight decay, temperature).
 RELEASED = {
     "flowers_r50": dict(fast=(10_000, .003, 3e-4, 10), medium=(100_000, .001, 1e-4, 1),
                         long=(1_000_000, .0003, 1e-5, 1)),
@@ -49,7 +52,7 @@ RELEASED = {
     "sun397_r50": dict(fast=(100, .01, 1e-3, 10), medium=(1_000, .001, 1e-4, 10),
                        long=(3_000, .01, 3e-5, 10)),
 }
-# TFDS name, classes, training examples (PAPER_NOTES: Pets train[:90%]).
+# TFDS name, classes, training examples (the release: Pets train[:90%]).
 DATA = {
     "flowers": ("oxford_flowers102", 102, 1020),
     "pets": ("oxford_iiit_pet", 37, 3312),
@@ -58,6 +61,9 @@ DATA = {
     "imagenet": ("imagenet2012", 1000, 1281167),
 }
 SMALL = ["flowers", "pets", "food101", "sun397"]
+# The paper's released teachers: gs://bit_models/distill/R152x2_T_{name}.npz.
+RELEASED_TEACHER = {"flowers": "flowers128", "pets": "pet128", "food101": "food128",
+                    "sun397": "sun128"}
 DISTILL = [f"{d}_r50" for d in SMALL] + ["imagenet_r50"]
 TEACHERS = [f"teachers.{d}" for d in SMALL] + ["teachers.imagenet"]
 BIT_M_CLASSES = 21843
@@ -229,7 +235,9 @@ def test_small_data_variants_are_the_released_settings(name, variant):
   assert config.student.to_dict() == dict(depth=50, width=1.0) and config.student_res == 128
   assert config.student_init is None
   assert config.teachers == ("t1",)
-  assert config.t1.to_dict() == dict(depth=152, width=2.0) and config.t1_res == 128
+  # The paper's released teacher, made with big_vision's bit_paper (-inf padding).
+  assert config.t1.to_dict() == dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
+  assert config.t1_res == 128
   assert config.input.pp == "decode"
   assert config.input.pp_random == "inception_crop(128)|flip_lr"
   assert config.input.pp_post == "value_range(-1, 1)"
@@ -237,7 +245,7 @@ def test_small_data_variants_are_the_released_settings(name, variant):
   for ec in config.evals.values():
     assert ec.pp == "decode|resize_small(160)|central_crop(128)|value_range(-1, 1)"
   dataset = name.removesuffix("_r50")
-  assert config.t1_init == f"workdirs/teachers/{dataset}_r152x2/student.npz"
+  assert config.t1_init == f"gs://bit_models/distill/R152x2_T_{RELEASED_TEACHER[dataset]}.npz"
 
 
 @pytest.mark.parametrize("arg", ["", "res=224", "res=160"])
@@ -248,9 +256,10 @@ def test_imagenet_teachers_share_the_student_crop(arg):
   assert config.teachers == ("t1", "t2")
   assert (config.t1_res, config.t2_res) == (224, 384)
   for t in config.teachers:
-    assert config[t].to_dict() == dict(depth=152, width=2.0)
+    assert config[t].to_dict() == dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
     assert config[f"{t}_name"] == "bit" and config[f"{t}_init"]
-  assert config.t1_init != config.t2_init
+  assert config.t1_init == "gs://bit_models/distill/R152x2_T_224.npz"
+  assert config.t2_init == "gs://bit_models/distill/R152x2_T_384.npz"
   # One crop for all: consistent views, and an inception crop without a size
   # of its own, which each model resizes to its resolution.
   assert config.distill.views == "consistent"
@@ -284,20 +293,26 @@ def test_teachers_follow_bit_hyperrule():
 
 
 def test_teacher_outputs_are_what_distillation_reads():
-  """Each teacher config's model and workdir are what its distillation loads."""
-  pairs = [(f"{d}_r50", "t1", f"teachers.{d}", "", f"{d}_{{}}") for d in SMALL] + [
-      ("imagenet_r50", t, "teachers.imagenet", f"res={res}", f"imagenet_{{}}_{res}")
+  """Each teacher config's model is its distillation's teacher (BiT's padding
+  aside: the default teacher is the released big_vision one), and with
+  runlocal its workdir is what the distillation loads."""
+  pairs = [(f"{d}_r50", "t1", f"teachers.{d}", "", f"{d}_local") for d in SMALL] + [
+      ("imagenet_r50", t, "teachers.imagenet", f"res={res}", f"imagenet_local_{res}")
       for t, res in (("t1", 224), ("t2", 384))]
   for student_name, t, teacher_name, teacher_arg, workdir in pairs:
     for local in (False, True):
       student = get_config(student_name, "runlocal" if local else "")
       teacher = get_config(teacher_name, ",".join(
           a for a in (teacher_arg, "runlocal" if local else "") if a))
-      assert student[t].to_dict() == teacher.student.to_dict()
+      kwargs = student[t].to_dict()
+      assert kwargs.pop("stem_pool_pad", "zeros") == ("zeros" if local else "neg_inf")
+      assert kwargs == teacher.student.to_dict()
       assert student[f"{t}_res"] == teacher.student_res
       assert student.num_classes == teacher.num_classes
-      expected = workdir.format("local" if local else "r152x2")
-      assert student[f"{t}_init"] == f"workdirs/teachers/{expected}/student.npz"
+      if local:
+        assert student[f"{t}_init"] == f"workdirs/teachers/{workdir}/student.npz"
+      else:
+        assert student[f"{t}_init"].startswith("gs://bit_models/distill/R152x2_T_")
 
 
 # ---- Errors ------------------------------------------------------------------
@@ -323,6 +338,23 @@ def test_missing_teacher_checkpoint_is_a_clear_error(tfds_metadata, tmp_path):
   config.t1_init = str(tmp_path / "nowhere" / "student.npz")
   with mock_data(tfds_metadata), pytest.raises(train.ConfigError, match=r"Teacher 't1'.*nowhere"):
     train.train(config, str(tmp_path / "workdir"))
+
+
+@pytest.mark.parametrize("name", DISTILL)
+def test_unreadable_gs_teacher_fails_before_any_compile(name, tfds_metadata, tmp_path,
+                                                       monkeypatch):
+  """No network here: the released teacher cannot be read. One message names
+  the file and how to use a local copy, before anything is built."""
+  config = get_config(name)  # The full config, with its default (gs://) teachers.
+  monkeypatch.setattr(setup, "build", lambda *a, **k: pytest.fail("reached the set-up"))
+  with mock_data(tfds_metadata), pytest.raises(errors.CheckpointError) as e:
+    train.train(config, str(tmp_path / "workdir"))
+  msg = str(e.value)
+  path = config.t1_init
+  assert f"config.t1_init={path} cannot be read" in msg
+  assert f"gsutil cp {path} DIR/" in msg
+  assert f"--config.t1_init=DIR/{os.path.basename(path)}" in msg
+  assert not (tmp_path / "workdir" / "config.json").exists()
 
 
 def _parse_command_line(*args):

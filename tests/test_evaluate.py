@@ -4,7 +4,11 @@ Logits are the logs of chosen weights, so every probability is a fraction
 worked out by hand below (not by calling the code under test).
 """
 
+import json
 import math
+import os
+import re
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +17,11 @@ import pytest
 from big_distill import config_lib
 from big_distill import errors
 from big_distill import evaluate
+from big_distill import train
+from tests import helpers
+from tests import tiny_config
+
+CONFIG = os.path.join(os.path.dirname(__file__), "tiny_config.py")
 
 # Softmax(log w) = w / sum(w). Five real examples and one padding row.
 WEIGHTS = [
@@ -116,3 +125,75 @@ def test_period_in_any_unit():
   assert evaluate.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 50
   c = _config(e={})
   assert evaluate.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 50
+
+
+# ---- The command: a trained checkpoint gives what the trainer logged ----------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fashion_data_dir):
+  """A finished tiny distillation: (workdir, its last logged metrics, config arg)."""
+  path = tmp_path_factory.mktemp("trained")
+  teacher = tiny_config.write_teacher(path / "teacher.npz")
+  arg = f"data_dir={fashion_data_dir},teacher={teacher},steps=4,ckpt=4,log=4"
+  config = tiny_config.get_config(arg)
+  workdir = path / "run"
+  last = train.train(config, str(workdir))
+  return workdir, last, arg
+
+
+def _evaluate(arg, init, monkeypatch, capsys, *flags_):
+  helpers.run_main(evaluate, ["evaluate", f"--config={CONFIG}:{arg}", f"--init={init}",
+                              *flags_], monkeypatch)
+  return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_evaluate_gives_exactly_what_the_trainer_logged(trained, monkeypatch, capsys, tmp_path):
+  workdir, last, arg = trained
+  names = [k for k in last if k.startswith(("test/", "dist/"))]
+  assert "test/student_top1" in names and "dist/t1_agree_top1" in names
+  # The exported student.npz, and the workdir (which holds it).
+  for init in (workdir / "student.npz", workdir):
+    out = _evaluate(arg, init, monkeypatch, capsys, f"--workdir={tmp_path}")
+    assert out["weights"] == str(workdir / "student.npz")
+    assert {k: out["metrics"][k] for k in names} == {k: last[k] for k in names}
+  written = json.loads((tmp_path / "evaluate_student.npz.json").read_text())
+  assert written["metrics"] == out["metrics"]
+  # A workdir without student.npz: its newest orbax checkpoint (the same step).
+  bare = tmp_path / "bare"
+  shutil.copytree(workdir / "checkpoints", bare / "checkpoints")
+  out = _evaluate(arg, bare, monkeypatch, capsys)
+  assert out["weights"] == f"{bare / 'checkpoints'} step 4"
+  assert {k: out["metrics"][k] for k in names} == {k: last[k] for k in names}
+  assert (bare / "evaluate_bare.json").exists()  # Beside the run, by default.
+
+
+def test_without_init_the_teachers_alone(trained, monkeypatch, capsys, tmp_path):
+  _, last, arg = trained
+  helpers.run_main(evaluate, ["evaluate", f"--config={CONFIG}:{arg}", f"--workdir={tmp_path}"],
+                   monkeypatch)
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["weights"] == "teachers only"
+  assert set(out["metrics"]) == {"test/t1_top1", "test/t1_top5", "test/t1_loss"}
+  assert out["metrics"] == {k: last[k] for k in out["metrics"]}
+  assert (tmp_path / "evaluate_teachers.json").exists()
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: p / "missing.npz", r"--init=\S*missing.npz does not exist"),
+    (lambda p: p, r"--init=\S+ is a directory with neither student.npz nor checkpoints/"),
+    (lambda p: helpers.write_random_bit(p / "five.npz", 5),
+     r"The model \(\S+five.npz\) has a head with a different number of classes than "
+     r"config.num_classes=10. Evaluate it with the config of the data set"),
+    (lambda p: helpers.write_random_bit(p / "wide.npz", 10, width=0.25),
+     r"--init=\S*wide.npz: Checkpoint .* does not match the model"),
+])
+def test_bad_init_is_one_line(trained, monkeypatch, capsys, tmp_path, make, match):
+  _, _, arg = trained
+  init = make(tmp_path)
+  with pytest.raises(SystemExit) as e:
+    _evaluate(arg, init, monkeypatch, capsys)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert re.search("big_distill.evaluate: error: " + match, err), err
+  assert "Traceback" not in err

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from big_distill import config_lib
 from big_distill import errors
 from big_distill import train
 from tests import helpers
@@ -198,4 +199,4 @@ def test_default_workdir_is_named_after_the_config(main_with, caplog, tmp_path, 
     ("my.config.py:lr=0.1, x=a/b", "workdirs/my.config_lr_0.1_x_a_b"),
 ])
 def test_default_workdir_names(arg, want):
-  assert train.default_workdir(arg) == want
+  assert config_lib.default_workdir(arg) == want

@@ -26,9 +26,78 @@ accuracy: the paper's teachers reached 83.0% (224px) and 84.3% (384px) top-1
 Logs: WORKDIR/metrics.jsonl.
 """
 
+from big_distill import config_lib
+from big_distill import errors
 from configs import common
 
 
 def get_config(arg=None):
-  return common.finetune_teacher("imagenet", arg, resolutions=(224, 384),
-                                 inception_crop_at=(224,))
+  arg = config_lib.parse_arg(arg, res=224, runlocal=False)
+  if arg.res not in (224, 384):
+    raise errors.ConfigError(f"res={arg.res}: the imagenet teachers are fine-tuned at 224, 384.")
+  local = arg.runlocal
+  c = config_lib.base()
+
+  # ---- Data (ImageNet-1k): streamed from TFDS 'train' (too large to cache);
+  # 'validation' is the test set papers report.
+  c.input.data = common.data("imagenet")
+  c.input.cache_raw = False
+  c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
+  c.input.batch_size = 512
+  c.num_classes = 1000
+
+  # ---- Preprocessing: at 224px an inception crop decoded straight from the
+  # JPEG (the paper's 224px teacher was trained so, "ic224"); at 384px the
+  # image resized to 439x439 and a random crop. Evaluation: the short side to
+  # res / 0.875, the central res x res.
+  r = common.res(arg.res, local)
+  short = round(r / 0.875)
+  if arg.res == 224:
+    c.input.pp = ""  # The crop decodes only its window of the JPEG.
+    c.input.pp_random = f"decode_jpeg_and_inception_crop({r})|flip_lr"
+    c.input.pp_fixed = f"decode|resize_small({short})|central_crop({r})"
+  else:
+    c.input.pp = f"decode|resize({short})"
+    c.input.pp_random = f"random_crop({r})|flip_lr"
+    c.input.pp_fixed = f"resize_small({short})|central_crop({r})"
+  c.input.pp_post = "value_range(-1, 1)"
+  pp_eval = f"decode|resize_small({short})|central_crop({r})|value_range(-1, 1)"
+
+  # ---- Model: BiT-M R152x2, supervised (no teachers), from the public BiT-M
+  # checkpoint (https://storage.googleapis.com/bit_models/BiT-M-R152x2.npz);
+  # bit.load replaces its 21,843-class head by a zero head.
+  c.teachers = ()
+  c.student_name = "bit"
+  c.student = dict(depth=152, width=2.0)
+  c.student_res = r
+  c.student_init = "BiT-M-R152x2.npz"
+  c.compute_dtype = "bfloat16"
+
+  # ---- Optimizer and schedule (BiT-HyperRule for more than 500k images):
+  # SGD with momentum 0.9, lr 0.003 at batch 512, no weight decay, 20,000
+  # steps, warm-up 500, mixup 0.1; a linear decay to 0 stands in for BiT's
+  # steps of the lr (the trainer has no step schedule).
+  c.mixup.p = 0.1
+  c.optim.name = "sgd"
+  c.optim.momentum, c.optim.nesterov = 0.9, False
+  c.optim.mu_dtype = "float32"
+  c.lr = 0.003
+  c.wd = 0.0
+  c.grad_clip_norm = None
+  c.schedule.decay_type = "linear"
+  c.schedule.linear_end = 0.0
+  c.schedule.warmup_steps = 500
+  c.total_steps = 20_000
+  c.log_training_steps, c.ckpt_steps = 50, 1000
+
+  # ---- Evaluators: accuracy on train[:10000] and validation, calibration.
+  for split in ("train", "val"):
+    common.add_eval(c, split, "classification", "imagenet", split, pp=pp_eval,
+                    cache_raw=False, log_steps=2000)
+  common.add_eval(c, "calib_val", "calibration", "imagenet", "val", pp=pp_eval,
+                  cache_raw=False, log_steps=2000)
+
+  if local:
+    common.shrink_for_local(c)
+    c.lr = 0.003 * c.input.batch_size / 512  # BiT-HyperRule scales the lr with the batch.
+  return c
