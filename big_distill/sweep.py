@@ -384,12 +384,12 @@ def _summarize(rows: list[dict]) -> tuple[dict, dict]:
   return final, best
 
 
-def read_cells(root: str) -> list[dict]:
-  """Every cell under `root` (a folder with sweep_cell.json), with its results."""
+def read_cells(root: str, names: Sequence[str] | None = None) -> list[dict]:
+  """Every cell under `root` (a folder with sweep_cell.json), or those `names`."""
   if not os.path.isdir(root):
     raise WorkdirError(f"--root={root}: no such folder; give the --root of a sweep.")
   out = []
-  for entry in sorted(os.listdir(root)):
+  for entry in sorted(os.listdir(root)) if names is None else names:
     workdir = os.path.join(root, entry)
     info = _read_json(os.path.join(workdir, CELL_FILE))
     if not info:
@@ -523,7 +523,8 @@ def _teacher_reference(cells: Sequence[dict], metric: str) -> dict[str, float]:
 
 def collect(root: str, out_dir: str | None = None, *, select_metric: str | None = None,
             over: Sequence[str] | None = None, columns: Sequence[str] | None = None,
-            plots: Sequence[str] = (), log=print) -> dict:
+            plots: Sequence[str] = (), names: Sequence[str] | None = None,
+            log=print) -> dict:
   """The sweep's tables (CSV, Markdown, JSON) and plots; returns the summary.
 
   Writes into `out_dir` (default ROOT/collect): cells.csv (every cell, final
@@ -532,11 +533,12 @@ def collect(root: str, out_dir: str | None = None, *, select_metric: str | None 
   of it, and the choice made by `select_metric`), and a PNG per `plots`
   entry 'METRIC:FIELD' (FIELD a swept field: the metric's mean ± std
   against it, one line per combination of the others; FIELD 'step' or
-  'epoch': every cell's curve).
+  'epoch': every cell's curve). `names`: only these cells (those of one
+  sweep, when several sweeps share a root).
   """
   if select_metric:
     check_select(select_metric)
-  cells = read_cells(root)
+  cells = read_cells(root, names)
   if not cells:
     raise WorkdirError(f"--root={root}: no sweep cells (folders with {CELL_FILE}) in it.")
   out_dir = out_dir or os.path.join(root, "collect")
@@ -580,6 +582,7 @@ def collect(root: str, out_dir: str | None = None, *, select_metric: str | None 
     paths.append(plot(cells, groups, spec, out_dir, by))
   summary = {"root": root, "fields": fields, "grouped_by": by,
              "unfinished": [c["name"] for c in cells if not c["finished"]],
+             "not_started": [n for n in names or () if n not in {c["name"] for c in cells}],
              "select": select_metric, "over": list(over) if over else by,
              "selected": chosen, "groups": groups, "cells": cells, "figures": paths}
   _write_json(os.path.join(out_dir, "summary.json"), summary)
@@ -590,7 +593,7 @@ def collect(root: str, out_dir: str | None = None, *, select_metric: str | None 
         + (" for " + ", ".join(f"{k}={v}" for k, v in ch["within"].items()) if ch["within"] else "")
         + f" -> {ch['value']:.4f}")
   done = sum(c["finished"] for c in cells)
-  log(f"# {done} of {len(cells)} cells finished; wrote {out_dir}/"
+  log(f"# {done} of {len(names) if names else len(cells)} cells finished; wrote {out_dir}/"
       "{cells.csv,groups.csv,groups.md,summary.json}" + "".join(f", {p}" for p in paths))
   return summary
 
@@ -674,6 +677,9 @@ def _collect_main(argv: Sequence[str]) -> int:
   p = argparse.ArgumentParser(prog="python -m big_distill.sweep collect",
                               description="Tables and plots of a sweep's cells.")
   p.add_argument("--root", required=True)
+  p.add_argument("--config", default=None,
+                 help="with --sweep: only the cells of this sweep (several may share a root)")
+  p.add_argument("--sweep", action="append", default=[])
   p.add_argument("--out", default=None, help="output folder (default: ROOT/collect)")
   p.add_argument("--select", default=None,
                  help="a validation metric to choose on, e.g. val/student_top1 (never test)")
@@ -684,9 +690,10 @@ def _collect_main(argv: Sequence[str]) -> int:
   p.add_argument("--plot", action="append", default=[], metavar="METRIC:FIELD",
                  help="e.g. val/student_top1:lr or val/student_top1:step (repeatable)")
   a = p.parse_args(argv)
+  names = [c.name for c in expand(a.config, a.sweep)] if a.config else None
   collect(os.path.abspath(os.path.expanduser(a.root)), a.out, select_metric=a.select,
           over=a.over.split(",") if a.over else None,
-          columns=a.columns.split(",") if a.columns else None, plots=a.plot)
+          columns=a.columns.split(",") if a.columns else None, plots=a.plot, names=names)
   return 0
 
 
