@@ -99,7 +99,7 @@ def get_config(arg=None):
 
   # Validation (the only thing selection reads) and the fit to the teacher on
   # the clean training images, `evals` times; test only at the last step.
-  every = 3 if a.runlocal else max(steps // max(a.evals, 1), 1)
+  every = 3 if a.runlocal else -(-steps // max(a.evals, 1))  # The last one: at the end.
   val = "train[50000:50064]" if a.runlocal else fm.VAL_SPLIT
   test = "test[:64]" if a.runlocal else "test"
   c.evals.val = fm.classification_eval(val, every, a.data_dir)
