@@ -124,8 +124,9 @@ def selection(root: Path, log=print) -> dict[str, dict[str, str]] | None:
     s = sweep.collect(str(cell_root), str(root / "collect" / step["name"]), select_metric=SELECT,
                       over=over, names=[c.name for c in cells], log=lambda *_: None)
     for ch in s["selected"]:
-      chosen[ch["within"]["arm"]] = ch["chosen"]
-      log(f"# {step['name']}: arm={ch['within']['arm']}: "
+      arm = ch["within"].get("arm", cells[0].args["arm"])  # One arm: not a varying field.
+      chosen[arm] = ch["chosen"]
+      log(f"# {step['name']}: arm={arm}: "
           + ", ".join(f"{k}={v}" for k, v in ch["chosen"].items())
           + f" ({SELECT} {ch['value']:.4f}, among {ch['candidates']})")
   return chosen
