@@ -132,8 +132,8 @@ def selection(root: Path, log=print) -> dict[str, dict[str, str]] | None:
   return chosen
 
 
-def run_step(step: dict, root: Path, teacher: str, python: str) -> int:
-  cmd = [python, "-m", "big_distill.sweep", *sweep_args(step, root, teacher), "--run"]
+def run_step(step: dict, root: Path, teacher: str, python: str, extra=()) -> int:
+  cmd = [python, "-m", "big_distill.sweep", *sweep_args(step, root, teacher), *extra, "--run"]
   print(f"\n# ---- step {step['name']}\n$ {shlex.join(cmd)}", flush=True)
   return subprocess.run(cmd, cwd=REPO, check=False).returncode
 
@@ -182,6 +182,9 @@ def main(argv=None) -> int:
   mode = p.add_mutually_exclusive_group()
   mode.add_argument("--run", action="store_true", help="run the plan's steps in order")
   mode.add_argument("--collect", action="store_true", help="tables and figures only")
+  p.add_argument("--allow_config_change", action="store_true",
+                 help="resume interrupted cells whose config.json an older checkout wrote "
+                      "(passes --config.allow_config_change=True to every cell)")
   p.add_argument("--wait", action="store_true",
                  help="with --run: wait for the teacher to finish instead of stopping")
   p.add_argument("--results_dir", default=str(REPO / "docs" / "results"))
@@ -220,7 +223,8 @@ def main(argv=None) -> int:
                   "rerun when it has, or pass --wait.")
             return 1
           time.sleep(60)
-        if run_step(step, root, teacher, a.python) != 0:
+        extra = ["--config.allow_config_change=True"] if a.allow_config_change else []
+        if run_step(step, root, teacher, a.python, extra) != 0:
           failed.append(step["name"])
       if i == len(plan(None)) and len(steps) == i:  # Selection done: the later steps.
         selected = selection(root)
