@@ -168,6 +168,41 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
     print(f"# {step['name']}: {done}/{len(names)} cells finished -> {results / step['name']}")
 
 
+def teacher_quality_figure(root: Path, figures: Path, selected):
+  """Claim 7: student validation cross-entropy against the teacher's; (path, points) or None.
+
+  points: [(teacher val/t1_loss, student val/student_loss mean, std, seeds)] by teacher.
+  """
+  from big_distill import plotting  # pylint: disable=g-import-not-at-top
+  steps = {s["name"]: s for s in plan(selected)}
+  names = []
+  for name in ("teacher_quality", "e1000"):
+    grids = [g.replace("TEACHERS/", str(root / "teachers") + "/") for g in steps[name]["grids"]]
+    names += [c.name for c in sweep.expand(steps[name]["config"], grids)
+              if c.args["arm"] == "funmatch"]
+  if not (root / "img100").is_dir():
+    return None
+  cells = [c for c in sweep.read_cells(str(root / "img100"), names) if c["finished"]]
+  by_teacher: dict[str, list] = {}
+  for c in cells:
+    by_teacher.setdefault(c["fields"].get("config.t1_init", "30 epochs"), []).append(c["final"])
+  points = []
+  for teacher, finals in by_teacher.items():
+    ys = [f["val/student_loss"] for f in finals if "val/student_loss" in f]
+    xs = [f["val/t1_loss"] for f in finals if "val/t1_loss" in f]
+    if ys and xs:
+      mean = sum(ys) / len(ys)
+      std = (sum((y - mean) ** 2 for y in ys) / (len(ys) - 1)) ** 0.5 if len(ys) > 1 else 0.0
+      points.append((xs[0], mean, std, len(ys)))
+  if len(points) < 2:
+    return None
+  points.sort()
+  path = plotting.plot_against_field(
+      {"function matching, 1,000 epochs": points}, str(figures / "claim7_teacher_quality.png"),
+      field="teacher validation cross-entropy (val/t1_loss)", metric="val/student_loss")
+  return path, points
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,6 +235,10 @@ def main(argv=None) -> int:
     selected = selection(root) if root.exists() else None
     if a.collect:
       collect_all(root, Path(a.results_dir), Path(a.figures_dir), selected)
+      claim7 = teacher_quality_figure(root, Path(a.figures_dir), selected) if selected else None
+      if claim7:
+        print(f"# claim 7: {claim7[0]}: (teacher val loss, student val loss mean, std, n) = "
+              f"{claim7[1]}")
       return 0
     if not a.run:
       for step in plan(selected):

@@ -152,3 +152,30 @@ def test_demo_runs_its_three_commands(fashion_data_dir, tmp_path, capsys):
     assert 0 <= results[name]["test"] <= 1 and 0 <= results[name]["val"] <= 1
   assert 0 <= results["funmatch"]["agree"] <= 1
   assert "student, function matching (100 images)" in out and "total wall time" in out
+
+
+def test_teacher_quality_figure(rp, tmp_path):
+  """Claim 7's figure: one point per teacher, from the e1000 and teacher_quality cells."""
+  root = tmp_path / "root"
+  chosen = {arm: {"lr": "0.01"} for arm in ("supervised", *rp.ARMS)}
+  steps = {s["name"]: s for s in rp.plan(chosen)}
+  assert rp.teacher_quality_figure(root, tmp_path, chosen) is None  # Nothing finished yet.
+  for name, losses in (("e1000", (0.3, 0.5)), ("teacher_quality", (0.6, 0.9))):
+    grids = [g.replace("TEACHERS/", f"{root}/teachers/") for g in steps[name]["grids"]]
+    for c in sweep.expand(steps[name]["config"], grids):
+      if c.args["arm"] != "funmatch":
+        continue
+      teacher = {"epochs=1": 1.0, "epochs=5": 0.5}.get(
+          c.overrides.get("config.t1_init", "").rsplit("/", 1)[-1], 0.25)
+      wd = root / "img100" / c.name
+      wd.mkdir(parents=True)
+      (wd / sweep.CELL_FILE).write_text(json.dumps({"args": c.args, "overrides": c.overrides}))
+      (wd / "student.npz").write_bytes(b"x")
+      (wd / "metrics.jsonl").write_text(json.dumps(
+          {"step": 5, "val/student_loss": losses[0] + teacher + 0.01 * int(c.args["seed"]),
+           "val/t1_loss": teacher}) + "\n")
+  path, points = rp.teacher_quality_figure(root, tmp_path, chosen)
+  assert [(x, n) for x, _, _, n in points] == [(0.25, 3), (0.5, 3), (1.0, 3)]
+  assert [round(m, 6) for _, m, _, _ in points] == [0.56, 1.11, 1.61]
+  assert all(s == pytest.approx(0.01) for _, _, s, _ in points)
+  assert path.endswith("claim7_teacher_quality.png") and Path(path).stat().st_size > 10_000
