@@ -162,8 +162,10 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
     for c in s["cells"]:
       c["workdir"] = os.path.relpath(c["workdir"], root)
     (results / step["name"] / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
-    for p in s["figures"]:
-      shutil.copy(p, figures / f"{step['name']}_{Path(p).name}")
+    for p in s["figures"]:  # Figures live in figures/ only.
+      shutil.move(p, figures / f"{step['name']}_{Path(p).name}")
+      if Path(p).parent != results / step["name"]:
+        shutil.rmtree(Path(p).parent)
     done = len(names) - len(s["unfinished"]) - len(s["not_started"])
     print(f"# {step['name']}: {done}/{len(names)} cells finished -> {results / step['name']}")
 
