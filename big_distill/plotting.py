@@ -20,102 +20,23 @@ from __future__ import annotations
 
 import fnmatch
 import io
-import json
 import math
 import os
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Mapping, Sequence
 
 from matplotlib.figure import Figure
 
-METRICS_FILE = "metrics.jsonl"
+from big_distill import metrics as metrics_lib
+
 FIGURES = ("accuracy", "distance", "train_loss")
 X_AXES = ("epoch", "step")
-_X_KEYS = {"epoch": ("epoch", "progress/epoch"), "step": ("step",)}
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 # Teacher lines are drawn in black; several get these dash patterns in turn.
 _TEACHER_DASHES = ((6, 3), (2, 2), (8, 3, 2, 3), (12, 4))
 _EVAL_STYLES = ("-", "--", ":", "-.")
 
 
-# ---- Reading ---------------------------------------------------------------
-
-def _is_remote(path: str) -> bool:
-  return "://" in path
-
-
-def _open(path: str, mode: str):
-  if _is_remote(path):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf.io.gfile.GFile(path, mode)
-  return open(path, mode)
-
-
-def _exists(path: str) -> bool:
-  if _is_remote(path):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf.io.gfile.exists(path)
-  return os.path.exists(path)
-
-
-def metrics_path(workdir: str) -> str:
-  return workdir.rstrip("/") + "/" + METRICS_FILE
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The rows of `WORKDIR/metrics.jsonl`, in file order.
-
-  Lines that are not a JSON object are skipped with a printed note: a killed
-  run leaves a truncated last line, and a run resumed after that appends its
-  next line to the broken one.
-  """
-  path = metrics_path(workdir)
-  if not _exists(path):
-    raise FileNotFoundError(
-        f"No metrics file {path}: is {workdir} the --workdir of a big_distill run "
-        "that has logged at least once?")
-  rows, bad = [], []
-  with _open(path, "r") as f:
-    for i, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        row = None
-      if isinstance(row, dict):
-        rows.append(row)
-      else:
-        bad.append(i)
-  if bad:
-    print(f"note: {path}: skipped {len(bad)} unreadable line(s): "
-          f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}")
-  return rows
-
-
-def series(rows: Iterable[dict[str, Any]], key: str, x: str = "epoch"):
-  """(xs, ys) of metric `key` against `x`, ordered by step.
-
-  A step logged twice keeps its last value: a run resumed from a checkpoint
-  older than its last log repeats those steps, and the repeat is what the
-  restored run computed.
-  """
-  by_step = {}
-  for i, row in enumerate(rows):
-    value = _number(row.get(key))
-    xv = next((_number(row[k]) for k in _X_KEYS[x] if k in row), None)
-    if value is not None and xv is not None:
-      by_step[row.get("step", i)] = (xv, value)
-  points = [by_step[s] for s in sorted(by_step)]
-  return [p[0] for p in points], [p[1] for p in points]
-
-
-def _number(v) -> float | None:
-  if isinstance(v, str):
-    return _NON_FINITE.get(v.lower())
-  if isinstance(v, (int, float)) and not isinstance(v, bool):
-    return v
-  return None
+read_metrics, series = metrics_lib.read_metrics, metrics_lib.series  # The one reader.
 
 
 def _keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -264,7 +185,7 @@ def _metric(runs: _Runs, pattern: str, log_y: bool = False, title: str | None = 
 def _save(fig: Figure, path: str) -> None:
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=120)
-  with _open(path, "wb") as f:
+  with metrics_lib.open_file(path, "wb") as f:
     f.write(buf.getvalue())
 
 
@@ -293,7 +214,7 @@ def plot(workdirs: Sequence[str] | str, out_dir: str | None = None, x: str = "ep
     raise ValueError(f"x={x!r}: expected one of {X_AXES}.")
   runs = _Runs(workdirs, x)  # Reads every file first: a missing one fails early.
   out_dir = (out_dir or workdirs[0]).rstrip("/") or "/"
-  if not _is_remote(out_dir):
+  if "://" not in out_dir:
     os.makedirs(out_dir, exist_ok=True)
   paths = []
   for name in metrics:
@@ -313,3 +234,48 @@ def plot(workdirs: Sequence[str] | str, out_dir: str | None = None, x: str = "ep
     _save(fig, path)
     paths.append(path)
   return paths
+
+
+# ---- Sweeps: a metric against a swept field --------------------------------
+
+def plot_against_field(lines: Mapping[str, Sequence[tuple[Any, float, float, int]]],
+                       path: str, *, field: str, metric: str,
+                       reference: Mapping[str, float] | None = None) -> str:
+  """One line per group of cells: `metric` (mean, error bar: std) against `field`.
+
+  Args:
+    lines: {label: [(field value, mean, std, n), ...]}, e.g. one line per arm
+      of a sweep, its points the budgets; n is the number of seeds behind a
+      point (std is drawn only where n > 1).
+    path: the PNG to write (local or gs://).
+    reference: {label: value}: horizontal dashed lines (e.g. the teacher).
+
+  A numeric field whose values span more than a factor of 20 (learning rates,
+  epoch budgets) gets a log x axis; a non-numeric field is drawn as
+  categories in the order given.
+  """
+  fig, (ax,) = _new_axes()
+  values = [v for pts in lines.values() for v, *_ in pts]
+  numeric = all(metrics_lib.number(v) is not None for v in values)
+  categories = list(dict.fromkeys(values))
+  for i, (label, pts) in enumerate(lines.items()):
+    pts = sorted(pts, key=lambda p: metrics_lib.number(p[0]) if numeric else categories.index(p[0]))
+    xs = [metrics_lib.number(p[0]) if numeric else categories.index(p[0]) for p in pts]
+    ys = [p[1] for p in pts]
+    errs = [p[2] if p[3] > 1 else 0.0 for p in pts]
+    ax.errorbar(xs, ys, yerr=errs, fmt="o-", color=f"C{i % 10}", capsize=3,
+                label=label + (f" (n={max(p[3] for p in pts)})" if pts else ""))
+  if numeric and values:
+    xs = [metrics_lib.number(v) for v in values]
+    if min(xs) > 0 and max(xs) / min(xs) > 20:
+      ax.set_xscale("log")
+  elif categories:
+    ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+  for j, (label, value) in enumerate(sorted((reference or {}).items())):
+    ax.axhline(value, color="k", dashes=_TEACHER_DASHES[j % len(_TEACHER_DASHES)], lw=1.2,
+               label=f"{label} ({value:.4g})")
+  _finish(ax, field, metric, f"{metric} against {field} (mean and std over seeds)")
+  if "://" not in path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  _save(fig, path)
+  return path

@@ -1,44 +1,31 @@
-r"""The paper's central claims in miniature: one command per number.
+r"""The paper's small-data claims in miniature, as a list of sweeps (docs/results.md).
 
-Fashion-MNIST (3-channel, 32px). Teacher: BiT R26x0.25 trained with labels on
-all 60,000 training images (configs/fmnist_teacher.py). Student: BiT R26x0.125
-(~4x fewer FLOPs), trained only on the fixed class-balanced 1,020-image subset
-(configs/fmnist_distill.py), tested on the 10,000 test images.
+    # print every sweep command of the plan (nothing runs)
+    python scripts/replicate_paper.py --teacher=$HOME/bd_runs/fmnist/teacher_e30 --root=$HOME/bd_runs/fmnist
+    # run the plan in order; rerun to resume (finished cells are skipped)
+    python scripts/replicate_paper.py ... --run [--steps=sel_supervised,sel_distill,e100]
+    # tables and figures of what has finished, into docs/results/ and docs/figures/
+    python scripts/replicate_paper.py ... --collect
 
-    # one cell of the table
-    python scripts/replicate_paper.py --arm=funmatch --epochs=30
-    # the whole table (arms x budgets); finished cells are skipped
-    python scripts/replicate_paper.py --all --budgets=30,100
-    # only print the commands
-    python scripts/replicate_paper.py --all --dry_run
-    # only collect docs/results/results.json and redraw docs/figures/
-    python scripts/replicate_paper.py --collect
+Each step is one `python -m big_distill.sweep` call (printed as it runs), over
+configs/fmnist_distill.py (or configs/fmnist_teacher.py for the weaker
+teachers of claim 7). All cells of the 100-image setting share one root
+(`ROOT/img100`), so a cell made by two steps (the lr selection's seed-0
+300-epoch cell and the table's) runs once. The learning rate (and, for the
+supervised arm, mixup on/off) of every later step is the one chosen by the
+selection steps on validation (`val/student_top1`, 300 epochs, seed 0); it
+is never looked up on test. The plan, cheapest complete rows first:
 
-Every run is an ordinary `python -m big_distill.train` command, printed before
-it runs, so it can be rerun or changed by hand. Workdirs:
-`workdirs/replicate/teacher` and `workdirs/replicate/<arm>_e<epochs>` (the
-supervised arm's learning-rate sweep: `supervised_lr<lr>_e<epochs>`). A cell
-whose workdir holds `student.npz` is finished and is not rerun; an unfinished
-one resumes from its checkpoint.
-
-Teacher: `--teacher_epochs=N` trains one for N epochs. Without it, a finished
-`workdirs/replicate/teacher` is reused; else a finished `--teacher_from`
-workdir (default /tmp/demo1/teacher, the demo's 1.5-epoch teacher) is copied
-there; else one is trained for 1.5 epochs.
-
-Supervised arm: "its own best learning rate". `--sup_lrs=0.001,0.003,0.01`
-sweeps it at the smallest budget of the call; the other budgets use the
-learning rate picked there. There is no validation split in this setting:
-`--select_on=test` (default) picks on the test images (optimistic for the
-supervised baseline, i.e. it favours the arm distillation is compared to);
-`--select_on=heldout` picks on train[50000:] (disjoint from the 1,020-image
-subset, which is the first 102 images of each class) with extra sweep runs.
-
-Results: per cell `docs/results/<cell>.json` and all of them in
-`docs/results/results.json`: test accuracy (`test/student_top1`), top-1
-agreement with the teacher on test (`dist_test/t1_agree_top1`), KL to the
-teacher on the 1,020 training images (`dist_train/t1_kl`), teacher accuracy,
-steps, wall time, device and the exact command. Figures: docs/figures/.
+  sel_supervised  supervised: lr in LRS x mixup on/off, 300 epochs, seed 0
+  sel_distill     every distillation arm x LRS, 300 epochs, seed 0
+  e100, e300, e1000   every arm, 3 seeds, at that budget
+  teachers        claim 7's weaker teachers: fmnist_teacher at 1 and 5 epochs
+  hard            claim 6: function matching with loss=hard, 1,000 epochs, 3 seeds
+  teacher_quality claim 7: function matching from the weaker teachers, 1,000 epochs, 3 seeds
+  e3000           every arm, 3 seeds
+  e10000          function matching and fixed teacher, 3 seeds
+  lr_third        function matching and fixed at 10,000 epochs with lr/3, seed 0
+  img1020         the 1,020-image setting: every arm, seed 0, 100/300/1,000 epochs
 """
 
 from __future__ import annotations
@@ -46,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -55,483 +41,245 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ARMS = ("supervised", "fixed", "independent", "consistent", "funmatch", "shampoo", "lowres")
-BUDGETS = (30, 100, 300, 1000, 3000)
-SUBSET = 1020
-BATCH = 128
-DEFAULT_TEACHER_FROM = "/tmp/demo1/teacher"
-DEFAULT_TEACHER_EPOCHS = 1.5
-HELDOUT_SPLIT = "train[50000:]"
-FAILED: list[str] = []  # Cells whose command failed in this invocation.
-RUN_INFO = "replicate_run.json"  # Written into each workdir after its run.
-KEYS = {
-    "test_top1": "test/student_top1",
-    "agree_top1_test": "dist_test/t1_agree_top1",
-    "kl_train": "dist_train/t1_kl",
-    "kl_test": "dist_test/t1_kl",
-    "agree_top1_train": "dist_train/t1_agree_top1",
-    "teacher_top1": "test/t1_top1",
-}
+sys.path.insert(0, str(REPO))
+from big_distill import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+from big_distill.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+DISTILL = "configs/fmnist_distill.py"
+TEACHER = "configs/fmnist_teacher.py"
+ARMS = ("fixed", "independent", "consistent", "funmatch", "shampoo", "lowres")
+LRS = "0.001,0.003,0.01,0.03"
+SEEDS = "0,1,2"
+SELECT = "val/student_top1"
+BUDGETS = (100, 300, 1000, 3000)
 
 
-# ---- Cells and commands ----------------------------------------------------
+def plan(selected: dict[str, dict[str, str]] | None) -> list[dict]:
+  """The steps: {name, config, grids, root (under ROOT), teacher?, needs_selection?}.
 
-def fmt(x: float) -> str:
-  return f"{x:g}"
+  `selected` maps each arm to its chosen fields ({'lr': ..} and for the
+  supervised arm also {'mixup': ..}); steps that need it are left out (and
+  listed as waiting) until the selection steps have finished.
+  """
+  base = f"{DISTILL}:images=100"
+  steps = [
+      dict(name="sel_supervised", config=base + ",epochs=300", root="img100", teacher=False,
+           grids=[f"arm=supervised;mixup=0,1;lr={LRS};seed=0"]),
+      dict(name="sel_distill", config=base + ",epochs=300", root="img100", teacher=True,
+           grids=[f"arm={','.join(ARMS)};lr={LRS};seed=0"]),
+  ]
+  if not selected:
+    return steps
 
+  def arm_grid(arm, extra=""):
+    fields = ";".join(f"{k}={v}" for k, v in sorted(selected[arm].items()))
+    return f"arm={arm};{fields}{extra}"
 
-def cell_name(arm: str, epochs: float, lr: float | None = None) -> str:
-  lr_part = f"_lr{fmt(lr)}" if lr else ""
-  return f"{arm}{lr_part}_e{fmt(epochs)}"
-
-
-def steps_for(epochs: float) -> int:
-  return max(int(round(SUBSET * epochs / BATCH)), 1)
-
-
-def cell_command(arm: str, epochs: float, root: Path, *, lr: float | None = None,
-                 data_dir: str = "", python: str = sys.executable,
-                 extra: tuple[str, ...] = ()) -> list[str]:
-  args = f"arm={arm},epochs={fmt(epochs)}"
-  if lr:
-    args += f",lr={fmt(lr)}"
-  if data_dir:
-    args += f",data_dir={data_dir}"
-  cmd = [python, "-m", "big_distill.train", f"--config=configs/fmnist_distill.py:{args}"]
-  if arm != "supervised":
-    cmd.append(f"--config.t1_init={root / 'teacher'}")
-  cmd += list(extra)
-  cmd.append(f"--workdir={root / cell_name(arm, epochs, lr)}")
-  return cmd
-
-
-def teacher_command(epochs: float, root: Path, data_dir: str = "",
-                    python: str = sys.executable) -> list[str]:
-  args = f"epochs={fmt(epochs)}" + (f",data_dir={data_dir}" if data_dir else "")
-  return [python, "-m", "big_distill.train", f"--config=configs/fmnist_teacher.py:{args}",
-          f"--workdir={root / 'teacher'}"]
-
-
-def finished(workdir: Path) -> bool:
-  return (workdir / "student.npz").exists()
-
-
-def show(cmd: list[str]) -> str:
-  return "$ " + " ".join(shlex.quote(c) for c in cmd)
-
-
-# ---- Running ---------------------------------------------------------------
-
-_DEVICE = None
+  every = ("supervised", *ARMS)
+  for epochs in BUDGETS[:3]:
+    steps.append(dict(name=f"e{epochs}", config=base + f",epochs={epochs}", root="img100",
+                      teacher=True, grids=[arm_grid(a, f";seed={SEEDS}") for a in every]))
+  steps += [
+      dict(name="teachers", config=TEACHER, root="teachers", teacher=False,
+           grids=["epochs=1,5"]),
+      dict(name="hard", config=base + ",epochs=1000", root="img100", teacher=True,
+           grids=[arm_grid("funmatch", f";loss=hard;seed={SEEDS}")]),
+      dict(name="teacher_quality", config=base + ",epochs=1000", root="img100", teacher=False,
+           grids=[arm_grid("funmatch", f";seed={SEEDS};config.t1_init=TEACHERS/epochs=1,"
+                                       "TEACHERS/epochs=5")]),
+      dict(name="e3000", config=base + ",epochs=3000", root="img100", teacher=True,
+           grids=[arm_grid(a, f";seed={SEEDS}") for a in every]),
+      dict(name="e10000", config=base + ",epochs=10000", root="img100", teacher=True,
+           grids=[arm_grid(a, f";seed={SEEDS}") for a in ("funmatch", "fixed")]),
+      dict(name="lr_third", config=base + ",epochs=10000", root="img100", teacher=True,
+           grids=[f"arm={a};lr={float(selected[a]['lr']) / 3:.6g};seed=0"
+                  for a in ("funmatch", "fixed")]),
+      dict(name="img1020", config=f"{DISTILL}:images=1020", root="img1020", teacher=True,
+           grids=[arm_grid(a, ";epochs=100,300,1000;seed=0") for a in every]),
+  ]
+  return steps
 
 
-def device_string() -> str:
-  """What the runs ran on, e.g. 'cpu x1 (2 cores, x86_64)'; asked of JAX once."""
-  global _DEVICE
-  if _DEVICE is None:
-    try:
-      out = subprocess.run(
-          [sys.executable, "-c",
-           "import jax; d = jax.devices(); print(d[0].platform, len(d), d[0].device_kind)"],
-          capture_output=True, text=True, timeout=120, cwd=REPO)
-      platform_, n, kind = out.stdout.strip().split(" ", 2)
-    except Exception:  # pylint: disable=broad-except
-      platform_, n, kind = "unknown", "?", "?"
-    _DEVICE = (f"{platform_} x{n} ({kind}); host {os.cpu_count()} CPU cores "
-               f"({platform.machine()})")
-  return _DEVICE
-
-
-def run_logged(cmd: list[str], workdir: Path, dry_run: bool) -> None:
-  """Runs `cmd` (printed first) and records command, wall time, device in the workdir."""
-  print(show(cmd), flush=True)
-  if dry_run:
-    return
-  info_path = workdir / RUN_INFO
-  previous = json.loads(info_path.read_text()) if info_path.exists() else {}
-  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-  start = time.time()
-  subprocess.run(cmd, check=True, cwd=REPO)
-  wall = time.time() - start
-  info = {
-      "command": " ".join(shlex.quote(c) for c in cmd),
-      # A resumed run adds the time of its earlier attempts.
-      "wall_s": wall + previous.get("wall_s", 0.0),
-      "attempts": previous.get("attempts", 0) + 1,
-      "device": device_string(),
-      "load_avg_1min_at_start": load,
-      "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-  }
-  workdir.mkdir(parents=True, exist_ok=True)
-  info_path.write_text(json.dumps(info, indent=1) + "\n")
-
-
-def ensure_teacher(args, root: Path) -> None:
-  teacher = root / "teacher"
-  if args.teacher_epochs:
-    if finished(teacher):
-      print(f"# teacher: {teacher} is finished; reusing it (delete it to retrain "
-            f"for {fmt(args.teacher_epochs)} epochs).")
-      return
-    run_logged(teacher_command(args.teacher_epochs, root, args.data_dir), teacher, args.dry_run)
-    return
-  if finished(teacher):
-    print(f"# teacher: reusing finished {teacher}")
-    return
-  src = Path(args.teacher_from) if args.teacher_from else None
-  if src and finished(src):
-    print(f"$ cp -r {src} {teacher}   # a finished teacher, copied to save CPU", flush=True)
-    if not args.dry_run:
-      root.mkdir(parents=True, exist_ok=True)
-      if teacher.exists():
-        shutil.rmtree(teacher)
-      shutil.copytree(src, teacher)
-      cfg = json.loads((teacher / "config.json").read_text())
-      info = {"command": f"(copied from {src}) " + " ".join(
-          teacher_command(float(cfg.get("total_epochs") or DEFAULT_TEACHER_EPOCHS), root,
-                          args.data_dir)),
-              "copied_from": str(src), "wall_s": None, "device": device_string()}
-      (teacher / RUN_INFO).write_text(json.dumps(info, indent=1) + "\n")
-    return
-  run_logged(teacher_command(DEFAULT_TEACHER_EPOCHS, root, args.data_dir), teacher, args.dry_run)
-
-
-def run_cell(arm: str, epochs: float, root: Path, args, lr: float | None = None,
-             extra: tuple[str, ...] = (), name: str | None = None) -> Path:
-  cmd = cell_command(arm, epochs, root, lr=lr, data_dir=args.data_dir, extra=extra)
-  workdir = root / cell_name(arm, epochs, lr)
-  if name:  # A differently named workdir (the held-out sweep).
-    workdir = root / name
-    cmd[-1] = f"--workdir={workdir}"
-  if finished(workdir):
-    print(f"# {workdir.name}: finished, skipped. ({show(cmd)[2:]})", flush=True)
-    return workdir
-  try:
-    run_logged(cmd, workdir, args.dry_run)
-  except subprocess.CalledProcessError as e:  # One failed cell does not stop the table.
-    print(f"# {workdir.name}: FAILED (exit status {e.returncode}); rerun the command to resume.",
-          flush=True)
-    FAILED.append(workdir.name)
-  return workdir
-
-
-# ---- Results ---------------------------------------------------------------
-
-def read_rows(workdir: Path) -> list[dict]:
-  rows = []
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return rows
-  for line in path.read_text().splitlines():
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError:
-      continue
-    if isinstance(row, dict):
-      rows.append(row)
-  return rows
-
-
-def last(rows: list[dict], key: str):
-  value = None
-  for row in rows:
-    if key in row and isinstance(row[key], (int, float)):
-      value = row[key]
-  return value
-
-
-def curve(rows: list[dict], key: str) -> list[list[float]]:
-  """[[epoch, value], ...] of an eval metric, by step (a repeated step keeps its last)."""
-  by_step = {}
-  for row in rows:
-    if key in row and isinstance(row[key], (int, float)) and "progress/epoch" in row:
-      by_step[row["step"]] = [row["progress/epoch"], row[key]]
-  return [by_step[s] for s in sorted(by_step)]
-
-
-def parse_cell(name: str) -> tuple[str, float | None, float] | None:
-  """'funmatch_e30' -> ('funmatch', None, 30.0); 'supervised_lr0.01_e30' -> (.., 0.01, 30.0)."""
-  head, sep, ep = name.rpartition("_e")
-  if not sep:
-    return None
-  try:
-    epochs = float(ep)
-  except ValueError:
-    return None
-  lr = None
-  if "_lr" in head:
-    head, _, lr_s = head.partition("_lr")
-    try:
-      lr = float(lr_s)
-    except ValueError:
-      return None
-  if head not in ARMS:
-    return None
-  return head, lr, epochs
-
-
-def collect_cell(workdir: Path, teacher_top1: float | None = None) -> dict | None:
-  parsed = parse_cell(workdir.name)
-  rows = read_rows(workdir)
-  if parsed is None or not rows:
-    return None
-  arm, lr, epochs = parsed
-  info_path = workdir / RUN_INFO
-  info = json.loads(info_path.read_text()) if info_path.exists() else {}
-  cfg_path = workdir / "config.json"
-  cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-  out = {
-      "cell": workdir.name, "arm": arm, "epochs": epochs,
-      "lr": lr if lr is not None else cfg.get("lr"),
-      "optimizer": (cfg.get("optim") or {}).get("name"),
-      "finished": finished(workdir),
-      "steps": last(rows, "step"),
-      "total_steps": cfg.get("total_steps"),
-      "workdir": str(workdir),
-  }
-  for k, key in KEYS.items():
-    out[k] = last(rows, key)
-  if out["teacher_top1"] is None:
-    out["teacher_top1"] = teacher_top1
-  out["curves"] = {k: curve(rows, KEYS[k]) for k in ("test_top1", "kl_train", "agree_top1_test")}
-  out.update({k: info.get(k) for k in ("command", "wall_s", "device", "load_avg_1min_at_start",
-                                        "finished_utc")})
-  return out
-
-
-def collect(root: Path, results_dir: Path, select_on: str = "test") -> dict:
-  """Per-cell JSONs and results.json from every workdir under `root`."""
-  results_dir.mkdir(parents=True, exist_ok=True)
-  teacher = root / "teacher"
-  t_rows = read_rows(teacher)
-  t_info = json.loads((teacher / RUN_INFO).read_text()) if (teacher / RUN_INFO).exists() else {}
-  t_cfg = json.loads((teacher / "config.json").read_text()) if (teacher / "config.json").exists() else {}
-  teacher_res = {
-      "test_top1": last(t_rows, "test/student_top1"),
-      "epochs": t_cfg.get("total_epochs"),
-      "steps": last(t_rows, "step"),
-      "model": t_cfg.get("student"),
-      "finished": finished(teacher),
-      **{k: t_info.get(k) for k in ("command", "wall_s", "device", "copied_from")},
-  }
-  cells = []
-  for wd in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
-    c = collect_cell(wd, teacher_res["test_top1"])
-    if c is not None:
-      cells.append(c)
-      (results_dir / f"{wd.name}.json").write_text(json.dumps(c, indent=1) + "\n")
-  # The supervised arm's table entry: its best swept learning rate per budget.
-  table = {}
-  for c in cells:
-    if not c["finished"]:
-      continue
-    key = f"{c['arm']}_e{fmt(c['epochs'])}"
-    if c["arm"] == "supervised":
-      best = table.get(key)
-      if best is None or (c["test_top1"] or 0) > (best["test_top1"] or 0):
-        table[key] = c
-    elif c["cell"] == key:
-      table[key] = c
-  out = {
-      "setting": "Fashion-MNIST 32px RGB; teacher BiT R26x0.25 on 60k; student BiT R26x0.125 "
-                 "on the class-balanced 1,020-image subset; test = 10,000 test images",
-      "supervised_lr_selected_on": select_on,
-      "teacher": teacher_res,
-      "table": {k: {kk: v[kk] for kk in ("cell", "arm", "epochs", "lr", "steps", "test_top1",
-                                          "agree_top1_test", "kl_train", "teacher_top1",
-                                          "wall_s", "device", "command")}
-                for k, v in sorted(table.items())},
-      "cells": [{k: v for k, v in c.items() if k != "curves"} for c in cells],
-  }
-  (results_dir / "results.json").write_text(json.dumps(out, indent=1) + "\n")
-  print(f"# wrote {results_dir / 'results.json'} ({len(cells)} cells)")
-  print(markdown_table(out))
-  return out
-
-
-def markdown_table(res: dict) -> str:
-  """Arms x budgets: test top-1 (agreement, train KL) of the finished table cells."""
-  table = res["table"]
-  budgets = sorted({v["epochs"] for v in table.values()})
-  pct = lambda x: "-" if x is None else f"{100 * x:.2f}"
-  lines = ["| arm | " + " | ".join(f"{fmt(b)} ep" for b in budgets) + " |",
-           "|---|" + "---|" * len(budgets)]
-  for arm in ARMS:
-    cells = []
-    for b in budgets:
-      v = table.get(f"{arm}_e{fmt(b)}")
-      if v is None:
-        cells.append("not run")
-      elif arm == "supervised":
-        cells.append(f"{pct(v['test_top1'])} (lr {fmt(v['lr'])})")
-      else:
-        kl = "-" if v["kl_train"] is None else f"{v['kl_train']:.3f}"
-        cells.append(f"{pct(v['test_top1'])} / {pct(v['agree_top1_test'])} / {kl}")
-    lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-# ---- Figures ---------------------------------------------------------------
-
-def figures(root: Path, results_dir: Path, fig_dir: Path) -> list[str]:
-  """accuracy.png and distance.png in the paper's style, from the per-cell JSONs."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  res = json.loads((results_dir / "results.json").read_text())
-  cells = [json.loads((results_dir / f"{c['cell']}.json").read_text()) for c in res["cells"]]
-  chosen = {v["cell"] for v in res["table"].values()}
-  cells = [c for c in cells if c["cell"] in chosen]
-  teacher = res["teacher"]["test_top1"]
-  fig_dir.mkdir(parents=True, exist_ok=True)
-  paths = []
-  for name, key, ylabel, logy in (
-      ("accuracy", "test_top1", "student test top-1 (10,000 images)", False),
-      ("distance", "kl_train", "KL(teacher || student) on the 1,020 train images", True)):
-    fig = Figure(figsize=(13, 4.8), layout="constrained")
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for i, arm in enumerate(ARMS):
-      mine = sorted((c for c in cells if c["arm"] == arm and c.get(key) is not None),
-                    key=lambda c: c["epochs"])
-      if not mine:
-        continue
-      color = f"C{i}"
-      ax1.plot([c["epochs"] for c in mine], [c[key] for c in mine], "o-", color=color, label=arm)
-      for j, c in enumerate(mine):
-        xs, ys = zip(*c["curves"][key]) if c["curves"][key] else ((), ())
-        ax2.plot(xs, ys, "-" if j == len(mine) - 1 else ":", color=color,
-                 label=f"{arm} ({fmt(c['epochs'])} ep)", marker=".")
-    if key == "test_top1" and teacher is not None:
-      for ax in (ax1, ax2):
-        ax.axhline(teacher, color="k", ls="--", lw=1.2, label=f"teacher ({teacher:.2%})")
-    for ax in (ax1, ax2):
-      ax.set_ylabel(ylabel)
-      ax.grid(True, alpha=0.3)
-      if logy:
-        ax.set_yscale("log")
-      ax.legend(fontsize="x-small", ncol=2)
-    ax1.set_xscale("log")
-    ax1.set_xlabel("training budget (epochs of the 1,020 images)")
-    ax1.set_title("end of training, per budget")
-    ax2.set_xlabel("epoch")
-    ax2.set_title("during training (every run)")
-    path = fig_dir / f"{name}.png"
-    fig.savefig(path, dpi=110)
-    paths.append(str(path))
-  print("# figures: " + ", ".join(paths))
-  return paths
-
-
-# ---- CLI -------------------------------------------------------------------
-
-def floats(s: str) -> list[float]:
-  return [float(x) for x in s.split(",") if x.strip()]
-
-
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--arm", choices=ARMS, help="One cell: this arm ...")
-  p.add_argument("--epochs", type=float, help="... at this budget (epochs of the 1,020 images).")
-  p.add_argument("--lr", type=float, default=None, help="Learning rate of a single cell "
-                 "(default: the config's per-arm default).")
-  p.add_argument("--all", action="store_true", help="Every arm at every --budgets.")
-  p.add_argument("--arms", default=",".join(ARMS), help="Arms of --all.")
-  p.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="Budgets of --all.")
-  p.add_argument("--sup_lrs", default="0.001,0.003,0.01",
-                 help="Supervised learning rates swept at the smallest budget ('' : no sweep).")
-  p.add_argument("--select_on", choices=("test", "heldout"), default="test",
-                 help="Where the supervised learning rate is picked (see the docstring).")
-  p.add_argument("--teacher_epochs", type=float, default=0.0,
-                 help="Train the teacher for this many epochs (0: reuse or copy one).")
-  p.add_argument("--teacher_from", default=DEFAULT_TEACHER_FROM,
-                 help="A finished teacher workdir to copy when none is there.")
-  p.add_argument("--root", default="workdirs/replicate", help="Where the workdirs go.")
-  p.add_argument("--data_dir", default="", help="TFDS data_dir (default: TFDS').")
-  p.add_argument("--results_dir", default="docs/results")
-  p.add_argument("--figures_dir", default="docs/figures")
-  p.add_argument("--dry_run", action="store_true", help="Print the commands only.")
-  p.add_argument("--collect", action="store_true", help="Only collect results and draw figures.")
-  p.add_argument("--no_collect", action="store_true", help="Do not collect/draw after running.")
-  args = p.parse_args(argv)
-  if not (args.all or args.collect or args.arm):
-    p.error("give --arm=ARM --epochs=N, --all, or --collect")
-  if args.arm and args.epochs is None:
-    p.error("--arm needs --epochs")
+def sweep_args(step: dict, root: Path, teacher: str) -> list[str]:
+  args = [f"--config={step['config']}"]
+  for g in step["grids"]:
+    args.append(f"--sweep={g.replace('TEACHERS/', str(root / 'teachers') + '/')}")
+  args.append(f"--root={root / step['root']}")
+  if step["teacher"]:
+    args.append(f"--config.t1_init={teacher}")
   return args
 
 
-def absolute(path: str) -> Path:
-  """An absolute path: relative ones are relative to the repository.
+def selection(root: Path, log=print) -> dict[str, dict[str, str]] | None:
+  """Each arm's lr (and the supervised arm's mixup) chosen on validation; None until done."""
+  chosen = {}
+  for step in plan(None):
+    if not step["name"].startswith("sel_"):
+      continue
+    cells = sweep.expand(step["config"], step["grids"])
+    cell_root = root / step["root"]
+    if not all(sweep.finished(str(cell_root / c.name)) for c in cells):
+      return None
+    over = ["lr", "mixup"] if step["name"] == "sel_supervised" else ["lr"]
+    s = sweep.collect(str(cell_root), str(root / "collect" / step["name"]), select_metric=SELECT,
+                      over=over, names=[c.name for c in cells], log=lambda *_: None)
+    for ch in s["selected"]:
+      arm = ch["within"].get("arm", cells[0].args["arm"])  # One arm: not a varying field.
+      chosen[arm] = ch["chosen"]
+      log(f"# {step['name']}: arm={arm}: "
+          + ", ".join(f"{k}={v}" for k, v in ch["chosen"].items())
+          + f" ({SELECT} {ch['value']:.4f}, among {ch['candidates']})")
+  return chosen
 
-  Absolute because big_distill.train's orbax checkpointing rejects a relative
-  --workdir ("Checkpoint path should be absolute") at its first checkpoint.
+
+def run_step(step: dict, root: Path, teacher: str, python: str, extra=()) -> int:
+  cmd = [python, "-m", "big_distill.sweep", *sweep_args(step, root, teacher), *extra, "--run"]
+  print(f"\n# ---- step {step['name']}\n$ {shlex.join(cmd)}", flush=True)
+  return subprocess.run(cmd, cwd=REPO, check=False).returncode
+
+
+def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
+  """Every step's tables into results/<step>/ and its figures into figures/."""
+  results.mkdir(parents=True, exist_ok=True)
+  figures.mkdir(parents=True, exist_ok=True)
+  for step in plan(selected):
+    names = [c.name for c in sweep.expand(step["config"], [
+        g.replace("TEACHERS/", str(root / "teachers") + "/") for g in step["grids"]])]
+    plots = []
+    if step["name"].startswith("sel_"):
+      plots = [f"{SELECT}:lr"]
+    elif step["name"] != "teachers":
+      plots = [f"{SELECT}:step"]
+    try:
+      s = sweep.collect(str(root / step["root"]), str(results / step["name"]),
+                        select_metric=SELECT if step["name"].startswith("sel_") else None,
+                        over=(["lr", "mixup"] if step["name"] == "sel_supervised" else ["lr"]),
+                        plots=plots, names=names, log=lambda *_: None)
+    except UserError as e:
+      print(f"# {step['name']}: nothing to collect yet ({e})")
+      continue
+    # The per-cell curves and figures are large: keep them out of the JSON in git.
+    for c in s["cells"]:
+      c["workdir"] = os.path.relpath(c["workdir"], root)
+    (results / step["name"] / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+    for p in s["figures"]:  # Figures live in figures/ only.
+      shutil.move(p, figures / f"{step['name']}_{Path(p).name}")
+      if Path(p).parent != results / step["name"]:
+        shutil.rmtree(Path(p).parent)
+    done = len(names) - len(s["unfinished"]) - len(s["not_started"])
+    print(f"# {step['name']}: {done}/{len(names)} cells finished -> {results / step['name']}")
+
+
+def teacher_quality_figure(root: Path, figures: Path, selected):
+  """Claim 7: student validation cross-entropy against the teacher's; (path, points) or None.
+
+  points: [(teacher val/t1_loss, student val/student_loss mean, std, seeds)] by teacher.
   """
-  q = Path(path)
-  return q if q.is_absolute() else REPO / q
-
-
-def supervised_sweep(epochs: float, root: Path, args) -> float | None:
-  """Runs the supervised learning-rate sweep at `epochs`; returns the picked lr."""
-  lrs = floats(args.sup_lrs)
-  if not lrs:
+  from big_distill import plotting  # pylint: disable=g-import-not-at-top
+  steps = {s["name"]: s for s in plan(selected)}
+  names = []
+  for name in ("teacher_quality", "e1000"):
+    grids = [g.replace("TEACHERS/", str(root / "teachers") + "/") for g in steps[name]["grids"]]
+    names += [c.name for c in sweep.expand(steps[name]["config"], grids)
+              if c.args["arm"] == "funmatch"]
+  if not (root / "img100").is_dir():
     return None
-  scores = {}
-  for lr in lrs:
-    if args.select_on == "heldout":
-      name = f"supervised_lr{fmt(lr)}_heldout_e{fmt(epochs)}"
-      wd = run_cell("supervised", epochs, root, args, lr=lr, name=name,
-                    extra=(f"--config.evals.test.data.split={HELDOUT_SPLIT}",))
-    else:
-      wd = run_cell("supervised", epochs, root, args, lr=lr)
-    scores[lr] = last(read_rows(wd), "test/student_top1") if not args.dry_run else None
-  if args.select_on == "heldout":  # The picked learning rate, then on test.
-    pass
-  known = {k: v for k, v in scores.items() if v is not None}
-  if not known:
+  cells = [c for c in sweep.read_cells(str(root / "img100"), names) if c["finished"]]
+  by_teacher: dict[str, list] = {}
+  for c in cells:
+    by_teacher.setdefault(c["fields"].get("config.t1_init", "30 epochs"), []).append(c["final"])
+  points = []
+  for teacher, finals in by_teacher.items():
+    ys = [f["val/student_loss"] for f in finals if "val/student_loss" in f]
+    xs = [f["val/t1_loss"] for f in finals if "val/t1_loss" in f]
+    if ys and xs:
+      mean = sum(ys) / len(ys)
+      std = (sum((y - mean) ** 2 for y in ys) / (len(ys) - 1)) ** 0.5 if len(ys) > 1 else 0.0
+      points.append((xs[0], mean, std, len(ys)))
+  if len(points) < 2:
     return None
-  best = max(known, key=known.get)
-  print(f"# supervised lr sweep at {fmt(epochs)} epochs ({args.select_on}): "
-        + ", ".join(f"{fmt(k)}: {v:.4f}" for k, v in known.items()) + f" -> {fmt(best)}")
-  if args.select_on == "heldout":
-    run_cell("supervised", epochs, root, args, lr=best)
-  return best
+  points.sort()
+  path = plotting.plot_against_field(
+      {"function matching, 1,000 epochs": points}, str(figures / "claim7_teacher_quality.png"),
+      field="teacher validation cross-entropy (val/t1_loss)", metric="val/student_loss")
+  return path, points
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
-  os.chdir(REPO)
-  root = absolute(args.root)
-  results_dir, fig_dir = absolute(args.results_dir), absolute(args.figures_dir)
-  if not args.collect:
-    ensure_teacher(args, root)
-    if args.all:
-      arms = [a for a in args.arms.split(",") if a]
-      for a in arms:
-        if a not in ARMS:
-          raise SystemExit(f"unknown arm {a!r}; choose from {', '.join(ARMS)}")
-      budgets = sorted(floats(args.budgets))
-      sup_lr = None
-      for epochs in budgets:  # Budget by budget: the short ones finish first.
-        for arm in arms:
-          if arm == "supervised":
-            if epochs == budgets[0] and floats(args.sup_lrs):
-              sup_lr = supervised_sweep(epochs, root, args)
-            else:
-              run_cell(arm, epochs, root, args, lr=sup_lr)
-          else:
-            run_cell(arm, epochs, root, args)
-    else:
-      run_cell(args.arm, args.epochs, root, args, lr=args.lr)
-  if args.dry_run or args.no_collect:
-    return 1 if FAILED else 0
-  if root.exists():
-    collect(root, results_dir, args.select_on)
-    try:
-      figures(root, results_dir, fig_dir)
-    except Exception as e:  # pylint: disable=broad-except
-      print(f"note: figures not drawn: {e!r}")
-  if FAILED:
-    print("# failed cells: " + ", ".join(FAILED))
-  return 1 if FAILED else 0
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--root", default=str(Path.home() / "bd_runs" / "fmnist"),
+                 help="where every step's cells go")
+  p.add_argument("--teacher", default=None,
+                 help="the finished teacher workdir (default: ROOT/teacher_e30, made by "
+                      "python -m big_distill.train --config=configs/fmnist_teacher.py:epochs=30 "
+                      "--workdir=ROOT/teacher_e30)")
+  p.add_argument("--steps", default="", help="only these steps, comma-separated")
+  p.add_argument("--python", default=sys.executable)
+  mode = p.add_mutually_exclusive_group()
+  mode.add_argument("--run", action="store_true", help="run the plan's steps in order")
+  mode.add_argument("--collect", action="store_true", help="tables and figures only")
+  p.add_argument("--allow_config_change", action="store_true",
+                 help="resume interrupted cells whose config.json an older checkout wrote "
+                      "(passes --config.allow_config_change=True to every cell)")
+  p.add_argument("--wait", action="store_true",
+                 help="with --run: wait for the teacher to finish instead of stopping")
+  p.add_argument("--results_dir", default=str(REPO / "docs" / "results"))
+  p.add_argument("--figures_dir", default=str(REPO / "docs" / "figures"))
+  a = p.parse_args(argv)
+  root = Path(os.path.expanduser(a.root)).absolute()
+  teacher = a.teacher or str(root / "teacher_e30")
+  only = [s for s in a.steps.split(",") if s]
+  known = {s["name"] for s in plan({arm: {"lr": "1"} for arm in ("supervised", *ARMS)})}
+  if set(only) - known:
+    p.error(f"--steps: unknown {sorted(set(only) - known)}; the steps are {sorted(known)}")
+  try:
+    selected = selection(root) if root.exists() else None
+    if a.collect:
+      collect_all(root, Path(a.results_dir), Path(a.figures_dir), selected)
+      claim7 = teacher_quality_figure(root, Path(a.figures_dir), selected) if selected else None
+      if claim7:
+        print(f"# claim 7: {claim7[0]}: (teacher val loss, student val loss mean, std, n) = "
+              f"{claim7[1]}")
+      return 0
+    if not a.run:
+      for step in plan(selected):
+        if not only or step["name"] in only:
+          print(f"# {step['name']}\n" + shlex.join(
+              ["python", "-m", "big_distill.sweep", *sweep_args(step, root, teacher), "--run"]))
+      if selected is None:
+        print("# the later steps (e100 ...) are made once the sel_* steps have finished: "
+              "their lr comes from that selection.")
+      return 0
+    failed = []
+    steps = plan(None)
+    i = 0
+    while i < len(steps):
+      step = steps[i]
+      i += 1
+      if not (only and step["name"] not in only):
+        while step["teacher"] and not sweep.finished(teacher):
+          if not a.wait:
+            print(f"# {step['name']}: the teacher {teacher} has not finished (no student.npz); "
+                  "rerun when it has, or pass --wait.")
+            return 1
+          time.sleep(60)
+        extra = ["--config.allow_config_change=True"] if a.allow_config_change else []
+        if run_step(step, root, teacher, a.python, extra) != 0:
+          failed.append(step["name"])
+      if i == len(plan(None)) and len(steps) == i:  # Selection done: the later steps.
+        selected = selection(root)
+        if selected is None:
+          print("# the lr selection is incomplete (failed cells?); rerun to resume it.")
+          return 1
+        steps = plan(selected)
+    if failed:
+      print("# steps with failed cells (rerun to resume them): " + ", ".join(failed))
+      return 1
+    return 0
+  except UserError as e:
+    print(f"replicate_paper: error: {e}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""metrics.jsonl: one row per logged step, truncated on resume, also on gs://-like stores."""
+"""metrics.jsonl: one row per logged step, truncated on resume, also on gs://-like stores;
+and its one reader (read_metrics, series, last, best)."""
 
 import json
+import math
+import subprocess
+import sys
 
 import pytest
 
 from big_distill import metrics
+from tests.test_plot import _write_run
 
 
 @pytest.mark.parametrize("remote", [False, True])
@@ -35,3 +40,46 @@ def test_progress_reports_rates():
   assert out["progress/steps_per_sec"] > 0 and out["progress/eta_hours"] > 0
   assert out["progress/img_per_sec_per_device"] == pytest.approx(
       out["progress/steps_per_sec"] * 8 / p.devices)
+
+
+# ---- The reader ------------------------------------------------------------------
+
+def test_read_metrics_skips_broken_lines_and_resumed_steps_keep_last(tmp_path, capsys):
+  # A run resumed after a kill appends to the truncated line, and repeats step 20.
+  _write_run(tmp_path / "r", 2, extra_lines=[
+      '{"step": 20, "epoch": 2.0, "train/l{"step": 20, "epoch": 2.0, "train/loss": 7.0}',
+      '{"step": 20, "epoch": 2.0, "train/loss": 0.5}', "[1, 2]",
+      '{"step": 30, "epoch": 3.0, "train/loss": "NaN", "test/student_top1": true}'])
+  rows = metrics.read_metrics(str(tmp_path / "r"))
+  assert "skipped 3 unreadable line(s)" in capsys.readouterr().out
+  xs, ys = metrics.series(rows, "train/loss")
+  assert xs == [1.0, 2.0, 3.0] and ys[:2] == [2.0, 0.5] and math.isnan(ys[2])
+  assert metrics.series(rows, "train/loss", x="step")[0] == [10, 20, 30]
+  assert metrics.series(rows, "test/student_top1") == ([], [])  # Not a number.
+  assert metrics.series(rows, "nothing") == ([], [])
+
+
+def test_last_best_and_missing(tmp_path, capsys):
+  rows = [{"step": 1, "val/student_top1": 0.5, "val/student_loss": 2.0},
+          {"step": 3, "val/student_top1": 0.7, "val/student_loss": 1.0},
+          {"step": 2, "val/student_top1": 0.9, "val/student_loss": "nan"},
+          {"step": 3, "val/student_top1": 0.6}]  # Step 3 again (a resume): the repeat counts.
+  assert metrics.last(rows, "val/student_top1") == 0.6
+  assert metrics.best(rows, "val/student_top1") == 0.9
+  assert metrics.best(rows, "val/student_loss") == 1.0  # Lower is better; nan ignored.
+  assert metrics.last(rows, "nothing") is None and metrics.best(rows, "nothing") is None
+  assert [metrics.lower_is_better(k) for k in (
+      "val/t1_kl", "test_cal/student_ece", "train/t1_loss", "val/student_top1",
+      "dist/t1_agree_top1")] == [True, True, True, False, False]
+  assert metrics.read_metrics(str(tmp_path / "none"), missing_ok=True) == []
+  with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+    metrics.read_metrics(str(tmp_path / "none"))
+
+
+def test_reading_imports_neither_jax_nor_tensorflow(tmp_path):
+  _write_run(tmp_path / "r", 2)
+  code = ("import sys; from big_distill import metrics; "
+          f"rows = metrics.read_metrics({str(tmp_path / 'r')!r}, quiet=True); "
+          "assert rows and not {'jax', 'tensorflow'} & set(sys.modules), sorted(sys.modules)")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+  assert r.returncode == 0, r.stderr

@@ -85,21 +85,6 @@ def test_plot_defaults_to_first_workdir_and_step_axis(runs):
     plotting.plot(runs, x="time")
 
 
-def test_read_metrics_skips_broken_lines_and_resumed_steps_keep_last(tmp_path, capsys):
-  # A run resumed after a kill appends to the truncated line, and repeats step 20.
-  _write_run(tmp_path / "r", 2, extra_lines=[
-      '{"step": 20, "epoch": 2.0, "train/l{"step": 20, "epoch": 2.0, "train/loss": 7.0}',
-      '{"step": 20, "epoch": 2.0, "train/loss": 0.5}', "[1, 2]",
-      '{"step": 30, "epoch": 3.0, "train/loss": "NaN", "test/student_top1": true}'])
-  rows = plotting.read_metrics(str(tmp_path / "r"))
-  assert "skipped 3 unreadable line(s)" in capsys.readouterr().out
-  xs, ys = plotting.series(rows, "train/loss")
-  assert xs == [1.0, 2.0, 3.0] and ys[:2] == [2.0, 0.5] and math.isnan(ys[2])
-  assert plotting.series(rows, "train/loss", x="step")[0] == [10, 20, 30]
-  assert plotting.series(rows, "test/student_top1") == ([], [])  # Not a number.
-  assert plotting.series(rows, "nothing") == ([], [])
-
-
 def test_teacher_lines_and_labels(runs):
   fig, why = plotting._accuracy(plotting._Runs(runs, "epoch"))  # pylint: disable=protected-access
   assert why is None

@@ -1,15 +1,20 @@
-"""Plumbing of scripts/replicate_paper.py: commands, resume, result collection, figures.
+"""scripts/replicate_paper.py (the plan of sweeps) and big_distill.demo.
 
-Fast (no training): commands are checked with --dry_run, runs are faked by a
-patched subprocess.run, and results come from hand-written metrics.jsonl files.
+Fast: the plan's selection and collection read hand-written cells; sweeps are
+faked. One tiny real run of the demo's three commands (a few steps each).
 """
 
 import importlib.util
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
+
+from big_distill import demo
+from big_distill import sweep
+from tests.test_sweep import _cell
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,208 +27,155 @@ def rp():
   return mod
 
 
-def _commands(out: str) -> list[list[str]]:
-  return [shlex.split(line[2:]) for line in out.splitlines() if line.startswith("$ ")]
+def _sweep_cells(line):
+  """The cells of a printed `python -m big_distill.sweep ...` line."""
+  args = shlex.split(line)[3:]
+  config = next(a.split("=", 1)[1] for a in args if a.startswith("--config="))
+  grids = [a.split("=", 1)[1] for a in args if a.startswith("--sweep=")]
+  return sweep.expand(config, grids), args
 
 
-def _config(cmd):
-  return next(c for c in cmd if c.startswith("--config="))
+def test_plan_prints_the_selection_first(rp, tmp_path, capsys):
+  assert rp.main([f"--root={tmp_path}"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == "# sel_supervised" and lines[2] == "# sel_distill"
+  assert "once the sel_* steps have finished" in lines[-1]
+  sup, args = _sweep_cells(lines[1])
+  assert len(sup) == 8 and f"--root={tmp_path}/img100" in args
+  assert not any(a.startswith("--config.t1_init") for a in args)  # No teacher for labels.
+  assert sup[0].name == "arm=supervised,epochs=300,images=100,lr=0.001,mixup=0,seed=0"
+  dist, args = _sweep_cells(lines[3])
+  assert len(dist) == 24 and f"--config.t1_init={tmp_path}/teacher_e30" in args
+  assert {c.args["arm"] for c in dist} == set(rp.ARMS)
+  assert {c.args["lr"] for c in dist} == {"0.001", "0.003", "0.01", "0.03"}
+  # Every cell's config builds (checked as the sweep does before running).
+  sweep.check_cells(sup + dist, [f"--config.t1_init={tmp_path}"])
 
 
-def _workdir(cmd):
-  return next(c for c in cmd if c.startswith("--workdir=")).split("=", 1)[1]
+def _selection_cells(rp, root, done=True):
+  """All 32 selection cells: lr 0.01 best on validation, lr 0.001 best on test."""
+  for step in rp.plan(None):
+    for c in sweep.expand(step["config"], step["grids"]):
+      lr = c.args["lr"]
+      val = {"0.001": 0.5, "0.003": 0.6, "0.01": 0.7, "0.03": 0.4}[lr]
+      if c.args.get("mixup") == "1":
+        val += 0.05
+      test = 0.99 if lr == "0.001" else val
+      _cell(root / "img100", c.args, [{"step": 10, "val/student_top1": val,
+                                       "test/student_top1": test, "progress/epoch": 300.0}],
+            done=done or lr != "0.03")
 
 
-def test_single_cell_dry_run(rp, tmp_path, capsys):
-  root = tmp_path / "rep"
-  assert rp.main(["--arm=funmatch", "--epochs=30", "--dry_run", f"--root={root}",
-                  f"--teacher_from={tmp_path / 'none'}"]) == 0
-  cmds = _commands(capsys.readouterr().out)
-  # No finished teacher anywhere: the teacher is trained first (1.5 epochs).
-  assert cmds[0][1:] == ["-m", "big_distill.train", "--config=configs/fmnist_teacher.py:epochs=1.5",
-                         f"--workdir={root / 'teacher'}"]
-  assert cmds[1][1:] == ["-m", "big_distill.train",
-                         "--config=configs/fmnist_distill.py:arm=funmatch,epochs=30",
-                         f"--config.t1_init={root / 'teacher'}", f"--workdir={root / 'funmatch_e30'}"]
-  assert len(cmds) == 2
-  assert not root.exists()  # A dry run writes nothing.
+def test_selection_on_validation_feeds_the_later_steps(rp, tmp_path, capsys):
+  _selection_cells(rp, tmp_path, done=False)
+  assert rp.selection(tmp_path) is None  # An unfinished selection cell: no choice yet.
+  _selection_cells(rp, tmp_path / "b")
+  chosen = rp.selection(tmp_path / "b")
+  assert chosen == {"supervised": {"lr": "0.01", "mixup": "1"},
+                    **{arm: {"lr": "0.01"} for arm in rp.ARMS}}
+  steps = {s["name"]: s for s in rp.plan(chosen)}
+  assert list(steps)[:5] == ["sel_supervised", "sel_distill", "e100", "e300", "e1000"]
+  e100 = sweep.expand(steps["e100"]["config"], steps["e100"]["grids"])
+  assert len(e100) == 21 and {c.args["lr"] for c in e100} == {"0.01"}
+  assert {c.args["seed"] for c in e100} == {"0", "1", "2"}
+  assert [c.args.get("mixup") for c in e100 if c.args["arm"] == "supervised"] == ["1"] * 3
+  # The table's seed-0 300-epoch cells are the selection's: they run once.
+  e300 = {c.name for c in sweep.expand(steps["e300"]["config"], steps["e300"]["grids"])}
+  sel = {c.name for s in rp.plan(None) for c in sweep.expand(s["config"], s["grids"])}
+  assert len(e300 & sel) == 7
+  third = sweep.expand(steps["lr_third"]["config"], steps["lr_third"]["grids"])
+  assert [(c.args["arm"], c.args["lr"]) for c in third] == [("funmatch", "0.00333333"),
+                                                            ("fixed", "0.00333333")]
+  quality = sweep.expand(steps["teacher_quality"]["config"], [
+      g.replace("TEACHERS/", "/r/teachers/") for g in steps["teacher_quality"]["grids"]])
+  assert {c.overrides["config.t1_init"] for c in quality} == {"/r/teachers/epochs=1",
+                                                              "/r/teachers/epochs=5"}
+  assert rp.main([f"--root={tmp_path / 'b'}", "--steps=e100"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[0] == ("# sel_supervised: arm=supervised: lr=0.01, mixup=1 "
+                    "(val/student_top1 0.7500, among 8)")
+  i = out.index("# e100")
+  assert "lr=0.01" in out[i + 1] and "0.03" not in out[i + 1] and len(out) == i + 2
 
 
-def test_teacher_copy_and_teacher_epochs(rp, tmp_path, capsys):
-  src = tmp_path / "demo_teacher"
-  src.mkdir()
-  (src / "student.npz").write_bytes(b"x")
-  root = tmp_path / "rep"
-  rp.main(["--arm=shampoo", "--epochs=30", "--dry_run", f"--root={root}", f"--teacher_from={src}"])
+def test_run_stops_at_a_missing_teacher(rp, tmp_path, monkeypatch, capsys):
+  ran = []
+  monkeypatch.setattr(rp, "run_step", lambda step, *a: ran.append(step["name"]) or 0)
+  assert rp.main([f"--root={tmp_path}", "--run"]) == 1
+  assert ran == ["sel_supervised"]
+  assert "sel_distill: the teacher" in capsys.readouterr().out
+
+
+def test_collect_writes_tables_and_figures(rp, tmp_path, capsys):
+  _selection_cells(rp, tmp_path / "root")
+  res, fig = tmp_path / "results", tmp_path / "figures"
+  assert rp.main([f"--root={tmp_path / 'root'}", "--collect", f"--results_dir={res}",
+                  f"--figures_dir={fig}"]) == 0
+  summary = json.loads((res / "sel_distill" / "summary.json").read_text())
+  assert {ch["within"]["arm"]: ch["chosen"]["lr"] for ch in summary["selected"]} == {
+      arm: "0.01" for arm in rp.ARMS}
+  assert summary["cells"][0]["workdir"].startswith("img100/")  # No machine's path in git.
+  assert (res / "sel_supervised" / "groups.md").read_text().startswith("| mixup | lr | n | val/student_top1 | test/student_top1 |")
+  # The table's 300-epoch step shares the selection's seed-0 cells: 7 of 21 done.
+  assert sorted(p.name for p in fig.iterdir()) == [
+      "e300_val_student_top1.png", "sel_distill_val_student_top1_vs_lr.png",
+      "sel_supervised_val_student_top1_vs_lr.png"]
   out = capsys.readouterr().out
-  assert f"$ cp -r {src} {root / 'teacher'}" in out
-  rp.main(["--arm=supervised", "--epochs=30", "--lr=0.01", "--dry_run", f"--root={root}",
-           "--teacher_epochs=4", "--data_dir=/tmp/tfds"])
-  cmds = _commands(capsys.readouterr().out)
-  assert _config(cmds[0]) == "--config=configs/fmnist_teacher.py:epochs=4,data_dir=/tmp/tfds"
-  # The supervised arm has no teacher argument and carries its own lr.
-  assert _config(cmds[1]) == "--config=configs/fmnist_distill.py:arm=supervised,epochs=30,lr=0.01,data_dir=/tmp/tfds"
-  assert not any(c.startswith("--config.t1_init") for c in cmds[1])
-  assert _workdir(cmds[1]) == str(root / "supervised_lr0.01_e30")
+  assert "e100: nothing to collect yet" in out and "# e300: 7/21 cells finished" in out
 
 
-def test_all_dry_run(rp, tmp_path, capsys):
-  root = tmp_path / "rep"
-  (root / "teacher").mkdir(parents=True)
-  (root / "teacher" / "student.npz").write_bytes(b"x")
-  (root / "fixed_e30").mkdir()
-  (root / "fixed_e30" / "student.npz").write_bytes(b"x")  # Finished: skipped.
-  rp.main(["--all", "--budgets=100,30", "--dry_run", f"--root={root}"])
+# ---- The demo ------------------------------------------------------------------
+
+def test_demo_table():
+  results = {"teacher": dict(val=0.9, test=0.88, agree=None, rate=800.0, wall=100.0),
+             "supervised": dict(val=0.6, test=0.58, agree=None, rate=900.0, wall=60.0),
+             "funmatch": dict(val=0.8, test=0.79, agree=0.85, rate=700.0, wall=70.0)}
+  lines = demo.table(results)
+  assert lines[0].split() == ["val", "top-1", "test", "top-1", "images/s", "wall"]
+  assert lines[3].split()[-5:] == ["60.00%", "58.00%", "900", "60", "s"]
+  # (79 - 58) / (88 - 58) = 70% of the gap.
+  assert lines[-1] == ("function matching: 85.00% test top-1 agreement with the teacher; "
+                       "closes 70% of the supervised-to-teacher gap on test")
+
+
+def test_demo_runs_its_three_commands(fashion_data_dir, tmp_path, capsys):
+  """The demo's code path for real, a few steps per run."""
+  results = demo.demo(tmp_path / "demo", data_dir=fashion_data_dir, runlocal=True,
+                      python=sys.executable)
   out = capsys.readouterr().out
-  assert "reusing finished" in out
-  assert "fixed_e30: finished, skipped" in out
-  names = [Path(_workdir(c)).name for c in _commands(out)]
-  assert names == [
-      "supervised_lr0.001_e30", "supervised_lr0.003_e30", "supervised_lr0.01_e30",
-      "independent_e30", "consistent_e30", "funmatch_e30", "shampoo_e30", "lowres_e30",
-      # Dry run: no sweep result, so the 100-epoch supervised run has the default lr.
-      "supervised_e100", "fixed_e100", "independent_e100", "consistent_e100",
-      "funmatch_e100", "shampoo_e100", "lowres_e100"]
-  rp.main(["--all", "--arms=funmatch,fixed", "--budgets=30", "--dry_run", f"--root={root}"])
-  names = [Path(_workdir(c)).name for c in _commands(capsys.readouterr().out)]
-  assert names == ["funmatch_e30"]
+  cmds = [shlex.split(l[2:]) for l in out.splitlines() if l.startswith("$ ")]
+  assert [c[3].split("=", 1)[1].split(":")[0] for c in cmds] == [
+      "configs/fmnist_teacher.py", "configs/fmnist_distill.py", "configs/fmnist_distill.py"]
+  assert f"--config.t1_init={tmp_path / 'demo' / 'teacher'}" in cmds[2]
+  assert "arm=supervised" in cmds[1][3] and "arm=funmatch" in cmds[2][3]
+  for name in ("teacher", "supervised", "funmatch"):
+    assert 0 <= results[name]["test"] <= 1 and 0 <= results[name]["val"] <= 1
+  assert 0 <= results["funmatch"]["agree"] <= 1
+  assert "student, function matching (100 images)" in out and "total wall time" in out
 
 
-def test_bad_arguments(rp):
-  with pytest.raises(SystemExit):
-    rp.main(["--arm=funmatch"])
-  with pytest.raises(SystemExit):
-    rp.main(["--arm=nope", "--epochs=3"])
-  with pytest.raises(SystemExit):
-    rp.main([])
-
-
-def _write_metrics(workdir: Path, rows, done=True):
-  workdir.mkdir(parents=True, exist_ok=True)
-  with open(workdir / "metrics.jsonl", "w") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")
-    f.write('{"step": 9, "truncated\n')  # A killed run's broken last line is skipped.
-  if done:
-    (workdir / "student.npz").write_bytes(b"x")
-
-
-def _student_rows(acc, kl, teacher=0.8):
-  return [
-      {"step": 4, "train/loss": 1.0, "progress/epoch": 0.5},
-      {"step": 8, "test/student_top1": acc / 2, "test/t1_top1": teacher, "dist_test/t1_agree_top1": 0.5,
-       "dist_train/t1_kl": 2 * kl, "progress/epoch": 1.0},
-      {"step": 16, "test/student_top1": acc, "test/t1_top1": teacher, "dist_test/t1_agree_top1": 0.9,
-       "dist_train/t1_kl": kl, "progress/epoch": 2.0},
-  ]
-
-
-def test_collect_and_figures(rp, tmp_path):
-  root = tmp_path / "rep"
-  _write_metrics(root / "teacher", [{"step": 700, "test/student_top1": 0.8093, "progress/epoch": 1.5}])
-  (root / "teacher" / "config.json").write_text(json.dumps({"total_epochs": 1.5, "student": {"width": 0.25}}))
-  _write_metrics(root / "funmatch_e30", _student_rows(0.7, 0.1))
-  (root / "funmatch_e30" / rp.RUN_INFO).write_text(json.dumps(
-      {"command": "python -m big_distill.train ...", "wall_s": 12.5, "device": "cpu x1"}))
-  _write_metrics(root / "fixed_e30", _student_rows(0.6, 0.01))
-  _write_metrics(root / "funmatch_e100", _student_rows(0.75, 0.05), done=False)  # Unfinished.
-  sup = [{"step": 16, "test/student_top1": a, "progress/epoch": 2.0} for a in (0.5,)]
-  _write_metrics(root / "supervised_lr0.001_e30", sup)
-  _write_metrics(root / "supervised_lr0.01_e30", [{**sup[0], "test/student_top1": 0.55}])
-  (root / "notacell").mkdir()
-  res_dir, fig_dir = tmp_path / "results", tmp_path / "figures"
-
-  out = rp.collect(root, res_dir)
-  assert out["teacher"]["test_top1"] == 0.8093 and out["teacher"]["epochs"] == 1.5
-  t = out["table"]
-  assert set(t) == {"funmatch_e30", "fixed_e30", "supervised_e30"}  # Unfinished cells stay out.
-  assert t["funmatch_e30"]["test_top1"] == 0.7
-  assert t["funmatch_e30"]["agree_top1_test"] == 0.9
-  assert t["funmatch_e30"]["kl_train"] == 0.1
-  assert t["funmatch_e30"]["teacher_top1"] == 0.8
-  assert t["funmatch_e30"]["steps"] == 16
-  assert t["funmatch_e30"]["wall_s"] == 12.5 and t["funmatch_e30"]["device"] == "cpu x1"
-  assert t["supervised_e30"]["cell"] == "supervised_lr0.01_e30"  # The best swept lr.
-  assert t["supervised_e30"]["lr"] == 0.01
-  assert t["supervised_e30"]["teacher_top1"] == 0.8093  # From the teacher's own workdir.
-  cells = {c["cell"]: c for c in out["cells"]}
-  assert cells["funmatch_e100"]["finished"] is False
-  per_cell = json.loads((res_dir / "funmatch_e30.json").read_text())
-  assert per_cell["curves"]["test_top1"] == [[1.0, 0.35], [2.0, 0.7]]
-  assert json.loads((res_dir / "results.json").read_text())["table"] == json.loads(json.dumps(t))
-
-  paths = rp.figures(root, res_dir, fig_dir)
-  assert sorted(Path(p).name for p in paths) == ["accuracy.png", "distance.png"]
-  assert all(Path(p).stat().st_size > 1000 for p in paths)
-
-
-def test_parse_cell(rp):
-  assert rp.parse_cell("funmatch_e30") == ("funmatch", None, 30.0)
-  assert rp.parse_cell("supervised_lr0.003_e1000") == ("supervised", 0.003, 1000.0)
-  assert rp.parse_cell("supervised_lr0.003_heldout_e30") is None
-  assert rp.parse_cell("teacher") is None
-  assert rp.parse_cell("nope_e30") is None
-
-
-def test_real_run_records_wall_time_and_resumes(rp, tmp_path, capsys, monkeypatch):
-  """Without --dry_run: the command runs, its info is recorded, a rerun skips it."""
-  root = tmp_path / "rep"
-  (root / "teacher").mkdir(parents=True)
-  (root / "teacher" / "student.npz").write_bytes(b"x")
-  calls = []
-
-  def fake_run(cmd, check, cwd):
-    calls.append(cmd)
-    _write_metrics(Path(_workdir(cmd)), _student_rows(0.7, 0.1))
-
-  monkeypatch.setattr(rp.subprocess, "run", fake_run)
-  monkeypatch.setattr(rp, "_DEVICE", "fake-device")
-  args = ["--arm=consistent", "--epochs=3", f"--root={root}",
-          f"--results_dir={tmp_path / 'res'}", f"--figures_dir={tmp_path / 'fig'}"]
-  rp.main(args)
-  assert len(calls) == 1
-  info = json.loads((root / "consistent_e3" / rp.RUN_INFO).read_text())
-  assert info["device"] == "fake-device" and info["wall_s"] >= 0
-  assert "arm=consistent,epochs=3" in info["command"]
-  res = json.loads((tmp_path / "res" / "results.json").read_text())
-  assert res["table"]["consistent_e3"]["command"] == info["command"]
-  assert (tmp_path / "fig" / "accuracy.png").exists()
-  rp.main(args)
-  assert len(calls) == 1  # Finished: not rerun.
-  assert "consistent_e3: finished, skipped" in capsys.readouterr().out
-
-
-def test_markdown_table(rp):
-  res = {"table": {
-      "funmatch_e30": {"epochs": 30.0, "test_top1": 0.7, "agree_top1_test": 0.9, "kl_train": 0.1, "lr": 0.003},
-      "supervised_e30": {"epochs": 30.0, "test_top1": 0.55, "agree_top1_test": None, "kl_train": None, "lr": 0.01}}}
-  md = rp.markdown_table(res).splitlines()
-  assert md[0] == "| arm | 30 ep |"
-  assert "| supervised | 55.00 (lr 0.01) |" in md
-  assert "| funmatch | 70.00 / 90.00 / 0.100 |" in md
-  assert "| fixed | not run |" in md
-
-
-def test_failed_cell_does_not_stop_the_table(rp, tmp_path, monkeypatch):
-  root = tmp_path / "rep"
-  (root / "teacher").mkdir(parents=True)
-  (root / "teacher" / "student.npz").write_bytes(b"x")
-  calls = []
-
-  def fake_run(cmd, check, cwd):
-    calls.append(Path(_workdir(cmd)).name)
-    if len(calls) == 1:
-      raise rp.subprocess.CalledProcessError(2, cmd)
-    _write_metrics(Path(_workdir(cmd)), _student_rows(0.7, 0.1))
-
-  monkeypatch.setattr(rp.subprocess, "run", fake_run)
-  monkeypatch.setattr(rp, "_DEVICE", "fake-device")
-  monkeypatch.setattr(rp, "FAILED", [])
-  rc = rp.main(["--all", "--arms=funmatch,fixed", "--budgets=3", f"--root={root}", "--no_collect"])
-  assert rc == 1 and calls == ["funmatch_e3", "fixed_e3"] and rp.FAILED == ["funmatch_e3"]
-
-
-def test_relative_root_becomes_absolute(rp, capsys):
-  rp.main(["--arm=fixed", "--epochs=3", "--dry_run", "--root=workdirs/x", "--teacher_from="])
-  cmds = _commands(capsys.readouterr().out)
-  assert _workdir(cmds[-1]) == str(REPO / "workdirs" / "x" / "fixed_e3")
+def test_teacher_quality_figure(rp, tmp_path):
+  """Claim 7's figure: one point per teacher, from the e1000 and teacher_quality cells."""
+  root = tmp_path / "root"
+  chosen = {arm: {"lr": "0.01"} for arm in ("supervised", *rp.ARMS)}
+  steps = {s["name"]: s for s in rp.plan(chosen)}
+  assert rp.teacher_quality_figure(root, tmp_path, chosen) is None  # Nothing finished yet.
+  for name, losses in (("e1000", (0.3, 0.5)), ("teacher_quality", (0.6, 0.9))):
+    grids = [g.replace("TEACHERS/", f"{root}/teachers/") for g in steps[name]["grids"]]
+    for c in sweep.expand(steps[name]["config"], grids):
+      if c.args["arm"] != "funmatch":
+        continue
+      teacher = {"epochs=1": 1.0, "epochs=5": 0.5}.get(
+          c.overrides.get("config.t1_init", "").rsplit("/", 1)[-1], 0.25)
+      wd = root / "img100" / c.name
+      wd.mkdir(parents=True)
+      (wd / sweep.CELL_FILE).write_text(json.dumps({"args": c.args, "overrides": c.overrides}))
+      (wd / "student.npz").write_bytes(b"x")
+      (wd / "metrics.jsonl").write_text(json.dumps(
+          {"step": 5, "val/student_loss": losses[0] + teacher + 0.01 * int(c.args["seed"]),
+           "val/t1_loss": teacher}) + "\n")
+  path, points = rp.teacher_quality_figure(root, tmp_path, chosen)
+  assert [(x, n) for x, _, _, n in points] == [(0.25, 3), (0.5, 3), (1.0, 3)]
+  assert [round(m, 6) for _, m, _, _ in points] == [0.56, 1.11, 1.61]
+  assert all(s == pytest.approx(0.01) for _, _, s, _ in points)
+  assert path.endswith("claim7_teacher_quality.png") and Path(path).stat().st_size > 10_000
