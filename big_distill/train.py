@@ -35,10 +35,12 @@ import tensorflow as tf
 from big_distill import checkpoint as ckpt_lib
 from big_distill import config_lib
 from big_distill import distill
+from big_distill import errors
 from big_distill import evaluate
 from big_distill import metrics as metrics_lib
 from big_distill import optim
 from big_distill import parallel
+from big_distill import workdir as workdir_lib
 from big_distill.data import input as input_lib
 from big_distill.data import pp as pp_lib
 
@@ -160,7 +162,7 @@ def check_workdir(workdir: str, config: mlc.ConfigDict) -> None:
   if gfile.exists(path):
     with gfile.GFile(path) as f:
       old = json.load(f)
-    diff = _diff(old, json.loads(config.to_json_best_effort()), {"allow_config_change"})
+    diff = workdir_lib.config_diff(old, json.loads(config.to_json_best_effort()))
     if diff and not config.allow_config_change:
       raise ConfigError(
           f"--workdir={workdir} holds a run of a different config:\n  " + "\n  ".join(diff[:10])
@@ -179,19 +181,6 @@ def record_config(workdir: str, config: mlc.ConfigDict) -> None:
     with gfile.GFile(path + ".tmp", "w") as f:
       json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
     gfile.rename(path + ".tmp", path, overwrite=True)
-
-
-def _diff(old, new, ignore, prefix="") -> list[str]:
-  out = []
-  for k in sorted(set(old) | set(new)):
-    if k in ignore:
-      continue
-    a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _diff(a, b, ignore, f"{prefix}{k}.")
-    elif a != b:
-      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-  return out
 
 
 def make_predict(models: Models) -> Callable:
@@ -400,6 +389,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
         jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), student_shape),
         resolve_init(config.student_init))
   # Every check passed: from here on the workdir is this config's.
+  lock = workdir_lib.acquire(workdir)  # Or WorkdirError: another run holds it.
   record_config(workdir, config)
 
   # ---- The update step --------------------------------------------------
@@ -494,6 +484,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
       jax.profiler.stop_trace()
     ckpt.close()
     writer.close()
+    lock.release()
 
   if preemption.requested:
     raise Preempted(step)
@@ -520,15 +511,20 @@ def main(argv):
     handler.addFilter(_QuietLibraries())
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("Give --config=configs/X.py[:args] and --workdir=DIR.")
-  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if jax.process_index() != 0:
-    logging.set_verbosity(logging.WARNING)
   try:
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if jax.process_index() != 0:
+      logging.set_verbosity(logging.WARNING)
     train(_CONFIG.value, _WORKDIR.value)
+    parallel.finished()
   except Preempted as e:
     logging.warning("%s", e)
     sys.exit(PREEMPTED_EXIT_CODE)
-  except (ConfigError, input_lib.DataNotPreparedError, FileNotFoundError,
+  except ckpt_lib.DiskFullError as e:
+    logging.error("%s", e)
+    print(f"big_distill.train: error: {e}", file=sys.stderr)
+    sys.exit(ckpt_lib.DISK_FULL_EXIT_CODE)
+  except (ConfigError, input_lib.DataNotPreparedError, FileNotFoundError, errors.UserError,
           ValueError, NonFiniteLossError, ckpt_lib.CheckpointError) as e:
     logging.error("%s", e)
     print(f"big_distill.train: error: {e}", file=sys.stderr)
