@@ -196,8 +196,15 @@ def test_second_launch_is_refused_and_the_first_finishes_as_if_alone(reference, 
   first = Cli(workdir, reference.arg, log=tmp_path / "first.log", cache=jax_cache)
   try:
     wait_first_checkpoint(first)
+    # Paused mid-run (as a slow step would be), so that the second launch
+    # surely meets it running; a pause changes nothing it computes.
+    first.proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.5)  # Let the stop land before the snapshot.
+    before = snapshot(workdir)
     rc, out = run_to_end(workdir, reference.arg, log=tmp_path / "second.log", cache=jax_cache)
-    running = first.proc.poll() is None
+    assert first.proc.poll() is None and not (workdir / "student.npz").exists()
+    assert snapshot(workdir) == before, "the refused launch wrote into the workdir"
+    first.proc.send_signal(signal.SIGCONT)
     assert rc == 2, out[-3000:]
     errors = [l for l in out.splitlines() if "error:" in l]
     assert len(errors) == 1 and "Traceback" not in out, out[-3000:]
@@ -206,8 +213,8 @@ def test_second_launch_is_refused_and_the_first_finishes_as_if_alone(reference, 
     assert first.wait() == 0, first.tail()
   finally:
     if first.proc.poll() is None:
+      first.proc.send_signal(signal.SIGCONT)
       first.proc.kill()
-  assert running, "the first run ended before the second started: nothing was tested"
   assert resumed_step(first.output) is None
   assert_same_as_reference(reference, workdir, "the run that a second launch met")
 
@@ -312,3 +319,78 @@ def test_resume_on_2_and_8_devices_of_a_4_device_run(reference, tmp_path, jax_ca
       assert ckpts.saved_topology(DEV_CKPT) == {"device_count": 4, "process_count": 1}
     finally:
       ckpts.close()
+
+
+# ---- A dead process in a 2-process job -------------------------------------------
+
+
+MP_STEPS, MP_CKPT = 24, 4
+PEER_TIMEOUT_S = 10  # What the test sets; the default is parallel.DEFAULT_PEER_TIMEOUT_S.
+
+
+def _job(workdir, arg, tag, tmp_path, cache):
+  """The 2 processes (2 CPU devices each) of one jax.distributed job, over gloo."""
+  port = mp._free_port()  # pylint: disable=protected-access
+  env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+         parallel.PEER_TIMEOUT_ENV: str(PEER_TIMEOUT_S)}
+  return [Cli(workdir, arg, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+              f"--process_id={i}", log=tmp_path / f"{tag}.{i}.log", cache=cache, devices=2,
+              env=env) for i in range(2)]
+
+
+def _finish(job, timeout=900):
+  try:
+    rcs = [cli.wait(timeout=timeout) for cli in job]
+  finally:
+    for cli in job:
+      if cli.proc.poll() is None:
+        cli.proc.kill()
+        cli.proc.wait()
+  assert rcs == [0, 0], "\n".join(f"== process {i} (exit {c.proc.returncode}):\n{c.tail(3000)}"
+                                  for i, c in enumerate(job))
+
+
+def test_a_killed_process_stops_the_job_within_the_timeout_and_a_rerun_is_exact(
+    tmp_path, fashion_data_dir, jax_cache):
+  teacher = tiny_config.write_teacher(tmp_path / "teacher.npz")
+  arg = run_arg(fashion_data_dir, teacher, steps=MP_STEPS, ckpt=MP_CKPT)
+  whole = tmp_path / "whole"
+  _finish(_job(whole, arg, "whole", tmp_path, jax_cache))
+
+  cut = tmp_path / "cut"
+  job = _job(cut, arg, "cut", tmp_path, jax_cache)
+  try:
+    wait_first_checkpoint(job[0])
+    job[1].proc.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    rc = job[0].wait(timeout=PEER_TIMEOUT_S + 300)
+    took = time.monotonic() - killed_at
+  finally:
+    for cli in job:
+      if cli.proc.poll() is None:
+        cli.proc.kill()
+        cli.proc.wait()
+  out = job[0].output
+  print(f"\nprocess 0 exited {took:.1f} s after process 1 was killed (timeout "
+        f"{PEER_TIMEOUT_S} s); checkpoints {finished_steps(cut)}")
+  assert rc == parallel.LOST_PROCESS_EXIT_CODE == 75, out[-4000:]
+  errors = [l for l in out.splitlines() if "error:" in l]
+  assert len(errors) == 1, out[-4000:]
+  assert re.search(rf"error: Lost process 1 of 2 \(pid {job[1].proc.pid} on host "
+                   rf"{re.escape(socket.gethostname())}\): no heartbeat for \d+ s", errors[0]), \
+      errors[0]
+  assert "Rerun all 2 processes with the same command" in errors[0]
+  # Bounded: the timeout, plus a heartbeat period and a loaded machine's delays.
+  assert PEER_TIMEOUT_S <= took < PEER_TIMEOUT_S + 60, took
+  assert not (cut / "student.npz").exists()  # It was stopped mid-run.
+  saved = finished_steps(cut)
+  assert saved and saved[-1] < MP_STEPS, saved
+
+  rerun = _job(cut, arg, "rerun", tmp_path, jax_cache)
+  _finish(rerun)
+  assert resumed_step(rerun[0].output) == saved[-1]
+  diff = params_differences(read_params(whole), read_params(cut))
+  assert not diff, f"student.npz differs from the uninterrupted 2-process run in {diff[:5]}"
+  rows, ref = train_rows(cut), train_rows(whole)
+  assert sorted(rows) == sorted(ref) == list(range(1, MP_STEPS + 1))
+  assert all(rows[s] == ref[s] for s in rows)
