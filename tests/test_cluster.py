@@ -260,7 +260,7 @@ def test_disk_full_during_a_save_stops_clearly_and_resumes_after_space_is_freed(
   errors = [l for l in out.splitlines() if "error:" in l]
   assert len(errors) == 1 and "Traceback" not in out, out[-4000:]
   m = re.search(r"error: No space left on device while saving the checkpoint of step (\d+) "
-                r"to (\S+) \(it needs about [\d.]+ KiB, [\d.]+ KiB free now\)\. The previous "
+                r"to (\S+) \(it needs about [\d.]+ [KM]iB, [\d.]+ [KM]iB free now\)\. The previous "
                 r"checkpoint \(step 3\) and metrics.jsonl are intact", errors[0])
   assert m and m[2] == str(workdir / "checkpoints" / m[1]), errors[0]
   assert "rerun the same command to resume" in errors[0]

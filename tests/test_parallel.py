@@ -107,7 +107,7 @@ def eight_devices():
     out["batch16"] = parallel.check_batch_size(16, mesh)
     # A batch of 16 rows: each device holds 2 consecutive rows, in device order.
     batch = jax.device_put(np.arange(16 * 3).reshape(16, 3), parallel.batch_sharding(mesh))
-    out["rows"] = [sorted(set(np.asarray(s.data)[:, 0] // 3)) for s in
+    out["rows"] = [sorted(int(r) for r in set(np.asarray(s.data)[:, 0] // 3)) for s in
                    sorted(batch.addressable_shards, key=lambda s: s.index[0].start)]
     tree = {"big": np.zeros((64, 128), np.float32), "small": np.zeros((8,), np.float32),
             "odd": np.zeros((33, 65), np.float32)}
