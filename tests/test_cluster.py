@@ -328,9 +328,15 @@ MP_STEPS, MP_CKPT = 24, 4
 PEER_TIMEOUT_S = 10  # What the test sets; the default is parallel.DEFAULT_PEER_TIMEOUT_S.
 
 
-def _job(workdir, arg, tag, tmp_path, cache):
-  """The 2 processes (2 CPU devices each) of one jax.distributed job, over gloo."""
+def _job(workdir, arg, tag, tmp_path):
+  """The 2 processes (2 CPU devices each) of one jax.distributed job, over gloo.
+
+  Each job gets its own compilation cache: with one shared by the jobs, a job
+  whose processes found their executables there failed to set up its gloo
+  communicators (a 30 s key timeout), seen once under load.
+  """
   port = mp._free_port()  # pylint: disable=protected-access
+  cache = tmp_path / f"jax_cache.{tag}"
   env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
          parallel.PEER_TIMEOUT_ENV: str(PEER_TIMEOUT_S)}
   return [Cli(workdir, arg, f"--coordinator_address=localhost:{port}", "--num_processes=2",
@@ -351,14 +357,14 @@ def _finish(job, timeout=900):
 
 
 def test_a_killed_process_stops_the_job_within_the_timeout_and_a_rerun_is_exact(
-    tmp_path, fashion_data_dir, jax_cache):
+    tmp_path, fashion_data_dir):
   teacher = tiny_config.write_teacher(tmp_path / "teacher.npz")
   arg = run_arg(fashion_data_dir, teacher, steps=MP_STEPS, ckpt=MP_CKPT)
   whole = tmp_path / "whole"
-  _finish(_job(whole, arg, "whole", tmp_path, jax_cache))
+  _finish(_job(whole, arg, "whole", tmp_path))
 
   cut = tmp_path / "cut"
-  job = _job(cut, arg, "cut", tmp_path, jax_cache)
+  job = _job(cut, arg, "cut", tmp_path)
   try:
     wait_first_checkpoint(job[0])
     job[1].proc.send_signal(signal.SIGKILL)
@@ -386,7 +392,7 @@ def test_a_killed_process_stops_the_job_within_the_timeout_and_a_rerun_is_exact(
   saved = finished_steps(cut)
   assert saved and saved[-1] < MP_STEPS, saved
 
-  rerun = _job(cut, arg, "rerun", tmp_path, jax_cache)
+  rerun = _job(cut, arg, "rerun", tmp_path)
   _finish(rerun)
   assert resumed_step(rerun[0].output) == saved[-1]
   diff = params_differences(read_params(whole), read_params(cut))
