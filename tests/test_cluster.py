@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -32,7 +31,7 @@ from big_distill.errors import WorkdirError
 from tests import test_multiprocess as mp
 from tests import tiny_config
 from tests.test_reliability import (  # pylint: disable=unused-import  (fixtures)
-    Cli, ReachedExpensiveWork, _tripwire, assert_same_as_reference, copy_run, existing_run,
+    Cli, ReachedExpensiveWork, _tripwire, assert_same_as_reference, existing_run,
     finished_steps, jax_cache, make_config, params_differences, read_params, reference,
     resumed_step, run_arg, run_to_end, snapshot, train_rows, unfinished_saves,
     wait_first_checkpoint)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import jax
 import ml_collections as mlc
-import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
