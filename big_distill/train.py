@@ -36,6 +36,7 @@ from big_distill import fileio
 from big_distill import metrics as metrics_lib
 from big_distill import parallel
 from big_distill import setup
+from big_distill import workdir as workdir_lib
 from big_distill.data import input as input_lib
 
 gfile = tf.io.gfile
@@ -72,7 +73,7 @@ def check_workdir(workdir: str, config: mlc.ConfigDict) -> None:
   if gfile.exists(path):
     with gfile.GFile(path) as f:
       old = json.load(f)
-    diff = _diff(old, json.loads(config.to_json_best_effort()), {"allow_config_change"})
+    diff = workdir_lib.config_diff(old, json.loads(config.to_json_best_effort()))
     if diff and not config.allow_config_change:
       raise ConfigError(
           f"--workdir={workdir} holds a run of a different config:\n  " + "\n  ".join(diff[:10])
@@ -89,19 +90,6 @@ def record_config(workdir: str, config: mlc.ConfigDict) -> None:
   if jax.process_index() == 0:
     with fileio.atomic_write(os.path.join(workdir, "config.json")) as f:
       json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
-
-
-def _diff(old, new, ignore, prefix="") -> list[str]:
-  out = []
-  for k in sorted(set(old) | set(new)):
-    if k in ignore:
-      continue
-    a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _diff(a, b, ignore, f"{prefix}{k}.")
-    elif a != b:
-      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-  return out
 
 
 # ---- Checkpoints -------------------------------------------------------------
@@ -231,6 +219,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   # ---- Teachers and the student's start, checked before any compile -----
   teacher_params = setup.load_teachers(config, models, mesh)
   student_init = setup.load_student_init(config, models)
+  lock = workdir_lib.acquire(workdir)  # A second launch on this workdir stops here.
   record_config(workdir, config)  # Every check passed: the workdir is this config's.
 
   # ---- Initial state, or the checkpoint; evaluators ---------------------
@@ -276,6 +265,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
       jax.profiler.stop_trace()
     ckpt.close()
     writer.close()
+    lock.release()
 
   if preemption.requested:
     raise Preempted(step)
@@ -320,14 +310,19 @@ def main(argv):
     raise app.UsageError("Give --config=configs/X.py[:args] (and optionally --workdir=DIR).")
   workdir = f.workdir or config_lib.default_workdir(config_flags.get_config_filename(f["config"]))
   logging.info("Workdir: %s", os.path.abspath(workdir) if "://" not in workdir else workdir)
-  parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
-  if jax.process_index() != 0:
-    logging.set_verbosity(logging.WARNING)
   try:
+    parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+    if jax.process_index() != 0:
+      logging.set_verbosity(logging.WARNING)
     train(f.config, workdir)  # The config file runs here: its errors are caught too.
+    parallel.finished()
   except Preempted as e:
     logging.warning("%s", e)
     sys.exit(PREEMPTED_EXIT_CODE)
+  except ckpt_lib.DiskFullError as e:  # Before UserError: a distinct exit code.
+    logging.error("%s", e)
+    print(f"big_distill.train: error: {e}", file=sys.stderr)
+    sys.exit(ckpt_lib.DISK_FULL_EXIT_CODE)
   except (errors.UserError, ckpt_lib.CheckpointError, NonFiniteLossError) as e:
     logging.error("%s", e)
     print(f"big_distill.train: error: {e}", file=sys.stderr)

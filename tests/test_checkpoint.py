@@ -1,0 +1,205 @@
+"""checkpoint.py: round trips, keep, damaged steps, full disks, device counts."""
+
+import errno
+import glob
+import logging
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from big_distill import checkpoint as ckpt_lib
+from big_distill import errors
+from tests.test_parallel import run_with_devices
+
+
+def make_state(seed=0):
+  rng = np.random.default_rng(seed)
+  return {"params": {"w": jnp.asarray(rng.normal(size=(8, 16)).astype(np.float32)),
+                     "b": jnp.asarray(rng.normal(size=(16,)).astype(np.float32))},
+          "opt": {"mu": jnp.asarray(rng.normal(size=(8, 16)), jnp.bfloat16)},
+          "step": jnp.asarray(seed, jnp.int32)}
+
+
+def abstract(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
+
+
+def same(a, b) -> bool:
+  return all(jax.tree.leaves(jax.tree.map(
+      lambda x, y: x.dtype == y.dtype and np.asarray(x).tobytes() == np.asarray(y).tobytes(),
+      a, b)))
+
+
+@pytest.fixture
+def saved(tmp_path):
+  """Checkpoints of steps 1..4 (states seeded by their step), keep=3."""
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path / "ckpt"), keep=3)
+  for step in range(1, 5):
+    ckpt.save(step, make_state(step))
+  ckpt.close()
+  return tmp_path / "ckpt"
+
+
+def test_round_trip_is_bitwise_and_keeps_the_newest(saved):
+  ckpt = ckpt_lib.Checkpointer(str(saved), keep=3)
+  try:
+    assert ckpt.steps() == [2, 3, 4]
+    step, state = ckpt.restore(abstract(make_state()))
+  finally:
+    ckpt.close()
+  assert step == 4 and same(state, make_state(4))
+  assert state["opt"]["mu"].dtype == jnp.bfloat16
+
+
+def test_restore_of_an_empty_directory_is_none(tmp_path):
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path / "none"))
+  try:
+    assert ckpt.restore(abstract(make_state())) is None
+  finally:
+    ckpt.close()
+
+
+def _truncate_step(step_dir):
+  """Damage: the item's files cut to 10 bytes (the arrays, the metadata, all)."""
+  files = [f for f in glob.glob(str(step_dir / "default" / "**"), recursive=True)
+           if os.path.isfile(f)]
+  assert files
+  for f in files:
+    os.truncate(f, min(10, os.path.getsize(f)))
+
+
+def test_unreadable_newest_step_is_moved_aside_and_the_previous_one_used(saved, caplog):
+  _truncate_step(saved / "4")
+  ckpt = ckpt_lib.Checkpointer(str(saved), keep=3)
+  try:
+    with caplog.at_level(logging.WARNING):
+      step, state = ckpt.restore(abstract(make_state()))
+    assert step == 3 and same(state, make_state(3))
+    assert ckpt.steps() == [2, 3]
+    ckpt.save(4, make_state(40))  # The step can be written again on this run.
+    ckpt.wait()
+    assert ckpt.steps() == [2, 3, 4]
+  finally:
+    ckpt.close()
+  assert (Path(str(saved) + ".unreadable") / "4").is_dir()
+  assert "Checkpoint at step 4" in caplog.text and "cannot be read" in caplog.text
+
+
+def test_no_readable_step_is_a_user_error_naming_each(saved):
+  for s in (2, 3, 4):
+    _truncate_step(saved / str(s))
+  ckpt = ckpt_lib.Checkpointer(str(saved))
+  try:
+    with pytest.raises(ckpt_lib.CheckpointError, match="None of the checkpoints") as e:
+      ckpt.restore(abstract(make_state()))
+  finally:
+    ckpt.close()
+  assert isinstance(e.value, errors.CheckpointError) and isinstance(e.value, errors.UserError)
+  assert all(f"step {s}:" in str(e.value) for s in (2, 3, 4))
+
+
+def test_each_checkpoint_records_the_device_and_process_counts(saved, monkeypatch, caplog):
+  ckpt = ckpt_lib.Checkpointer(str(saved))
+  try:
+    assert ckpt.saved_topology(4) == {"device_count": 1, "process_count": 1}
+    with caplog.at_level(logging.WARNING):
+      ckpt.restore(abstract(make_state()))
+    assert "device count changed" not in caplog.text  # Same shape: nothing said.
+    # As if this run had 8 devices: the resume says so.
+    monkeypatch.setattr(ckpt_lib, "topology", lambda: {"device_count": 8, "process_count": 2})
+    with caplog.at_level(logging.WARNING):
+      ckpt.restore(abstract(make_state()))
+  finally:
+    ckpt.close()
+  assert ("The device count changed: the checkpoint at step 4 was written on 1 devices "
+          "(1 processes), this run has 8 devices (2 processes)") in caplog.text
+  assert "the data stream goes on at step 5" in caplog.text
+
+
+@pytest.mark.parametrize("e,full", [
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
+    (ValueError('RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database: Failed to write '
+                "49906 bytes to file 4: No space left on device [os_error_code='28']"), True),
+    (OSError(errno.EACCES, "Permission denied"), False),
+    (ValueError("RESOURCE_EXHAUSTED: out of memory"), False),
+    (ValueError("shape mismatch: 280 vs 28"), False)])
+def test_is_disk_full(e, full):
+  assert ckpt_lib.is_disk_full(e) is full
+  try:  # Also when it is the cause of another error.
+    try:
+      raise e
+    except Exception as inner:
+      raise RuntimeError("commit failed") from inner
+  except RuntimeError as outer:
+    assert ckpt_lib.is_disk_full(outer) is full
+
+
+def test_a_full_disk_at_save_is_one_error_and_removes_the_partial_save(saved, monkeypatch):
+  ckpt = ckpt_lib.Checkpointer(str(saved), keep=3)
+  partial = saved / "5.orbax-checkpoint-tmp"
+  state = make_state(5)
+
+  def fail(*args, **kwargs):  # What orbax reports at the save after a failed one.
+    partial.mkdir()
+    (partial / "half").write_bytes(b"x" * 100)
+    raise ValueError(f'RESOURCE_EXHAUSTED: Failed writing: "{partial}/d/1": No space left on '
+                     "device [os_error_code='28']")
+
+  try:
+    # As if save(5) had started and failed in the background: orbax reports
+    # it at the next save.
+    ckpt._in_flight = (5, ckpt_lib.tree_bytes(state))  # pylint: disable=protected-access
+    monkeypatch.setattr(ckpt._mngr, "save", fail)  # pylint: disable=protected-access
+    with pytest.raises(ckpt_lib.DiskFullError) as e:
+      ckpt.save(6, make_state(6))
+  finally:
+    ckpt.close()  # Does not raise the same failure a second time.
+  msg = str(e.value)
+  assert e.value.errno == errno.ENOSPC
+  assert msg.startswith(f"No space left on device while saving the checkpoint of step 5 to "
+                        f"{saved / '5'} (it needs about 836 B, ")
+  assert "The previous checkpoint (step 4) and metrics.jsonl are intact" in msg
+  assert not partial.exists()
+
+
+def test_tree_bytes():
+  assert ckpt_lib.tree_bytes(make_state()) == 4 * (8 * 16 + 16) + 2 * 8 * 16 + 4
+
+
+def test_restore_into_another_device_count_and_sharding(tmp_path):
+  out = run_with_devices(8, f"""
+    import json
+    import jax, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from big_distill import checkpoint as ckpt_lib
+    x = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
+    def on(n, spec):
+      mesh = Mesh(np.array(jax.devices()[:n]), ("fsdp",))
+      return NamedSharding(mesh, spec)
+    four = on(4, P(None, "fsdp"))
+    ckpt = ckpt_lib.Checkpointer("{tmp_path}/c")
+    ckpt.save(1, {{"w": jax.device_put(x, four), "step": jax.numpy.int32(1)}})
+    ckpt.close()
+    out = {{}}
+    for n, spec in [(2, P("fsdp", None)), (8, P(None, "fsdp")), (1, P())]:
+      target = {{"w": jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on(n, spec)),
+                "step": jax.ShapeDtypeStruct((), np.int32, sharding=on(n, P()))}}
+      ckpt = ckpt_lib.Checkpointer("{tmp_path}/c")
+      step, state = ckpt.restore(target)
+      ckpt.close()
+      w = state["w"]
+      out[str(n)] = dict(step=step, same=bool(np.array_equal(np.asarray(w), x)),
+                         sharding=bool(w.sharding == target["w"].sharding),
+                         devices=len(w.sharding.device_set),
+                         shard=list(w.addressable_shards[0].data.shape))
+    print(json.dumps(out))
+  """)
+  assert out["2"] == dict(step=1, same=True, sharding=True, devices=2, shard=[4, 16])
+  assert out["8"] == dict(step=1, same=True, sharding=True, devices=8, shard=[8, 2])
+  assert out["1"] == dict(step=1, same=True, sharding=True, devices=1, shard=[8, 16])

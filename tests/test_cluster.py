@@ -1,0 +1,401 @@
+"""Faults of a real cluster (issue #18): a second launch on one workdir, a full
+disk, a changed device count, a dead process of a multi-process job; and the
+config compatibility of a resumed workdir.
+
+The CLI runs reuse test_reliability's machinery and its uninterrupted
+reference run (16 steps, checkpoints every 3), so most of them cost one
+start-up each; the device-count and multi-process tests need their own
+reference runs (other shapes), kept as short as the checks allow.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from big_distill import checkpoint as ckpt_lib
+from big_distill import config_lib
+from big_distill import parallel
+from big_distill import train
+from big_distill import workdir as workdir_lib
+from big_distill.errors import WorkdirError
+from tests import test_multiprocess as mp
+from tests import tiny_config
+from tests.test_reliability import (  # pylint: disable=unused-import  (fixtures)
+    Cli, ReachedExpensiveWork, _tripwire, assert_same_as_reference, existing_run,
+    finished_steps, jax_cache, make_config, params_differences, read_params, reference,
+    resumed_step, run_arg, run_to_end, snapshot, train_rows, unfinished_saves,
+    wait_first_checkpoint)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- Config compatibility on resume -------------------------------------------
+
+
+def _json(config):
+  return json.loads(config.to_json_best_effort())
+
+
+def test_config_diff_ignores_later_fields_at_their_default():
+  new = config_lib.base()
+  new.evals.test = config_lib.eval_config()
+  old = _json(new)
+  del old["remat_student"]            # A top-level field added later.
+  del old["optim"]["shampoo_eps"]     # One in a sub-config.
+  del old["evals"]["test"]["ece_bins"]  # One in an evaluator (eval_config()).
+  del old["profile"]                  # A whole sub-config added later.
+  assert workdir_lib.config_diff(old, _json(new)) == []
+
+
+def test_config_diff_reports_later_fields_not_at_their_default_and_changes():
+  new = config_lib.base()
+  new.evals.test = config_lib.eval_config()
+  old = _json(new)
+  del old["remat_student"], old["optim"]["shampoo_eps"], old["evals"]["test"]["ece_bins"]
+  new.remat_student = True
+  new.optim.shampoo_eps = 1e-3
+  new.evals.test.ece_bins = 10
+  new.lr = 0.5
+  new.allow_config_change = True  # Never a difference.
+  assert workdir_lib.config_diff(old, _json(new)) == [
+      "evals.test.ece_bins: <absent> -> 10",
+      "lr: 0.003 -> 0.5",
+      "optim.shampoo_eps: <absent> -> 0.001",
+      "remat_student: <absent> -> True"]
+
+
+def test_config_diff_fields_unknown_to_base_and_removed_fields_differ():
+  base = _json(config_lib.base())
+  new = {**base, "t2_res": 224}  # Not in base(): no default to fall back on.
+  old = {k: v for k, v in base.items() if k != "seed"}
+  assert workdir_lib.config_diff(base, new) == ["t2_res: <absent> -> 224"]
+  assert workdir_lib.config_diff(base, old) == ["seed: 0 -> <absent>"]
+
+
+def test_check_workdir_resumes_a_run_recorded_before_a_field_existed(tmp_path, fashion_data_dir):
+  config = make_config(run_arg(fashion_data_dir, ""))
+  recorded = _json(config)
+  del recorded["remat_student"]
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  train.check_workdir(str(tmp_path), config)  # Accepted.
+  changed = make_config(run_arg(fashion_data_dir, ""), remat_student=True)
+  with pytest.raises(train.ConfigError, match=r"remat_student: <absent> -> True"):
+    train.check_workdir(str(tmp_path), changed)
+
+
+# ---- The workdir lock ---------------------------------------------------------
+
+
+HOLD = """
+import sys, time
+from big_distill import workdir
+lock = workdir.WorkdirLock(sys.argv[1], lease_s=float(sys.argv[2]), mode=sys.argv[3]).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def holder():
+  """holder(workdir, mode, lease_s): another process that holds the workdir."""
+  procs = []
+
+  def start(workdir, mode="flock", lease_s=120.0):
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(workdir), str(lease_s), mode],
+                         env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"),
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    procs.append(p)
+    assert p.stdout.readline().strip() == "held", "the holder did not start"
+    return p
+
+  yield start
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+    p.wait()
+
+
+def test_lock_refuses_a_second_holder_naming_it_and_a_killed_holder_releases(tmp_path, holder):
+  p = holder(tmp_path)
+  with pytest.raises(WorkdirError) as e:
+    workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+  msg = str(e.value)
+  assert f"is in use by process {p.pid} on host {socket.gethostname()}" in msg, msg
+  assert "use another --workdir" in msg
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  lock = workdir_lib.WorkdirLock(str(tmp_path)).acquire()  # Not stuck after kill -9.
+  assert lock.held and json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+  lock.release()
+  assert not lock.held
+
+
+def test_a_later_lock_of_the_same_process_takes_over_its_earlier_one(tmp_path):
+  first = workdir_lib.acquire(str(tmp_path))
+  second = workdir_lib.acquire(str(tmp_path))  # E.g. train() again, in a notebook.
+  assert second.held and not first.held
+  second.release()
+
+
+def test_lease_refuses_while_renewed_and_expires_when_its_holder_died(tmp_path, holder):
+  lease = 2.0
+  p = holder(tmp_path, "lease", lease)
+  time.sleep(lease * 1.5)  # Past one lease: only renewals keep it.
+  with pytest.raises(WorkdirError, match=rf"process {p.pid} on host .*renewed \d+ s ago"):
+    workdir_lib.WorkdirLock(str(tmp_path), lease_s=lease, mode="lease").acquire()
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  # Same host and a dead pid: taken over at once, without waiting for the lease.
+  lock = workdir_lib.WorkdirLock(str(tmp_path), lease_s=lease, mode="lease").acquire()
+  assert json.loads((tmp_path / "lock").read_text())["token"] == lock.token
+  lock.release()
+  assert not (tmp_path / "lock").exists()
+  # Another host's lock: refused until its lease expires, then taken over.
+  stale = {"host": "elsewhere", "pid": 1, "token": "x", "renewed": time.time(),
+           "lease_s": lease, "started": "then", "command": "train"}
+  (tmp_path / "lock").write_text(json.dumps(stale))
+  with pytest.raises(WorkdirError, match="process 1 on host elsewhere"):
+    workdir_lib.WorkdirLock(str(tmp_path), lease_s=lease, mode="lease").acquire()
+  time.sleep(lease + 0.5)
+  lock = workdir_lib.WorkdirLock(str(tmp_path), lease_s=lease, mode="lease").acquire()
+  lock.release()
+
+
+def test_held_workdir_is_refused_before_expensive_work_writing_nothing(
+    tmp_path, fashion_data_dir, monkeypatch, holder):
+  monkeypatch.setattr(train.ckpt_lib, "Checkpointer", _tripwire("the checkpointer"))
+  monkeypatch.setattr(train.input_lib, "make_train_dataset", _tripwire("the input pipeline"))
+  teacher = tiny_config.write_teacher(tmp_path / "t.npz")
+  config = make_config(run_arg(fashion_data_dir, teacher))
+  workdir = existing_run(tmp_path / "w", config)
+  p = holder(workdir)
+  before = snapshot(workdir)
+  with pytest.raises(WorkdirError, match=f"in use by process {p.pid} on host"):
+    train.train(config, str(workdir))
+  assert snapshot(workdir) == before
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  with pytest.raises(ReachedExpensiveWork):  # The holder died: the workdir is free.
+    train.train(config, str(workdir))
+
+
+def test_second_launch_is_refused_and_the_first_finishes_as_if_alone(reference, tmp_path,
+                                                                    jax_cache):
+  workdir = tmp_path / "w"
+  first = Cli(workdir, reference.arg, log=tmp_path / "first.log", cache=jax_cache)
+  try:
+    wait_first_checkpoint(first)
+    # Paused mid-run (as a slow step would be), so that the second launch
+    # surely meets it running; a pause changes nothing it computes.
+    first.proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.5)  # Let the stop land before the snapshot.
+    before = snapshot(workdir)
+    rc, out = run_to_end(workdir, reference.arg, log=tmp_path / "second.log", cache=jax_cache)
+    assert first.proc.poll() is None and not (workdir / "student.npz").exists()
+    assert snapshot(workdir) == before, "the refused launch wrote into the workdir"
+    first.proc.send_signal(signal.SIGCONT)
+    assert rc == 2, out[-3000:]
+    errors = [l for l in out.splitlines() if "error:" in l]
+    assert len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    assert (f"is in use by process {first.proc.pid} on host {socket.gethostname()}"
+            in errors[0]), errors
+    assert first.wait() == 0, first.tail()
+  finally:
+    if first.proc.poll() is None:
+      first.proc.send_signal(signal.SIGCONT)
+      first.proc.kill()
+  assert resumed_step(first.output) is None
+  assert_same_as_reference(reference, workdir, "the run that a second launch met")
+
+
+# ---- A full disk during a checkpoint save ---------------------------------------
+
+
+def _du(path) -> int:
+  return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """mount(size_bytes) -> a tmpfs of that size; remount(size) grows it."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  state = {"mounted": False}
+
+  def do(size, remount=False):
+    opts = f"{'remount,' if remount else ''}size={size}"
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mount)],
+                       capture_output=True, text=True)
+    if r.returncode and not remount:
+      pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    state["mounted"] = True
+    return mount
+
+  yield do
+  if state["mounted"]:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_during_a_save_stops_clearly_and_resumes_after_space_is_freed(
+    reference, small_disk, jax_cache, tmp_path):
+  # Room for the run's files and the step-3 checkpoint, not for the step-6 one.
+  ckpt = _du(reference.workdir / "checkpoints" / "12")
+  other = _du(reference.workdir) - _du(reference.workdir / "checkpoints")
+  disk = small_disk(int(other + 1.5 * ckpt) // 4096 * 4096)
+  workdir = disk / "w"
+  rc, out = run_to_end(workdir, reference.arg, log=tmp_path / "full.log", cache=jax_cache)
+  assert rc == ckpt_lib.DISK_FULL_EXIT_CODE == 74, out[-4000:]
+  errors = [l for l in out.splitlines() if "error:" in l]
+  assert len(errors) == 1 and "Traceback" not in out, out[-4000:]
+  m = re.search(r"error: No space left on device while saving the checkpoint of step (\d+) "
+                r"to (\S+) \(it needs about [\d.]+ [KM]iB, [\d.]+ [KM]iB free now\)\. The previous "
+                r"checkpoint \(step 3\) and metrics.jsonl are intact", errors[0])
+  assert m and m[2] == str(workdir / "checkpoints" / m[1]), errors[0]
+  assert "rerun the same command to resume" in errors[0]
+  assert finished_steps(workdir) == [3] and unfinished_saves(workdir) == []
+  rows = train_rows(workdir)  # Every line whole, each step once.
+  assert min(rows) == 1 and max(rows) >= 3
+  assert all(rows[s] == reference.rows[s] for s in rows)
+  small_disk(64 << 20, remount=True)  # Space freed.
+  rc, out = run_to_end(workdir, reference.arg, log=tmp_path / "rerun.log", cache=jax_cache)
+  assert rc == 0, out[-4000:]
+  assert resumed_step(out) == 3
+  assert_same_as_reference(reference, workdir, "after a full disk")
+
+
+# ---- Resuming on another number of devices ---------------------------------------
+
+
+DEV_STEPS, DEV_CKPT = 4, 2
+# As in test_multiprocess: at 64px with SGD the device count moves the result
+# by float rounding only (~1e-7 relative measured there).
+DEV_ARG = dict(steps=DEV_STEPS, ckpt=DEV_CKPT, res=64, teacher_res=64, optim="sgd")
+
+
+def test_resume_on_2_and_8_devices_of_a_4_device_run(reference, tmp_path, jax_cache,
+                                                    fashion_data_dir):
+  arg = run_arg(fashion_data_dir, reference.teacher, **DEV_ARG)
+  full = tmp_path / "four"
+  rc, out = run_to_end(full, arg, log=tmp_path / "four.log", cache=jax_cache, devices=4)
+  assert rc == 0, out[-4000:]
+  assert "mesh {'data': 4, 'fsdp': 1} over 4 devices" in out
+  ref_params, ref_rows = read_params(full), train_rows(full)
+  for devices in (2, 8):
+    workdir = tmp_path / f"on{devices}"
+    shutil.copytree(full, workdir, ignore=shutil.ignore_patterns("student.npz"))
+    shutil.rmtree(workdir / "checkpoints" / str(DEV_STEPS))
+    rc, out = run_to_end(workdir, arg, log=tmp_path / f"on{devices}.log", cache=jax_cache,
+                         devices=devices)
+    assert rc == 0, out[-4000:]
+    assert resumed_step(out) == DEV_CKPT
+    assert (f"The device count changed: the checkpoint at step {DEV_CKPT} was written on 4 "
+            f"devices (1 processes), this run has {devices} devices (1 processes)") in out, \
+        out[-4000:]
+    assert f"mesh {{'data': {devices}, 'fsdp': 1}}" in out
+    rows = train_rows(workdir)
+    assert sorted(rows) == sorted(ref_rows)
+    for s in range(DEV_CKPT + 1, DEV_STEPS + 1):  # The same batches: the same losses.
+      np.testing.assert_allclose(rows[s]["train/loss"], ref_rows[s]["train/loss"], rtol=1e-5)
+    params = read_params(workdir)
+    assert sorted(params) == sorted(ref_params)
+    for k in params:
+      np.testing.assert_allclose(params[k], ref_params[k], rtol=mp.RTOL, atol=mp.ATOL,
+                                 err_msg=f"{devices} devices: {k}")
+    ckpts = ckpt_lib.Checkpointer(str(workdir / "checkpoints"))
+    try:
+      assert ckpts.saved_topology(DEV_STEPS) == {"device_count": devices, "process_count": 1}
+      assert ckpts.saved_topology(DEV_CKPT) == {"device_count": 4, "process_count": 1}
+    finally:
+      ckpts.close()
+
+
+# ---- A dead process in a 2-process job -------------------------------------------
+
+
+MP_STEPS, MP_CKPT = 24, 4
+PEER_TIMEOUT_S = 10  # What the test sets; the default is parallel.DEFAULT_PEER_TIMEOUT_S.
+
+
+def _job(workdir, arg, tag, tmp_path):
+  """The 2 processes (2 CPU devices each) of one jax.distributed job, over gloo.
+
+  Each job gets its own compilation cache: with one shared by the jobs, a job
+  whose processes found their executables there failed to set up its gloo
+  communicators (a 30 s key timeout), seen once under load.
+  """
+  port = mp._free_port()  # pylint: disable=protected-access
+  cache = tmp_path / f"jax_cache.{tag}"
+  env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+         parallel.PEER_TIMEOUT_ENV: str(PEER_TIMEOUT_S)}
+  return [Cli(workdir, arg, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+              f"--process_id={i}", log=tmp_path / f"{tag}.{i}.log", cache=cache, devices=2,
+              env=env) for i in range(2)]
+
+
+def _finish(job, timeout=900):
+  try:
+    rcs = [cli.wait(timeout=timeout) for cli in job]
+  finally:
+    for cli in job:
+      if cli.proc.poll() is None:
+        cli.proc.kill()
+        cli.proc.wait()
+  assert rcs == [0, 0], "\n".join(f"== process {i} (exit {c.proc.returncode}):\n{c.tail(3000)}"
+                                  for i, c in enumerate(job))
+
+
+def test_a_killed_process_stops_the_job_within_the_timeout_and_a_rerun_is_exact(
+    tmp_path, fashion_data_dir):
+  teacher = tiny_config.write_teacher(tmp_path / "teacher.npz")
+  arg = run_arg(fashion_data_dir, teacher, steps=MP_STEPS, ckpt=MP_CKPT)
+  whole = tmp_path / "whole"
+  _finish(_job(whole, arg, "whole", tmp_path))
+
+  cut = tmp_path / "cut"
+  job = _job(cut, arg, "cut", tmp_path)
+  try:
+    wait_first_checkpoint(job[0])
+    job[1].proc.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    rc = job[0].wait(timeout=PEER_TIMEOUT_S + 300)
+    took = time.monotonic() - killed_at
+  finally:
+    for cli in job:
+      if cli.proc.poll() is None:
+        cli.proc.kill()
+        cli.proc.wait()
+  out = job[0].output
+  print(f"\nprocess 0 exited {took:.1f} s after process 1 was killed (timeout "
+        f"{PEER_TIMEOUT_S} s); checkpoints {finished_steps(cut)}")
+  assert rc == parallel.LOST_PROCESS_EXIT_CODE == 75, out[-4000:]
+  errors = [l for l in out.splitlines() if "error:" in l]
+  assert len(errors) == 1, out[-4000:]
+  assert re.search(rf"error: Lost process 1 of 2 \(pid {job[1].proc.pid} on host "
+                   rf"{re.escape(socket.gethostname())}\): no heartbeat for \d+ s", errors[0]), \
+      errors[0]
+  assert "Rerun all 2 processes with the same command" in errors[0]
+  # Bounded: the timeout, plus a heartbeat period and a loaded machine's delays.
+  assert PEER_TIMEOUT_S <= took < PEER_TIMEOUT_S + 60, took
+  assert not (cut / "student.npz").exists()  # It was stopped mid-run.
+  saved = finished_steps(cut)
+  assert saved and saved[-1] < MP_STEPS, saved
+
+  rerun = _job(cut, arg, "rerun", tmp_path)
+  _finish(rerun)
+  assert resumed_step(rerun[0].output) == saved[-1]
+  diff = params_differences(read_params(whole), read_params(cut))
+  assert not diff, f"student.npz differs from the uninterrupted 2-process run in {diff[:5]}"
+  rows, ref = train_rows(cut), train_rows(whole)
+  assert sorted(rows) == sorted(ref) == list(range(1, MP_STEPS + 1))
+  assert all(rows[s] == ref[s] for s in rows)
