@@ -99,6 +99,8 @@ def _params(config: mlc.ConfigDict, models: setup.Models, which) -> tuple:
     if found:
       params[name] = setup.load_weights(config, name, all_models[name], path,
                                         template=params[name])
+      if name != "student":  # As the trainer runs teachers: frozen.
+        params[name] = setup.frozen_params(config, name, params[name])
       source[name] = f"checkpoint {path}"
   return params, source
 

@@ -109,10 +109,19 @@ def build_models(config: mlc.ConfigDict) -> Models:
         f"{missing}. Each teacher NAME needs NAME_name, NAME (model kwargs), "
         "NAME_init (checkpoint) and NAME_res (input resolution) in the config file.")
   student = get_model(config.student_name, config.student, config.num_classes, dtype)
-  teachers = {t: get_model(config[f"{t}_name"], config[t], config.num_classes, dtype)
+  teachers = {t: _frozen(config[f"{t}_name"], get_model(config[f"{t}_name"], config[t],
+                                                        config.num_classes, dtype))
               for t in config.teachers}
   res = {"student": config.student_res, **{t: config[f"{t}_res"] for t in config.teachers}}
   return Models(student, teachers, res)
+
+
+def _frozen(module_name: str, model) -> Any:
+  """A teacher as it runs: never trained, so its module may precompute what only
+  depends on its weights (BiT: the weight standardization, once at load
+  instead of every step; `freeze(model, params)` / `freeze_params(params)`)."""
+  module = model_module(module_name)
+  return module.freeze(model, None)[0] if hasattr(module, "freeze") else model
 
 
 def init_params(model, res: int, key) -> Any:
@@ -434,8 +443,12 @@ def load_trained(config: mlc.ConfigDict, name: str, model, path: str,
   kernel is read as that replacement: no trained model has one.
   """
   module = model_module(config[f"{name}_name"])
-  if "head_mismatch" in inspect.signature(module.load).parameters:
-    return load_weights(config, name, model, path, where=where, head_mismatch="error")
+  takes = inspect.signature(module.load).parameters
+  if "head_mismatch" in takes:
+    # stem_pool_pad: bit.load warns when a big_vision file meets a "zeros" model.
+    extra = ({"stem_pool_pad": model.stem_pool_pad}
+             if "stem_pool_pad" in takes and hasattr(model, "stem_pool_pad") else {})
+    return load_weights(config, name, model, path, where=where, head_mismatch="error", **extra)
   host = load_weights(config, name, model, path, where=where)
   if not np.any(host["head"]["kernel"]):
     if name == "student":
@@ -450,6 +463,12 @@ def load_trained(config: mlc.ConfigDict, name: str, model, path: str,
   return host
 
 
+def frozen_params(config: mlc.ConfigDict, t: str, host: Any) -> Any:
+  """Teacher `t`'s float32 weights as its frozen model (`_frozen`) takes them."""
+  module = model_module(config[f"{t}_name"])
+  return module.freeze_params(host) if hasattr(module, "freeze_params") else host
+
+
 def put_teacher(config: mlc.ConfigDict, mesh, host: Any) -> Any:
   """Sharded over fsdp where large, and cast once to the compute dtype, not every step."""
   sharding = parallel.param_shardings(mesh, host, config.fsdp_min_size)
@@ -459,7 +478,8 @@ def put_teacher(config: mlc.ConfigDict, mesh, host: Any) -> Any:
 
 def load_teachers(config: mlc.ConfigDict, models: Models, mesh) -> dict[str, Any]:
   """The teachers' parameters: loaded, checked against their configs, sharded, cast."""
-  return {t: put_teacher(config, mesh, load_trained(config, t, m, config[f"{t}_init"]))
+  return {t: put_teacher(config, mesh, frozen_params(
+      config, t, load_trained(config, t, m, config[f"{t}_init"])))
           for t, m in models.teachers.items()}
 
 

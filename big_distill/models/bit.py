@@ -186,6 +186,11 @@ def freeze(model: Model, params):
   """
   if model.kernels_standardized:
     raise ValueError("freeze(): this model is already frozen (kernels_standardized=True).")
+  return model.clone(kernels_standardized=True), freeze_params(params)
+
+
+def freeze_params(params):
+  """The params half of `freeze`: every standardized conv's kernel standardized once."""
   cpu = jax.devices("cpu")[0]
 
   def leaf(path, v):
@@ -196,7 +201,7 @@ def freeze(model: Model, params):
     with jax.default_device(cpu):
       return np.asarray(_standardize_jit(np.asarray(v, np.float32)))
 
-  return model.clone(kernels_standardized=True), jax.tree_util.tree_map_with_path(leaf, params)
+  return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 # ---------------------------------------------------------------------------
