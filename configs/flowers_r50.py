@@ -23,6 +23,9 @@ laptop first (tiny models, 3 steps; see configs/common.py):
     python -m big_distill.train --config=configs/flowers_r50.py:runlocal \
         --workdir=$PWD/workdirs/flowers_local
 
+`:student=mobilenet_v3`: a MobileNet v3 Large (GroupNorm) student instead
+of R50x1 (paper Section 3.6).
+
 Run time (batch 512, ~2 steps per epoch): the paper reports ~1h10m on a TPU
 v2-8 for `fast` (19,922 steps). The others are estimates scaled by the number
 of images: `medium` (199,219 steps) ~12 h, `long` (1,992,188 steps) ~5 days

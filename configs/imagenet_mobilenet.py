@@ -11,9 +11,10 @@ the student trains from scratch at 224px.
 Arguments (`--config=configs/imagenet_mobilenet.py:ARGS`, comma-separated):
   variant=large|small  MobileNet v3 Large (default) or Small.
   norm=group|batch     GroupNorm (default, the paper's) or BatchNorm (the
-                       "Large BN" row). BatchNorm needs the trainer to carry
-                       `batch_stats` (issue 13); until it does, norm=batch
-                       only builds.
+                       "Large BN" row): its running averages are carried in
+                       the train state (updated by every step over the
+                       global batch, checkpointed, exported in student.npz
+                       under batch_stats/) and used by every evaluation.
   ensemble             Two teachers, 224px (t1) and 384px (t2), their KLs
                        summed (distilling from their probability-space mean).
   runlocal             Tiny models, 56px, 3 steps: a laptop check.
