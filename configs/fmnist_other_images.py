@@ -17,8 +17,9 @@ the result sits beside the in-domain student of the same budget.
 
 The digits' labels are never used: the training data are not the task's
 (their name is not the evaluators'), so the trainer logs that their labels
-are ignored and computes no label loss. `train_dist` measures the fit to the
-teacher on the digits the student trained on.
+are ignored and computes no label loss. The distance evaluator on the
+training subset (`train_dist`) measures the fit to the teacher on the digits
+the student trained on.
 
     python -m big_distill.data.prepare digits
     python -m big_distill.train \
@@ -43,7 +44,10 @@ def get_config(arg=None):
   name, split = SOURCES[a.source]
   # Same subset size, steps and pp (decode|grayscale_to_rgb|resize(32)) as the
   # in-domain student; only the images change.
-  # `data_dir` (fmnist_distill's argument) is where both data sets are prepared.
-  for d in (c.input.data, c.evals.train_dist.data):
+  # The images trained on, and the evaluator of the fit to the teacher on
+  # them (the one on the training subset); `data_dir` (fmnist_distill's
+  # argument) is where both data sets are prepared.
+  on_training_images = [e.data for e in c.evals.values() if e.data.balanced_subset]
+  for d in (c.input.data, *on_training_images):
     d.name, d.split = name, split
   return c
