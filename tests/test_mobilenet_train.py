@@ -10,6 +10,7 @@ another data set report the teacher task's evaluations and no label loss.
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -73,13 +74,8 @@ def test_runlocal_trains_end_to_end(name, arg, source, tfds_metadata, tmp_path, 
 
 
 def _template(config):
-  models = setup.build_models(config)
-  shapes = setup.weight_shapes(models, "student")
-  return jax_zeros(shapes)
-
-
-def jax_zeros(shapes):
-  import jax  # pylint: disable=g-import-not-at-top
+  """Zeros of the student's weights (with batch_stats if it has them)."""
+  shapes = setup.weight_shapes(setup.build_models(config), "student")
   return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 

@@ -8,7 +8,6 @@ MobileNet v3 Small at width 0.25 with `small_input` (16px images end as a 2x2
 map), so its compile stays short.
 """
 
-from big_distill import config_lib
 from tests import tiny_config
 
 
@@ -28,4 +27,3 @@ def get_config(arg=None):
 
 
 write_teacher = tiny_config.write_teacher
-del config_lib
