@@ -166,7 +166,11 @@ class Evaluator:
     return _finish(self.ec.type, jax.device_get(totals))
 
   def run(self, student_params, teacher_params) -> dict[str, float]:
-    """Metrics of this evaluator, as `{f"{name}/{metric}": value}`."""
+    """Metrics of this evaluator, as `{f"{name}/{metric}": value}`.
+
+    `student_params`: `setup.student_weights(state)` (with a student's batch
+    statistics, if it has them: evaluation uses their running averages).
+    """
     if self.ec.type == "distance":
       out = self._run(student_params, teacher_params, self.models)
     else:

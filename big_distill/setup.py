@@ -35,6 +35,7 @@ import math
 import os
 from typing import Any, Callable, Iterator
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
@@ -78,6 +79,10 @@ class Models:
   student: Any
   teachers: dict[str, Any]
   res: dict[str, int]
+  # Names ("student", teachers) of the models with a `batch_stats` collection
+  # (BatchNorm): their weights are `{"params", "batch_stats"}` dicts, not a
+  # bare params tree. See "Batch statistics" below.
+  with_stats: frozenset[str] = frozenset()
 
 
 def model_module(name: str):
@@ -113,7 +118,13 @@ def build_models(config: mlc.ConfigDict) -> Models:
                                                         config.num_classes, dtype))
               for t in config.teachers}
   res = {"student": config.student_res, **{t: config[f"{t}_res"] for t in config.teachers}}
-  return Models(student, teachers, res)
+  all_models = {"student": student, **teachers}
+  with_stats = frozenset(n for n, m in all_models.items() if has_batch_stats(m, res[n]))
+  return Models(student, teachers, res, with_stats)
+
+
+def init_variables(model, res: int, key) -> dict[str, Any]:
+  return dict(model.init(key, jnp.zeros((1, res, res, 3), jnp.float32)))
 
 
 def _frozen(module_name: str, model) -> Any:
@@ -125,7 +136,16 @@ def _frozen(module_name: str, model) -> Any:
 
 
 def init_params(model, res: int, key) -> Any:
-  return model.init(key, jnp.zeros((1, res, res, 3), jnp.float32))["params"]
+  return init_variables(model, res, key)["params"]
+
+
+def variable_shapes(model, res: int) -> dict[str, Any]:
+  """Every collection of the model's variables, as ShapeDtypeStructs (no compile)."""
+  return jax.eval_shape(functools.partial(init_variables, model, res), jax.random.key(0))
+
+
+def has_batch_stats(model, res: int) -> bool:
+  return "batch_stats" in variable_shapes(model, res)
 
 
 def param_shapes(model, res: int) -> Any:
@@ -149,11 +169,47 @@ def check_config(config: mlc.ConfigDict) -> None:
     evaluate.check_eval(config, name)
 
 
+def _labelled_evals(config: mlc.ConfigDict) -> list[tuple[str, Any]]:
+  return [(f"config.evals.{n}.data", ec.data) for n, ec in config.evals.items()
+          if ec.type in ("classification", "calibration")]
+
+
+def training_labels_are_the_tasks(config: mlc.ConfigDict) -> bool:
+  """Whether the training images are the task's own data, with its labels.
+
+  The task is what the labelled evaluators read. A config that distils on
+  another data set's images (paper Section 3.8: a Pets teacher on Food101
+  images) says so by its data names alone: `config.input.data.name` is none
+  of its labelled evaluators' data. Those images' labels (if any) mean
+  nothing for the task, so the step neither mixes nor logs them, and no
+  class count is compared. A config without labelled evaluators trains on
+  its task's data.
+  """
+  names = {d.name for _, d in _labelled_evals(config)}
+  return not names or config.input.data.name in names
+
+
 def check_num_classes(config: mlc.ConfigDict) -> None:
-  """config.num_classes against the labels of the training and labelled eval data."""
-  datas = [("config.input.data", config.input.data)] + [
-      (f"config.evals.{n}.data", ec.data) for n, ec in config.evals.items()
-      if ec.type in ("classification", "calibration")]
+  """config.num_classes against the labels of the training and labelled eval data.
+
+  The training data's labels are checked only when they are the task's
+  (`training_labels_are_the_tasks`); otherwise one log line says they are
+  ignored. A run without teachers (supervised) needs the task's labels.
+  """
+  datas = _labelled_evals(config)
+  if training_labels_are_the_tasks(config):
+    datas = [("config.input.data", config.input.data)] + datas
+  elif not config.teachers:
+    raise errors.ConfigError(
+        f"config.input.data is {config.input.data.name}, but the labelled evals read "
+        f"{sorted({d.name for _, d in datas})}: a run without teachers learns from the "
+        "training data's labels, which must be the task's. Train on the task's data, "
+        "or add teachers (config.teachers) to distil on another data set's images.")
+  else:
+    logging.info("Distilling on the images of %s, another data set than the task's (%s): "
+                 "the labels of the training data are ignored (no label loss, no "
+                 "supervised metrics on the training stream).", config.input.data.name,
+                 ", ".join(sorted({d.name for _, d in datas})))
   for where, data in datas:
     n = input_lib.num_classes(data)
     if n is not None and n != config.num_classes:
@@ -267,32 +323,80 @@ def make_mesh(config: mlc.ConfigDict, batch_size: int | None = None) -> jax.shar
   return mesh
 
 
+# ---- Batch statistics --------------------------------------------------------
+#
+# A model with BatchNorm (e.g. mobilenet_v3 with norm="batch") has a second
+# collection, `batch_stats`: running averages that the training forward pass
+# updates and inference reads. Its "weights" are then the variables dict
+# `{"params": ..., "batch_stats": ...}` (what its module's save/load take);
+# a model without (BiT) keeps its bare params tree, so the train state,
+# checkpoints and files of those runs stay as they were. The student's stats
+# live in the train state beside its params (`state["batch_stats"]`, sharded
+# like them, outside the optimizer and the gradients); teachers and every
+# evaluation run in inference mode (train=False): the running averages.
+
+
+def as_variables(models: Models, name: str, weights) -> dict[str, Any]:
+  """A model's weights (params tree, or variables dict with stats) as flax variables."""
+  return weights if name in models.with_stats else {"params": weights}
+
+
+def student_weights(state) -> Any:
+  """What predict/export take for the student: its params, plus its stats if any."""
+  if "batch_stats" in state:
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+  return state["params"]
+
+
+def weight_shapes(models: Models, name: str) -> Any:
+  """`name`'s weights (see as_variables) as ShapeDtypeStructs."""
+  model = models.student if name == "student" else models.teachers[name]
+  shapes = variable_shapes(model, models.res[name])
+  if name in models.with_stats:
+    return {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}
+  return shapes["params"]
+
+
 # ---- The update step ---------------------------------------------------------
 
 
 def make_predict(models: Models) -> Callable:
-  """`predict(student_params, teacher_params, images, which) -> {name: logits}`."""
-  def predict(student_params, teacher_params, images, which):
+  """`predict(student, teacher_params, images, which) -> {name: logits}`.
+
+  `student` is `student_weights(state)`: the params tree, or for a student
+  with batch statistics the `{"params", "batch_stats"}` dict. Every model runs
+  in inference mode (BatchNorm: the running averages).
+  """
+  def predict(student, teacher_params, images, which):
     out = {}
     for name in which:
       if name == "student":
-        out[name] = models.student.apply({"params": student_params}, images[name])[0]
+        out[name] = models.student.apply(as_variables(models, name, student), images[name],
+                                         train=False)[0]
       else:
-        out[name] = models.teachers[name].apply({"params": teacher_params[name]}, images[name])[0]
+        out[name] = models.teachers[name].apply(
+            as_variables(models, name, teacher_params[name]), images[name], train=False)[0]
     return out
   return predict
 
 
 def make_teacher_forward(models: Models) -> Callable:
-  """`(teacher_params, images) -> {teacher: logits}`, frozen (no gradient)."""
+  """`(teacher_params, images) -> {teacher: logits}`, frozen (no gradient), in
+  inference mode (a teacher's batch statistics are its running averages)."""
   def teacher_forward(teacher_params, images):
-    return {t: jax.lax.stop_gradient(m.apply({"params": teacher_params[t]}, images[t])[0])
+    return {t: jax.lax.stop_gradient(
+                m.apply(as_variables(models, t, teacher_params[t]), images[t], train=False)[0])
             for t, m in models.teachers.items()}
   return teacher_forward
 
 
 def make_loss(config: mlc.ConfigDict, models: Models) -> Callable:
-  """`loss(params, images, teacher_logits, labels) -> (total, (logits, terms))`.
+  """`loss(params, images, teacher_logits, labels[, batch_stats]) -> (total, aux)`.
+
+  `aux` is `(logits, terms)`, and `(logits, terms, new_batch_stats)` when
+  `batch_stats` (the student's, from the train state) are given: BatchNorm
+  normalizes with this batch's statistics (under jit with a data-sharded
+  batch: the global batch's) and returns the updated running averages.
 
   The student's forward and its loss: the distillation loss against every
   teacher, summed (for KL, distilling from the teachers' probability-space
@@ -303,12 +407,19 @@ def make_loss(config: mlc.ConfigDict, models: Models) -> Callable:
   loss_fn = distill.from_config(config.distill)
   teachers = tuple(config.teachers)
   label_weight = config.distill.label_weight if teachers else 1.0
-  student_apply = models.student.apply
+  def forward(params, batch_stats, images_BHWC):
+    """(logits, new batch_stats or None) of the training forward pass."""
+    if batch_stats is None:
+      return models.student.apply({"params": params}, images_BHWC, train=True)[0], None
+    (logits, _), mutated = models.student.apply(
+        {"params": params, "batch_stats": batch_stats}, images_BHWC, train=True,
+        mutable=["batch_stats"])
+    return logits, mutated["batch_stats"]
   if config.remat_student:
-    student_apply = jax.checkpoint(student_apply)
+    forward = jax.checkpoint(forward)
 
-  def loss(params, images, teacher_logits, labels):
-    logits = student_apply({"params": params}, images["student"], train=True)[0]
+  def loss(params, images, teacher_logits, labels, batch_stats=None):
+    logits, new_stats = forward(params, batch_stats, images["student"])
     terms = {f"train/{t}_loss": loss_fn(logits, teacher_logits[t]).mean() for t in teachers}
     total = sum(terms.values(), jnp.zeros([], jnp.float32))
     if labels is not None:
@@ -316,7 +427,9 @@ def make_loss(config: mlc.ConfigDict, models: Models) -> Callable:
       terms["train/label_loss"] = label_loss
       if label_weight:
         total = total + label_weight * label_loss
-    return total, (logits, terms)
+    if batch_stats is None:
+      return total, (logits, terms)
+    return total, (logits, terms, new_stats)
   return loss
 
 
@@ -325,13 +438,14 @@ def make_update_fn(config: mlc.ConfigDict, models: Models, tx, schedule) -> Call
   teacher_forward = make_teacher_forward(models)
   loss = make_loss(config, models)
   p = config.mixup.p
+  task_labels = training_labels_are_the_tasks(config)
 
   def update(state, teacher_params, batch):
     step = state["step"]
     rng = jax.random.fold_in(jax.random.key(config.seed), step)
     images = batch["image"]
     labels = None
-    if "label" in batch:
+    if "label" in batch and task_labels:
       labels = jax.nn.one_hot(batch["label"], config.num_classes, dtype=jnp.float32)
     # One coefficient and one partner for every model: the same mixed image.
     if labels is None:
@@ -339,8 +453,14 @@ def make_update_fn(config: mlc.ConfigDict, models: Models, tx, schedule) -> Call
     else:
       images, labels, _ = distill.mixup(rng, p, images, labels)
     teacher_logits = teacher_forward(teacher_params, images)
-    (total, (logits, terms)), grads = jax.value_and_grad(loss, has_aux=True)(
-        state["params"], images, teacher_logits, labels)
+    new = {}
+    if "batch_stats" in state:
+      (total, (logits, terms, new["batch_stats"])), grads = jax.value_and_grad(
+          loss, has_aux=True)(state["params"], images, teacher_logits, labels,
+                              state["batch_stats"])
+    else:
+      (total, (logits, terms)), grads = jax.value_and_grad(loss, has_aux=True)(
+          state["params"], images, teacher_logits, labels)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = jax.tree.map(jnp.add, state["params"], updates)
     metrics = {
@@ -353,7 +473,7 @@ def make_update_fn(config: mlc.ConfigDict, models: Models, tx, schedule) -> Call
     }
     for t in teacher_logits:
       metrics[f"train/{t}_entropy"] = distill.entropy(teacher_logits[t]).mean()
-    return {"params": params, "opt": opt, "step": step + 1}, metrics
+    return {"params": params, "opt": opt, "step": step + 1, **new}, metrics
 
   return update
 
@@ -366,7 +486,8 @@ class TrainSetup:
   mesh: jax.sharding.Mesh
   tx: Any
   schedule: Callable
-  state: Any           # ShapeDtypeStructs with shardings: {"params", "opt", "step"}.
+  state: Any           # ShapeDtypeStructs with shardings: {"params", "opt", "step"}
+                       # (+ "batch_stats" for a student with BatchNorm).
   train_step: Callable  # (state, teacher_params, batch) -> (state, metrics); donates state.
   init_state: Callable  # key -> state, sharded.
 
@@ -382,19 +503,26 @@ def build(config: mlc.ConfigDict, models: Models, mesh: jax.sharding.Mesh, *,
   State in its fsdp shardings, the batch split over the mesh's batch axes,
   teachers in whatever sharding they were put in, metrics replicated.
   """
-  student_shape = param_shapes(models.student, models.res["student"])
+  shapes = variable_shapes(models.student, models.res["student"])
+  student_shape = shapes["params"]
+  with_stats = "student" in models.with_stats
   with config_errors():
     tx, schedule = optim.make(config, student_shape, total_steps=total_steps,
                               warmup_steps=warmup_steps)
-  state_shape = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p),
-                                          "step": jnp.zeros([], jnp.int32)}, student_shape)
+
+  def new_state(variables):
+    params = variables["params"]
+    state = {"params": params, "opt": tx.init(params), "step": jnp.zeros([], jnp.int32)}
+    if with_stats:  # Only then: BiT runs keep the state (and checkpoints) they had.
+      state["batch_stats"] = variables["batch_stats"]
+    return state
+  state_shape = jax.eval_shape(new_state, shapes)
   state_sharding = parallel.param_shardings(mesh, state_shape, config.fsdp_min_size)
   state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                        state_shape, state_sharding)
 
   def init_state(key):
-    params = init_params(models.student, models.res["student"], key)
-    return {"params": params, "opt": tx.init(params), "step": jnp.zeros([], jnp.int32)}
+    return new_state(init_variables(models.student, models.res["student"], key))
 
   train_step = jax.jit(make_update_fn(config, models, tx, schedule),
                        in_shardings=(state_sharding, None, parallel.batch_sharding(mesh)),
@@ -406,7 +534,16 @@ def build(config: mlc.ConfigDict, models: Models, mesh: jax.sharding.Mesh, *,
 
 
 def with_params(s: TrainSetup, state: Any, params: Any) -> Any:
-  """`state` with the student's parameters replaced (and a fresh optimizer state)."""
+  """`state` with the student's weights replaced (and a fresh optimizer state).
+
+  `params`: the student's weights as `load_student_init` gives them (for a
+  student with batch statistics, the variables dict: its stats replace the
+  state's too).
+  """
+  if "batch_stats" in state:
+    stats = jax.tree.map(jax.device_put, params["batch_stats"],
+                         s.state_sharding["batch_stats"])
+    state, params = {**state, "batch_stats": stats}, params["params"]
   params = jax.tree.map(jax.device_put, params, s.state_sharding["params"])
   return {**state, "params": params,
           "opt": jax.jit(s.tx.init, out_shardings=s.state_sharding["opt"])(params)}
@@ -427,8 +564,10 @@ def load_weights(config: mlc.ConfigDict, name: str, model, path: str, *, templat
   """
   module = model_module(config[f"{name}_name"])
   if template is None:
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                            param_shapes(model, config[f"{name}_res"]))
+    shapes = variable_shapes(model, config[f"{name}_res"])
+    if "batch_stats" not in shapes:
+      shapes = shapes["params"]  # A bare params tree, as bit.load takes.
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   with config_errors(where if where is not None else f"config.{name}_init={path}: "):
     return module.load(template, resolve_init(path), **kwargs)
 
@@ -450,7 +589,7 @@ def load_trained(config: mlc.ConfigDict, name: str, model, path: str,
              if "stem_pool_pad" in takes and hasattr(model, "stem_pool_pad") else {})
     return load_weights(config, name, model, path, where=where, head_mismatch="error", **extra)
   host = load_weights(config, name, model, path, where=where)
-  if not np.any(host["head"]["kernel"]):
+  if not np.any(host.get("params", host)["head"]["kernel"]):
     if name == "student":
       what, fix = "The model", ("Evaluate it with the config of the data set it was "
                                 "trained on.")
@@ -496,10 +635,13 @@ def random_params(model, res: int, key, dtype=jnp.float32) -> Any:
   BiT's head starts at zero, which would make every output uniform: a random
   teacher must have a head, so that its targets (and FLOPs) are realistic.
   """
-  params = init_params(model, res, key)
+  variables = init_variables(model, res, key)
+  params = variables["params"]
   kernel = params["head"]["kernel"]
   head = jax.random.normal(jax.random.fold_in(key, 1), kernel.shape) / math.sqrt(kernel.shape[0])
   params = {**params, "head": {**params["head"], "kernel": head}}
+  if "batch_stats" in variables:  # The weights of a BatchNorm model: see as_variables.
+    params = {"params": params, "batch_stats": variables["batch_stats"]}
   return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
@@ -515,7 +657,7 @@ def make_evaluators(config: mlc.ConfigDict, models: Models, mesh) -> list[evalua
 
 def abstract_teachers(config: mlc.ConfigDict, models: Models, mesh) -> dict[str, Any]:
   """The teachers' parameters as `load_teachers` places them, as ShapeDtypeStructs."""
-  shapes = {t: param_shapes(m, models.res[t]) for t, m in models.teachers.items()}
+  shapes = {t: weight_shapes(models, t) for t in models.teachers}
   sharding = parallel.param_shardings(mesh, shapes, config.fsdp_min_size)
   dtype = jnp.dtype(config.compute_dtype)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh),

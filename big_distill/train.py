@@ -113,8 +113,12 @@ def restore_or_init(ckpt: ckpt_lib.Checkpointer, s: setup.TrainSetup,
 
 
 def export_student(workdir: str, config: mlc.ConfigDict, state, mesh) -> None:
-  """The final student as `student.npz`: what distillation and evaluate read."""
-  params = parallel.to_host(state["params"], mesh)  # Collective: every process.
+  """The final student as `student.npz`: what distillation and evaluate read.
+
+  A student with batch statistics is saved with them (its module's save of
+  the `{"params", "batch_stats"}` dict): inference needs the running averages.
+  """
+  params = parallel.to_host(setup.student_weights(state), mesh)  # Collective: every process.
   if jax.process_index() == 0:
     path = os.path.join(workdir, "student.npz")
     setup.model_module(config.student_name).save(params, path)
@@ -255,7 +259,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
       if evals_now:
         results = {"progress/epoch": step / d.steps_per_epoch}
         for e in evals_now:
-          results.update(e.run(state["params"], teacher_params))
+          results.update(e.run(setup.student_weights(state), teacher_params))
         log.write(step, results)
       if preemption.requested:
         break  # Reported by main() as `Preempted`, after the save completes.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ml_collections as mlc
 
 from big_distill import config_lib
+from big_distill import errors
 
 # ---- Data sets ---------------------------------------------------------------
 # `tfds`: the TFDS name; `train`: the training split; `train_size`: its size in
@@ -74,6 +75,48 @@ def add_eval(c: mlc.ConfigDict, name: str, kind: str, dataset: str, split_name: 
   c.evals[name] = ec
 
 
+# ---- Students and image sources of the small-data configs --------------------
+
+# `:student=`: the paper's R50x1, or its MobileNet v3 Large with GroupNorm (8
+# groups, none of MobileNet's usual tricks; Section 3.6, Table 3).
+STUDENTS = dict(bit=dict(depth=50, width=1.0),
+                mobilenet_v3=dict(variant="large", width=1.0, norm="group", groups=8))
+LOCAL_MOBILENET_V3 = dict(variant="small", width=0.25, norm="group", groups=8)
+
+
+def student(name: str) -> dict:
+  """The model kwargs of `:student=name`."""
+  if name not in STUDENTS:
+    raise errors.ConfigError(f"student={name!r}: one of {', '.join(STUDENTS)}.")
+  return STUDENTS[name]
+
+
+def source_dataset(images: str) -> str:
+  """The DATASETS key of `:images=`, given as that key or as its TFDS name."""
+  by_tfds = {d["tfds"]: k for k, d in DATASETS.items()}
+  return by_tfds.get(images, images)
+
+
+def set_image_source(c: mlc.ConfigDict, images: str, allowed: tuple[str, ...],
+                     total_steps: int) -> None:
+  """Distils on another data set's images (paper Section 3.8), same step budget.
+
+  `config.input.data` becomes `images`' training split; the evaluators stay on
+  the teacher's task, so the trainer ignores the images' labels
+  (setup.training_labels_are_the_tasks). The run keeps the in-domain
+  schedule's number of steps (`total_steps`): the same compute, where the same
+  number of "epochs" of a 20x larger source would be a 20x longer run.
+  """
+  images = source_dataset(images)
+  if images not in allowed:
+    raise errors.ConfigError(f"images={images!r}: one of {', '.join(allowed)}.")
+  c.input.data = data(images)
+  c.input.cache_raw = DATASETS[images]["cache_raw"]
+  if not c.input.cache_raw:
+    c.input.shuffle_buffer_size = 250_000  # Encoded JPEGs, as configs/imagenet_r50.py.
+  c.total_epochs, c.total_steps = None, total_steps
+
+
 # ---- runlocal ----------------------------------------------------------------
 
 LOCAL_TEACHER = dict(depth=26, width=0.25)
@@ -100,7 +143,7 @@ def shrink_for_local(c: mlc.ConfigDict) -> None:
   c.input.batch_size = c.input.shuffle_buffer_size = LOCAL_BATCH
   c.compute_dtype = "float32"
   if c.teachers:
-    c.student = LOCAL_STUDENT
+    c.student = LOCAL_MOBILENET_V3 if c.student_name == "mobilenet_v3" else LOCAL_STUDENT
     for t in c.teachers:
       c[t] = LOCAL_TEACHER
   else:

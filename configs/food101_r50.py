@@ -66,7 +66,7 @@ VARIANTS = dict(  # epochs, lr, wd, t
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False)
+  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit")
   if arg.variant not in VARIANTS:
     raise errors.ConfigError(f"Unknown variant={arg.variant!r} for food101; known: "
                              f"{', '.join(VARIANTS)}.")
@@ -93,8 +93,9 @@ def get_config(arg=None):
 
   # ---- Models: a BiT R50x1 student from scratch (patience beats a pretrained
   # start), a BiT-M R152x2 teacher fine-tuned at 128px.
-  c.student_name = "bit"
-  c.student = dict(depth=50, width=1.0)
+  # `:student=mobilenet_v3`: MobileNet v3 Large with GroupNorm (Section 3.6).
+  c.student_name = arg.student
+  c.student = common.student(arg.student)
   c.student_res = r
   c.student_init = None
   c.teachers = ("t1",)

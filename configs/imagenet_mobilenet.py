@@ -11,9 +11,10 @@ the student trains from scratch at 224px.
 Arguments (`--config=configs/imagenet_mobilenet.py:ARGS`, comma-separated):
   variant=large|small  MobileNet v3 Large (default) or Small.
   norm=group|batch     GroupNorm (default, the paper's) or BatchNorm (the
-                       "Large BN" row). BatchNorm needs the trainer to carry
-                       `batch_stats` (issue 13); until it does, norm=batch
-                       only builds.
+                       "Large BN" row): its running averages are carried in
+                       the train state (updated by every step over the
+                       global batch, checkpointed, exported in student.npz
+                       under batch_stats/) and used by every evaluation.
   ensemble             Two teachers, 224px (t1) and 384px (t2), their KLs
                        summed (distilling from their probability-space mean).
   runlocal             Tiny models, 56px, 3 steps: a laptop check.
@@ -79,51 +80,72 @@ def get_config(arg=None):
     raise ConfigError(f"configs/imagenet_mobilenet.py:norm={arg.norm}: must be one of "
                       f"{', '.join(NORMS)} (group: the paper's GroupNorm).")
   local = arg.runlocal
-  c = common.base("imagenet", runlocal=local, batch_size=4096)
-  if not local:
-    c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
+  c = config_lib.base()
 
-  # ---- Data and preprocessing ---------------------------------------------
-  # One inception crop, decoded straight from the JPEG and kept at its own
-  # size: each model's image is a resize of it to the model's resolution.
+  # ---- Data (ImageNet-1k): streamed from TFDS 'train' (too large to cache).
+  c.input.data = common.data("imagenet")
+  c.input.cache_raw = False
+  c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
+  c.input.batch_size = 4096
+  c.num_classes = 1000
+
+  # ---- Preprocessing: one inception crop, decoded straight from the JPEG and
+  # kept at its own size: each model's image is a resize of it. Evaluation:
+  # one central view at the largest teacher's resolution (256 -> 224, or
+  # 439 -> 384), resized down for the others: every model sees the same crop.
   teacher_res = (224, 384) if arg.ensemble else (224,)
-  view_res = common.res(max(teacher_res), local)
+  view = common.res(max(teacher_res), local)
   c.input.pp = ""
   c.input.pp_random = "decode_jpeg_and_inception_crop|flip_lr"
-  c.input.pp_fixed = f"decode|{common.eval_view('imagenet', view_res)}"
+  c.input.pp_fixed = f"decode|resize_small({round(view / 0.875)})|central_crop({view})"
   c.input.pp_post = "value_range(-1, 1)"
+  pp_eval = f"{c.input.pp_fixed}|value_range(-1, 1)"
 
-  # ---- Models -------------------------------------------------------------
+  # ---- Models: a MobileNet v3 student from scratch at 224px. GroupNorm with 8
+  # groups: the paper's choice "for most experiments" (its BatchNorm student
+  # ends lower, Table 3). One or two BiT-M R152x2 teachers (224px, 384px).
   c.student_name = "mobilenet_v3"
-  # GroupNorm with 8 groups: the paper's choice "for most experiments" (its
-  # BatchNorm student ends lower, Table 3). runlocal: a quarter of the width.
-  c.student = dict(variant=arg.variant, width=0.25 if local else 1.0, norm=arg.norm,
-                   groups=8)
+  c.student = dict(variant=arg.variant, width=1.0, norm=arg.norm, groups=8)
   c.student_res = common.res(224, local)
+  c.student_init = None
   c.teachers = tuple(f"t{i}" for i in range(1, len(teacher_res) + 1))
   for name, pixels in zip(c.teachers, teacher_res):
     c[f"{name}_name"] = "bit"
     # The paper's teachers come from big_vision's BiT (stem pool padded with
     # -inf); runlocal's are made by configs/teachers/imagenet.py (zeros).
-    c[name] = (common.LOCAL_TEACHER if local else
-               dict(common.R152X2, stem_pool_pad="neg_inf"))
+    c[name] = dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
     c[f"{name}_res"] = common.res(pixels, local)
-    c[f"{name}_init"] = (
-        f"{common.teacher_workdir('imagenet', True, f'_{pixels}')}/student.npz"
-        if local else PAPER_TEACHERS[pixels])
+    c[f"{name}_init"] = (f"workdirs/teachers/imagenet_local_{pixels}/student.npz" if local
+                         else PAPER_TEACHERS[pixels])
+  c.compute_dtype = "bfloat16"
 
-  # ---- Distillation and optimizer -----------------------------------------
-  # The paper's ImageNet recipe; it gives no MobileNet-specific setting.
-  common.function_matching(c, lr=0.03, wd=3e-4, t=1.0)
-  common.set_durations(c, runlocal=local, total_epochs=1200, warmup_steps=5000,
-                       log_training_steps=50, ckpt_steps=1000)
+  # ---- Distillation, optimizer, schedule: the paper's ImageNet recipe (it
+  # gives no MobileNet-specific setting): function matching, KL at t=1, Adam
+  # (bfloat16 first moment), clipping at 1, 5,000 warm-up steps then cosine.
+  c.distill.views = "consistent"
+  c.mixup.p = 1.0
+  c.distill.loss = "kl"
+  c.distill.t = 1.0
+  c.distill.label_weight = 0.0
+  c.optim.name = "adam"
+  c.optim.mu_dtype = "bfloat16"
+  c.lr, c.wd = 0.03, 3e-4
+  c.grad_clip_norm = 1.0
+  c.schedule.decay_type = "cosine"
+  c.schedule.warmup_steps = 5000
+  c.total_epochs = 1200
+  c.log_training_steps, c.ckpt_steps = 50, 1000
 
-  # ---- Evaluators ---------------------------------------------------------
-  # One central view at the largest teacher's resolution (256 -> 224, or
-  # 439 -> 384), resized down for the others: every model sees the same crop.
-  common.add_evals(c, "imagenet", pp=common.eval_pp("imagenet", view_res),
-                   runlocal=local, cache_raw=False, log_epochs=10,
-                   types={"": ("classification", "train", "val"),
-                          "dist_": ("distance", "train", "val"),
-                          "calib_": ("calibration", "val")})
+  # ---- Evaluators: accuracy and distances on train[:10000] and validation,
+  # calibration on validation, every 10 epochs.
+  for prefix, kind, splits in (("", "classification", ("train", "val")),
+                               ("dist_", "distance", ("train", "val")),
+                               ("calib_", "calibration", ("val",))):
+    for split in splits:
+      common.add_eval(c, prefix + split, kind, "imagenet", split, pp=pp_eval,
+                      cache_raw=False, log_epochs=10)
+
+  if local:
+    common.shrink_for_local(c)
+    c.student = dict(common.LOCAL_MOBILENET_V3, variant=arg.variant, norm=arg.norm)
   return c

@@ -64,7 +64,7 @@ VARIANTS = dict(  # epochs, lr, wd, t
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False)
+  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit", images="sun397")
   if arg.variant not in VARIANTS:
     raise errors.ConfigError(f"Unknown variant={arg.variant!r} for sun397; known: "
                              f"{', '.join(VARIANTS)}.")
@@ -91,8 +91,9 @@ def get_config(arg=None):
 
   # ---- Models: a BiT R50x1 student from scratch (patience beats a pretrained
   # start), a BiT-M R152x2 teacher fine-tuned at 128px.
-  c.student_name = "bit"
-  c.student = dict(depth=50, width=1.0)
+  # `:student=mobilenet_v3`: MobileNet v3 Large with GroupNorm (Section 3.6).
+  c.student_name = arg.student
+  c.student = common.student(arg.student)
   c.student_res = r
   c.student_init = None
   c.teachers = ("t1",)
@@ -131,13 +132,20 @@ def get_config(arg=None):
   # calibration (`val/student_top1`, `dist_test/t1_agree_top1`,
   # `calib_test/student_ece`, ...), 20 points per curve. The teacher's own
   # metrics are computed once (it is frozen) and repeated.
-  period = dict(log_epochs=epochs / 20, cache_raw=False)
+  # `:images=food101|imagenet2012`: distil on another data set's images
+  # (Section 3.8); periods in steps of the in-domain schedule.
+  steps = round(epochs * common.DATASETS["sun397"]["train_size"] / c.input.batch_size)
+  own_images = common.source_dataset(arg.images) == "sun397"
+  period = (dict(log_epochs=epochs / 20, cache_raw=False) if own_images
+            else dict(log_steps=max(steps // 20, 1), cache_raw=False))
   for prefix, kind, splits in (("", "classification", ("train", "val", "test")),
                                ("dist_", "distance", ("train", "val", "test")),
                                ("calib_", "calibration", ("val", "test"))):
     for split in splits:
       common.add_eval(c, prefix + split, kind, "sun397", split, pp=pp_eval, **period)
 
+  if not own_images:
+    common.set_image_source(c, arg.images, ("food101", "imagenet"), steps)
   if local:
     common.shrink_for_local(c)
   return c

@@ -1,0 +1,53 @@
+r"""Fashion-MNIST miniature of "distilling on another data set's images" (Section 3.8).
+
+The Fashion-MNIST teacher is distilled using only images of another data set,
+and evaluated on Fashion-MNIST's validation (`train[50000:]`, for choosing lr)
+and test sets (once, at the end): configs/fmnist_distill.py's setting in
+everything else (student, schedule in steps, crops, mixup, evaluators), so
+the result sits beside the in-domain student of the same budget.
+
+  source=digits   scikit-learn's handwritten digits (TFDS `sklearn_digits`,
+                  `python -m big_distill.data.prepare digits`): 8x8 grey,
+                  17 levels, upscaled to 32px RGB by the same preprocessing as
+                  Fashion-MNIST's 28px images. An unrelated domain, shipped
+                  offline. `images=N`: N of them, class-balanced as the
+                  in-domain subset is (the digit labels pick the subset and
+                  are otherwise ignored), so the student sees as many
+                  distinct images for as many steps as the in-domain one.
+
+The digits' labels are never used: the training data are not the task's
+(their name is not the evaluators'), so the trainer logs that their labels
+are ignored and computes no label loss. The distance evaluator on the
+training subset (`train_dist`) measures the fit to the teacher on the digits
+the student trained on.
+
+    python -m big_distill.data.prepare digits
+    python -m big_distill.train \
+        --config=configs/fmnist_other_images.py:source=digits,images=100,epochs=300,lr=0.003 \
+        --config.t1_init=$HOME/bd_runs/fmnist/teacher_e30 --workdir=$HOME/bd_runs/other/digits_lr0.003
+
+Results: docs/results/other_images_fmnist.json.
+"""
+
+from configs import fmnist_distill
+from configs import fmnist_mobilenet
+
+OWN = dict(source="digits")
+SOURCES = {"digits": ("sklearn_digits", "train")}
+
+
+def get_config(arg=None):
+  a, rest = fmnist_mobilenet.split_arg(arg, OWN)
+  if a.source not in SOURCES:
+    raise ValueError(f"source={a.source!r}: one of {', '.join(SOURCES)}.")
+  c = fmnist_distill.get_config(rest)
+  name, split = SOURCES[a.source]
+  # Same subset size, steps and pp (decode|grayscale_to_rgb|resize(32)) as the
+  # in-domain student; only the images change.
+  # The images trained on, and the evaluator of the fit to the teacher on
+  # them (the one on the training subset); `data_dir` (fmnist_distill's
+  # argument) is where both data sets are prepared.
+  on_training_images = [e.data for e in c.evals.values() if e.data.balanced_subset]
+  for d in (c.input.data, *on_training_images):
+    d.name, d.split = name, split
+  return c
