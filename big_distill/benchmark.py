@@ -451,7 +451,7 @@ def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, A
   input_lib.check_prepared(config.input.data)
   out = _header(config, "input", config.input.batch_size)
   out.update(data=config.input.data.name, split=config.input.data.split,
-             views=config.distill.views, cache_raw=config.input.cache_raw)
+             views=config.distill.views, cache=config.input.cache)
   out["examples_per_s"] = throughput.measure(config, steps, warmup=warmup)
   return out
 

@@ -75,7 +75,7 @@ def get_config(arg=None):
   # ---- Data (Flowers102): the 1,020 training images; validation and test
   # are TFDS's own splits.
   c.input.data = common.data("flowers")
-  c.input.cache_raw = True  # Encoded images in host memory: the stream has random access.
+  c.input.cache = "encoded"  # Encoded images in host memory: the stream has random access.
   c.input.batch_size = 512
   c.num_classes = 102
 

@@ -74,7 +74,7 @@ def get_config(arg=None):
   # ---- Data (Oxford-IIIT Pets): train[:90%] (3,312 images); train[90%:]
   # validates, TFDS 'test' tests.
   c.input.data = common.data("pets")
-  c.input.cache_raw = True  # Encoded images in host memory: the stream has random access.
+  c.input.cache = "encoded"  # Encoded images in host memory: the stream has random access.
   c.input.batch_size = 512
   c.num_classes = 37
 

@@ -49,7 +49,7 @@ def main(argv):
   rate = measure(config, FLAGS.num_batches, warmup=FLAGS.warmup)
   res = {n: config[f"{n}_res"] for n in input_lib.model_names(config)}
   print(f"{rate:.1f} examples/s  ({config.input.data.name} {config.input.data.split}, "
-        f"batch {config.input.batch_size}, cache_raw={config.input.cache_raw}, "
+        f"batch {config.input.batch_size}, cache={config.input.cache}, "
         f"views={config.distill.views}, res={res},\n  pp={config.input.pp!r} "
         f"pp_random={config.input.pp_random!r} pp_post={config.input.pp_post!r})")
 
