@@ -86,3 +86,19 @@ def test_device_cache_refuses_what_does_not_fit(device_run, fashion_data_dir, tm
   bad.input.pp_random = "random_crop(24)|flip_lr"
   with pytest.raises(errors.ConfigError, match="cache='device'"):
     train.train(bad, str(tmp_path / "bad_view"))
+
+
+def test_benchmark_input_measures_every_cache_mode(device_run):
+  from big_distill import benchmark  # pylint: disable=g-import-not-at-top
+  config, _ = device_run
+  out = benchmark.run_input(config, steps=3, warmup=1,
+                            modes=("encoded", "decoded", "device"), demand=1e9)
+  assert set(out["cache_modes"]) == {"encoded", "decoded", "device"}
+  for mode, r in out["cache_modes"].items():
+    assert r["examples_per_s"] > 0, mode
+  assert out["cache_modes"]["device"]["host_work_per_step"] == 0
+  assert out["cache_modes"]["device"]["recompiles_after_first_call"] == 0
+  # 100 images of 28x28x3 uint8 + sizes + labels on the device.
+  assert out["cache_modes"]["device"]["device_bytes"] == 100 * (28 * 28 * 3 + 8 + 4)
+  assert out["input_bound"] == {"encoded": True, "decoded": True, "device": True}
+  assert out["examples_per_s"] == out["cache_modes"]["device"]["examples_per_s"]
