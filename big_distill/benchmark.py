@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import resource
 import statistics
 import sys
@@ -83,6 +84,11 @@ def define_flags(values: flags.FlagValues | None = None) -> None:
                       "H100 80GB HBM3'): add the step time this step would take there at "
                       "--project_mfu.", flag_values=values)
   flags.DEFINE_float("project_mfu", 0.45, "MFU assumed by the projection.", flag_values=values)
+  flags.DEFINE_float("demand", None, "With --input: the images/s the train step consumes "
+                     "(e.g. measured on the accelerator); default: time the config's step "
+                     "here for a few steps.", flag_values=values)
+  flags.DEFINE_list("cache_modes", list(input_lib.CACHE_MODES), "With --input: the "
+                    "config.input.cache modes to measure.", flag_values=values)
 
 # Dense (no sparsity) peak FLOP/s per JAX device, by device kind (the first
 # prefix that matches wins, so specific kinds come first).
@@ -220,7 +226,13 @@ class Setup:
 
 
 def build(config: mlc.ConfigDict, batch_size: int | None = None) -> Setup:
-  """The jitted train step of `config`, built as train.py builds it."""
+  """The jitted train step of `config`, built as train.py builds it.
+
+  With `input.cache="device"` the step is timed on a ready batch like the
+  others (the batch making is `--input`'s "device" figure).
+  """
+  if config.input.cache == "device":
+    config = _with(config, **{"input.cache": "none"})
   setup.check_config(config)
   models = setup.build_models(config)
   batch_size = batch_size or config.input.batch_size
@@ -446,13 +458,72 @@ def run_eval(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, An
   return out
 
 
-def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, Any]:
-  """The input pipeline alone on the config's prepared data (host only)."""
+def _with(config: mlc.ConfigDict, **fields) -> mlc.ConfigDict:
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for k, v in fields.items():
+      node, _, leaf = k.rpartition(".")
+      (config[node] if node else config)[leaf] = v
+  return config
+
+
+def device_batch_time(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, Any]:
+  """The device cache's batch making alone, timed on the devices (no host work)."""
+  from big_distill.data import device as device_data  # pylint: disable=g-import-not-at-top
+  mesh = setup.make_mesh(config)
+  start = time.perf_counter()
+  data = setup.prepare_train_data(config, mesh)
+  prepare_s = time.perf_counter() - start
+  make = jax.jit(device_data.batch_fn(config), out_shardings=parallel.batch_sharding(mesh))
+  # The same step each call: the work does not depend on which step it is.
+  times = time_steps(make, lambda a, o: a, (data, jnp.int32(7)), steps=steps, warmup=warmup)
+  return {"examples_per_s": config.input.batch_size / times["step_time_s"],
+          "batch_time_s": times["step_time_s"], "prepare_s": prepare_s,
+          "device_bytes": data.nbytes, "host_work_per_step": 0,
+          "recompiles_after_first_call": times["recompiles_after_first_call"]}
+
+
+def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int,
+              modes: tuple[str, ...] = input_lib.CACHE_MODES,
+              demand: float | None = None) -> dict[str, Any]:
+  """The input's examples/s in each cache mode, beside what the train step consumes.
+
+  Host modes ("none", "encoded", "decoded") are the tf.data pipeline alone on
+  this host's cores; "device" is the batch made on the accelerator (no host
+  work per step). `input_bound[mode]` says whether that input is slower than
+  the step's demand (`demand`, else the step timed here).
+  """
   input_lib.check_prepared(config.input.data)
   out = _header(config, "input", config.input.batch_size)
+  cores = os.cpu_count() or 1
   out.update(data=config.input.data.name, split=config.input.data.split,
-             views=config.distill.views, cache_raw=config.input.cache_raw)
-  out["examples_per_s"] = throughput.measure(config, steps, warmup=warmup)
+             views=config.distill.views, cache=config.input.cache, host_cores=cores)
+  per_mode = {}
+  for mode in modes:
+    c = _with(config, **{"input.cache": mode})
+    if mode == "device":
+      try:
+        per_mode[mode] = device_batch_time(c, steps=steps, warmup=warmup)
+      except errors.ConfigError as e:  # E.g. a random view it does not implement.
+        per_mode[mode] = {"error": str(e)}
+      continue
+    start = time.perf_counter()
+    decoded = input_lib.decode_training_set(c) if mode == "decoded" else None
+    rate = throughput.measure(c, steps, warmup=warmup, decoded=decoded)
+    per_mode[mode] = {"examples_per_s": rate, "examples_per_s_per_core": rate / cores,
+                      "prepare_s": time.perf_counter() - start}
+  out["cache_modes"] = per_mode
+  own = per_mode.get(config.input.cache, {})
+  out["examples_per_s"] = own.get("examples_per_s")
+  if demand is None:
+    step = run_train(_with(config, **{"input.cache": "none"}), steps=max(steps // 4, 2),
+                     warmup=1)
+    demand, source = step["images_per_s"], f"train step timed here ({step['device_kind']})"
+  else:
+    source = "--demand"
+  out["step_demand_images_per_s"], out["step_demand_source"] = demand, source
+  out["input_bound"] = {m: r["examples_per_s"] < demand for m, r in per_mode.items()
+                        if "examples_per_s" in r}
   return out
 
 
@@ -474,7 +545,8 @@ def main(argv):
     elif mode == "eval":
       out = run_eval(config, steps=f.steps, warmup=f.warmup)
     else:
-      out = run_input(config, steps=f.steps, warmup=f.warmup)
+      out = run_input(config, steps=f.steps, warmup=f.warmup, modes=tuple(f.cache_modes),
+                      demand=f.demand)
   except errors.UserError as e:
     print(f"big_distill.benchmark: error: {e}", file=sys.stderr)
     sys.exit(2)

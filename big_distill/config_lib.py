@@ -106,10 +106,15 @@ def base() -> mlc.ConfigDict:
   c.input.data = data_config()
   c.input.batch_size = 512
   c.input.shuffle_buffer_size = 50_000
-  # Keep the raw (still encoded) examples in host memory. The stream then has
-  # random access, so it is one global function of (seed, step) whatever the
-  # number of processes. Right for small data sets; ImageNet streams instead.
-  c.input.cache_raw = False
+  # 'none' streams from the files (ImageNet). 'encoded' keeps the encoded
+  # examples in host memory: the stream has random access, so it is one global
+  # function of (seed, step) whatever the number of processes. 'decoded' keeps
+  # them decoded by `input.pp` (uint8; no decoding per step: several times the
+  # examples/s). 'device' keeps the decoded set on every device and makes each
+  # batch inside the train step (data/device.py): no host work per step.
+  c.input.cache = "none"
+  # How much of each device's memory the 'device' cache may take.
+  c.input.device_cache_gib = 4.0
   c.input.pp = "decode"  # Deterministic ops applied once, before the views.
   # The random view (crop + flip) and the fixed (deterministic) view.
   c.input.pp_random = "inception_crop(128)|flip_lr"

@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import itertools
 import math
 import os
 from typing import Any, Callable, Iterator
@@ -48,6 +49,7 @@ from big_distill import errors
 from big_distill import evaluate
 from big_distill import optim
 from big_distill import parallel
+from big_distill.data import device as device_data
 from big_distill.data import input as input_lib
 from big_distill.data import pp as pp_lib
 
@@ -488,7 +490,9 @@ class TrainSetup:
   schedule: Callable
   state: Any           # ShapeDtypeStructs with shardings: {"params", "opt", "step"}
                        # (+ "batch_stats" for a student with BatchNorm).
-  train_step: Callable  # (state, teacher_params, batch) -> (state, metrics); donates state.
+  # (state, teacher_params, batch) -> (state, metrics); donates state. With
+  # config.input.cache="device" the third argument is the device data set.
+  train_step: Callable
   init_state: Callable  # key -> state, sharded.
 
   @property
@@ -524,8 +528,21 @@ def build(config: mlc.ConfigDict, models: Models, mesh: jax.sharding.Mesh, *,
   def init_state(key):
     return new_state(init_variables(models.student, models.res["student"], key))
 
-  train_step = jax.jit(make_update_fn(config, models, tx, schedule),
-                       in_shardings=(state_sharding, None, parallel.batch_sharding(mesh)),
+  update = make_update_fn(config, models, tx, schedule)
+  batch_sharding = parallel.batch_sharding(mesh)
+  if input_lib.cache_mode(config) == "device":
+    # The batch is made inside the step from the device-resident data set
+    # (replicated): no host work and no transfer per step.
+    with config_errors():
+      make_batch = device_data.batch_fn(config)
+
+    def step_fn(state, teacher_params, data):
+      batch = jax.lax.with_sharding_constraint(make_batch(data, state["step"]), batch_sharding)
+      return update(state, teacher_params, batch)
+    third = parallel.replicated(mesh)
+  else:
+    step_fn, third = update, batch_sharding
+  train_step = jax.jit(step_fn, in_shardings=(state_sharding, None, third),
                        out_shardings=(state_sharding, parallel.replicated(mesh)),
                        donate_argnums=0)
   return TrainSetup(config=config, models=models, mesh=mesh, tx=tx, schedule=schedule,
@@ -547,6 +564,36 @@ def with_params(s: TrainSetup, state: Any, params: Any) -> Any:
   params = jax.tree.map(jax.device_put, params, s.state_sharding["params"])
   return {**state, "params": params,
           "opt": jax.jit(s.tx.init, out_shardings=s.state_sharding["opt"])(params)}
+
+
+def prepare_train_data(config: mlc.ConfigDict, mesh) -> Any:
+  """What the training input holds in memory, made (and checked) before training.
+
+  "decoded": the decoded set (host); "device": it on every device; else None
+  (encoded caches and streams read their files when iterated). Called before
+  anything is written to the workdir, so a set that does not fit, or a random
+  op in `input.pp`, is refused first.
+  """
+  mode = input_lib.cache_mode(config)
+  if mode not in ("decoded", "device"):
+    return None
+  decoded = input_lib.decode_training_set(config)
+  return device_data.put(decoded, config, mesh) if mode == "device" else decoded
+
+
+def train_batches(config: mlc.ConfigDict, mesh, start_step: int, data: Any = None
+                  ) -> Iterator[Any]:
+  """What `train_step` takes third, step after step, from `start_step` on.
+
+  Host pipelines: global batches, `config.input.prefetch` ahead. The device
+  cache: the device-resident data set, the same every step (the step draws
+  its batch from it by (seed, step)). `data`: from `prepare_train_data`.
+  """
+  if input_lib.cache_mode(config) == "device":
+    return itertools.repeat(data if data is not None else prepare_train_data(config, mesh))
+  return input_lib.to_global(
+      input_lib.make_train_dataset(config, start_step=start_step, decoded=data),
+      parallel.batch_sharding(mesh), config.input.prefetch)
 
 
 # ---- Weights -----------------------------------------------------------------

@@ -37,7 +37,6 @@ from big_distill import metrics as metrics_lib
 from big_distill import parallel
 from big_distill import setup
 from big_distill import workdir as workdir_lib
-from big_distill.data import input as input_lib
 
 gfile = tf.io.gfile
 
@@ -223,6 +222,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   # ---- Teachers and the student's start, checked before any compile -----
   teacher_params = setup.load_teachers(config, models, mesh)
   student_init = setup.load_student_init(config, models)
+  train_data = setup.prepare_train_data(config, mesh)  # Decoded / device caches.
   lock = workdir_lib.acquire(workdir)  # A second launch on this workdir stops here.
   record_config(workdir, config)  # Every check passed: the workdir is this config's.
 
@@ -236,8 +236,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   log = _TrainLog(writer, metrics_lib.Progress(d.total, config.input.batch_size,
                                                d.steps_per_epoch, first_step), d)
   preemption = _Preemption()
-  batches = input_lib.to_global(input_lib.make_train_dataset(config, start_step=first_step),
-                                parallel.batch_sharding(mesh), config.input.prefetch)
+  batches = setup.train_batches(config, mesh, first_step, train_data)
   profiling = False
   step = first_step
   try:

@@ -86,6 +86,7 @@ def config_diff(old: dict, new: dict, ignore=("allow_config_change",)) -> list[s
   """
   defaults = _json(config_lib.base())
   eval_default = _json(config_lib.eval_config())
+  old = _migrated(old)
   out = []
 
   def walk(a, b, path):
@@ -104,6 +105,19 @@ def config_diff(old: dict, new: dict, ignore=("allow_config_change",)) -> list[s
 
   walk(old, new, ())
   return out
+
+
+def _migrated(old: dict) -> dict:
+  """`old` with fields renamed since it was written, under their new names.
+
+  input.cache_raw (bool) became input.cache: True = "encoded", False = "none".
+  """
+  inp = old.get("input")
+  if isinstance(inp, dict) and "cache_raw" in inp and "cache" not in inp:
+    inp = {k: v for k, v in inp.items() if k != "cache_raw"}
+    inp["cache"] = "encoded" if old["input"]["cache_raw"] else "none"
+    old = {**old, "input": inp}
+  return old
 
 
 def _is_default(value, default) -> bool:

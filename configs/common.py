@@ -111,8 +111,8 @@ def set_image_source(c: mlc.ConfigDict, images: str, allowed: tuple[str, ...],
   if images not in allowed:
     raise errors.ConfigError(f"images={images!r}: one of {', '.join(allowed)}.")
   c.input.data = data(images)
-  c.input.cache_raw = DATASETS[images]["cache_raw"]
-  if not c.input.cache_raw:
+  c.input.cache = "encoded" if DATASETS[images]["cache_raw"] else "none"
+  if c.input.cache == "none":
     c.input.shuffle_buffer_size = 250_000  # Encoded JPEGs, as configs/imagenet_r50.py.
   c.total_epochs, c.total_steps = None, total_steps
 

@@ -78,7 +78,10 @@ def get_config(arg=None):
   # ---- Data (Flowers102): the 1,020 training images; validation and test
   # are TFDS's own splits.
   c.input.data = common.data("flowers")
-  c.input.cache_raw = True  # Encoded images in host memory: the stream has random access.
+  # Decoded once and kept as pixels in host memory (1,020 images: ~1 GB): no JPEG decoding
+  # per step (several times the examples/s of "encoded"; docs/performance.md).
+  # Random access: one global stream of (seed, step) for any process count.
+  c.input.cache = "decoded"
   c.input.batch_size = 512
   c.num_classes = 102
 

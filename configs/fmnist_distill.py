@@ -64,7 +64,7 @@ def get_config(arg=None):
   c.seed = a.seed
   c.input.data = fm.data(fm.TRAIN_SPLIT, a.data_dir)
   c.input.data.balanced_subset = a.images
-  c.input.cache_raw = True
+  c.input.cache = "encoded"
   c.input.batch_size = 16 if a.runlocal else a.batch
   c.input.pp = fm.TRAIN_PP
   # The paper's inception crop: area 5%..100%, aspect 3/4..4/3, then a flip.

@@ -77,7 +77,7 @@ def get_config(arg=None):
   # ---- Data (Food-101): train[:90%] (68,175 images; ~5 GB cached);
   # train[90%:] validates, TFDS 'validation' (the official test set) tests.
   c.input.data = common.data("food101")
-  c.input.cache_raw = True  # Encoded images in host memory: the stream has random access.
+  c.input.cache = "encoded"  # Encoded images in host memory: the stream has random access.
   c.input.batch_size = 512
   c.num_classes = 101
 

@@ -74,7 +74,7 @@ def get_config(arg=None):
 
   # ---- Data (ImageNet-1k): streamed from TFDS 'train' (too large to cache).
   c.input.data = common.data("imagenet")
-  c.input.cache_raw = False
+  c.input.cache = "none"
   c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
   c.input.batch_size = 4096
   c.num_classes = 1000

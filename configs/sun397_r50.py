@@ -75,7 +75,7 @@ def get_config(arg=None):
   # ---- Data (SUN397, TFDS config 'tfds'): its train (76,128 images),
   # validation and test splits.
   c.input.data = common.data("sun397")
-  c.input.cache_raw = True  # Encoded images in host memory: the stream has random access.
+  c.input.cache = "encoded"  # Encoded images in host memory: the stream has random access.
   c.input.batch_size = 512
   c.num_classes = 397
 

@@ -74,6 +74,19 @@ def test_config_diff_reports_later_fields_not_at_their_default_and_changes():
       "remat_student: <absent> -> True"]
 
 
+def test_config_diff_reads_input_cache_raw_as_the_cache_mode_it_was():
+  """Runs recorded before input.cache existed resume as the mode they ran in."""
+  for cache_raw, mode in ((True, "encoded"), (False, "none")):
+    new = config_lib.base()
+    new.input.cache = mode
+    old = _json(new)
+    del old["input"]["cache"], old["input"]["device_cache_gib"]
+    old["input"]["cache_raw"] = cache_raw
+    assert workdir_lib.config_diff(old, _json(new)) == []
+    new.input.cache = "decoded"  # Another mode is another run.
+    assert workdir_lib.config_diff(old, _json(new)) == [f"input.cache: {mode!r} -> 'decoded'"]
+
+
 def test_config_diff_fields_unknown_to_base_and_removed_fields_differ():
   base = _json(config_lib.base())
   new = {**base, "t2_res": 224}  # Not in base(): no default to fall back on.

@@ -241,7 +241,8 @@ def test_small_data_variants_are_the_released_settings(name, variant):
   assert config.input.pp == "decode"
   assert config.input.pp_random == "inception_crop(128)|flip_lr"
   assert config.input.pp_post == "value_range(-1, 1)"
-  assert config.input.cache_raw
+  # Decoded pixels where they fit in host memory, encoded bytes otherwise.
+  assert config.input.cache == ("decoded" if name in ("flowers_r50", "pets_r50") else "encoded")
   for ec in config.evals.values():
     assert ec.pp == "decode|resize_small(160)|central_crop(128)|value_range(-1, 1)"
   dataset = name.removesuffix("_r50")
@@ -270,7 +271,7 @@ def test_imagenet_teachers_share_the_student_crop(arg):
   assert (config.lr, config.wd, config.distill.t) == (0.03, 3e-4, 1.0)
   assert config.total_epochs == 1200 and config.schedule.warmup_steps == 5000
   assert config.input.batch_size == 4096
-  assert not config.input.cache_raw
+  assert config.input.cache == "none"
   assert config.input.data.split == "train"
   assert {ec.data.split for ec in config.evals.values()} >= {"validation"}
 

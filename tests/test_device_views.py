@@ -101,7 +101,7 @@ def _data(n=6, h=20, w=24, fixed_res=None):
 
 def _batch(data, views, res, step=0, flip=True):
   rv = device.RandomView(size=16, area_min=5, area_max=100, flip=flip)
-  return device.make_batch(data, 0, jnp.int32(step), batch_size=4, views=views,
+  return device.make_batch(data, jnp.int32(step), seed=0, batch_size=4, views=views,
                            res=res, random_view=rv, value_range=(-1, 1, 0, 255))
 
 

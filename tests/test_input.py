@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from big_distill import errors
 from big_distill.data import input as input_lib
 from big_distill.data import throughput
 from tests.conftest import FOLDER_NAME, FOLDER_SPLITS, folder_image_id
@@ -29,13 +30,13 @@ def assert_same(a, b):
 # ---- Reading real TFDS builders (mocked) -----------------------------------
 
 
-@pytest.mark.parametrize("name, split, cache_raw", [
-    ("oxford_flowers102", "train", False),
-    ("oxford_iiit_pet", "train[:90%]", False),
-    ("imagenet2012", "train", True),
+@pytest.mark.parametrize("name, split, cache", [
+    ("oxford_flowers102", "train", "none"),
+    ("oxford_iiit_pet", "train[:90%]", "decoded"),
+    ("imagenet2012", "train", "encoded"),
 ])
-def test_reads_tfds_builders(small_config, name, split, cache_raw):
-  config = small_config(name, "gs://bucket/tfds", split=split, cache_raw=cache_raw)
+def test_reads_tfds_builders(small_config, name, split, cache):
+  config = small_config(name, "gs://bucket/tfds", split=split, cache=cache)
   with tfds.testing.mock_data(num_examples=12):
     batch = batches(input_lib.make_train_dataset(config), 1)[0]
   assert sorted(batch) == ["image", "label"]
@@ -67,8 +68,9 @@ def test_consistent_views_are_one_crop(small_config, folder_data_dir):
   assert _view_distance(config) > 0.08
 
 
-def test_fixed_views(small_config, folder_data_dir):
-  config = small_config(FOLDER_NAME, folder_data_dir, cache_raw=True)
+@pytest.mark.parametrize("cache", ["encoded", "decoded"])
+def test_fixed_views(small_config, folder_data_dir, cache):
+  config = small_config(FOLDER_NAME, folder_data_dir, cache=cache)
   config.distill.views = "fixed"
   a = batches(input_lib.make_train_dataset(config), 1)[0]
   config.seed = 1
@@ -86,9 +88,9 @@ def test_fixed_views(small_config, folder_data_dir):
 # ---- Determinism -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("cache_raw", [False, True])
-def test_stream_is_a_function_of_seed_and_step(small_config, folder_data_dir, cache_raw):
-  config = small_config(FOLDER_NAME, folder_data_dir, cache_raw=cache_raw)
+@pytest.mark.parametrize("cache", ["none", "encoded", "decoded"])
+def test_stream_is_a_function_of_seed_and_step(small_config, folder_data_dir, cache):
+  config = small_config(FOLDER_NAME, folder_data_dir, cache=cache)
   run = batches(input_lib.make_train_dataset(config), 12)  # 3 epochs of 24.
   assert_same(run, batches(input_lib.make_train_dataset(config), 12))
   for start in (5, 9):  # Inside an epoch, and at another epoch's start.
@@ -113,9 +115,10 @@ def test_streamed_processes_read_disjoint_shares(small_config, folder_data_dir):
   np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(24))
 
 
-def test_cached_stream_is_global(small_config, folder_data_dir):
-  """With cache_raw, any number of processes sees the same global batches."""
-  config = small_config(FOLDER_NAME, folder_data_dir, cache_raw=True)
+@pytest.mark.parametrize("cache", ["encoded", "decoded"])
+def test_cached_stream_is_global(small_config, folder_data_dir, cache):
+  """With a cache, any number of processes sees the same global batches."""
+  config = small_config(FOLDER_NAME, folder_data_dir, cache=cache)
   one = batches(input_lib.make_train_dataset(config, start_step=3), 2)
   for count in (2, 3):
     parts = [batches(input_lib.make_train_dataset(
@@ -126,11 +129,33 @@ def test_cached_stream_is_global(small_config, folder_data_dir):
                                           *[part[step] for part in parts]))
 
 
+def test_decoded_cache_gives_the_encoded_cache_s_batches(small_config, folder_data_dir):
+  """Decoding once instead of every step changes nothing (a deterministic pp)."""
+  config = small_config(FOLDER_NAME, folder_data_dir, cache="encoded", pp="decode")
+  encoded = batches(input_lib.make_train_dataset(config, start_step=2), 3)
+  config.input.cache = "decoded"
+  decoded = input_lib.decode_training_set(config)
+  assert decoded.num_examples == 24 and decoded.channels == 3
+  np.testing.assert_array_equal(decoded.hw, np.tile([[48, 40]], (24, 1)))
+  assert_same(encoded, batches(input_lib.make_train_dataset(
+      config, start_step=2, decoded=decoded), 3))
+
+
+def test_decoded_cache_refuses_a_random_pp(small_config, folder_data_dir):
+  config = small_config(FOLDER_NAME, folder_data_dir, cache="decoded",
+                        pp="decode|flip_lr")
+  with pytest.raises(errors.ConfigError, match="random ops.*flip_lr.*pp_random"):
+    input_lib.make_train_dataset(config)
+  config.input.cache = "disk"
+  with pytest.raises(errors.ConfigError, match="config.input.cache='disk'"):
+    input_lib.make_train_dataset(config)
+
+
 # ---- Balanced subset -------------------------------------------------------
 
 
 def test_balanced_subset_fashion_mnist(small_config, fashion_data_dir):
-  config = small_config("fashion_mnist", fashion_data_dir, cache_raw=True,
+  config = small_config("fashion_mnist", fashion_data_dir, cache="encoded",
                         batch_size=60, pp="decode|resize(32)|grayscale_to_rgb")
   config.input.data.balanced_subset = 1020
   assert input_lib.num_examples(config.input.data) == 1020

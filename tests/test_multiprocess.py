@@ -3,7 +3,7 @@
 Both jobs run the CLI (`python -m big_distill.train`) on the same config, seed,
 mesh shape and global batch, in separate workdirs. The 2-process job talks
 through `jax.distributed` on localhost with gloo CPU collectives. With
-`input.cache_raw` the global batches are a function of (seed, step) alone
+`input.cache="encoded"` the global batches are a function of (seed, step) alone
 (process p takes rows [p*b, (p+1)*b) of each), so the two jobs compute the
 same thing and differ only in how the cross-device sums are ordered (gloo vs
 XLA's in-process all-reduce): float rounding, ~1e-7 relative.

@@ -14,14 +14,14 @@ def get_config(arg=None):
   a = config_lib.parse_arg(
       arg, data_dir="", teacher="", views="consistent", steps=12, ckpt=6, log=2,
       mixup=1.0, student_init="", fsdp=1, evals=True, batch=16, optim="adam",
-      subset=1020, res=16, teacher_res=24, lr=0.01, split="train")
+      subset=1020, res=16, cache="encoded", teacher_res=24, lr=0.01, split="train")
   c = config_lib.base()
   c.seed = 3
   c.input.data.name = "fashion_mnist"
   c.input.data.data_dir = a.data_dir or None
   c.input.data.split = a.split
   c.input.data.balanced_subset = a.subset or None
-  c.input.cache_raw = True
+  c.input.cache = a.cache
   c.input.batch_size = a.batch
   c.input.pp = "decode|grayscale_to_rgb|resize(28)"
   c.input.pp_random = "random_crop(24)|flip_lr"

@@ -247,7 +247,63 @@ jax.tree_util.register_dataclass(DeviceData, data_fields=["images", "hw", "label
                                  meta_fields=[])
 
 
-def make_batch(data: DeviceData, seed: int, step: jax.Array, *, batch_size: int,
+def put(decoded, config, mesh) -> DeviceData:
+  """The decoded training set (input.Decoded) on every device of `mesh`, once.
+
+  Teachers with a fixed view (`distill.views="fixed"`) get `input.pp_fixed`
+  applied here, once per example, on the host. Refuses a set larger than
+  `config.input.device_cache_gib` with the number it needs.
+  """
+  from big_distill import errors  # pylint: disable=g-import-not-at-top
+  from big_distill.data import pp as pp_lib  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  n = decoded.num_examples
+  hmax, wmax = (int(v) for v in decoded.hw.max(0))
+  teachers = list(config.teachers)
+  fixed_res = {t: config[f"{t}_res"] for t in teachers} if config.distill.views == "fixed" else {}
+  need = n * hmax * wmax * decoded.channels + n * 2 * 4 + n * 4 + sum(
+      n * r * r * decoded.channels * 4 for r in fixed_res.values())
+  limit = config.input.device_cache_gib * 2**30
+  if need > limit:
+    raise errors.ConfigError(
+        f"config.input.cache='device': the training set ({n} images padded to "
+        f"{hmax}x{wmax}x{decoded.channels} uint8{', plus the fixed views' if fixed_res else ''})"
+        f" needs {need / 2**30:.3g} GiB on every device, more than "
+        f"config.input.device_cache_gib={config.input.device_cache_gib}. Raise it if the "
+        "devices have the memory, store smaller images (e.g. 'decode|resize_small(160)' in "
+        "config.input.pp), or use config.input.cache='decoded'.")
+  fixed_pp = pp_lib.parse(config.input.pp_fixed)
+  fixed = {}
+  for t, r in fixed_res.items():
+    views = []
+    for i in range(n):
+      image = tf.cast(fixed_pp({"image": decoded.image(i)})["image"], tf.float32)
+      if tuple(image.shape[:2]) != (r, r):  # As the host pipeline's _to_model.
+        image = tf.image.resize(image, (r, r), antialias=True)
+      views.append(image.numpy())
+    fixed[t] = np.stack(views)
+  host = DeviceData(images=decoded.padded(), hw=decoded.hw.astype(np.int32),
+                    labels=decoded.labels, fixed=fixed)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def replicate(x):  # Every process holds the whole (identical) set.
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(replicate, host)
+
+
+def batch_fn(config) -> Any:
+  """`(data, step) -> batch` of the config, for `make_batch` inside the train step."""
+  import functools  # pylint: disable=g-import-not-at-top
+  res = {"student": config.student_res, **{t: config[f"{t}_res"] for t in config.teachers}}
+  return functools.partial(
+      make_batch, seed=config.seed, batch_size=config.input.batch_size,
+      views=config.distill.views, res=res,
+      random_view=parse_random_view(config.input.pp_random),
+      value_range=parse_value_range(config.input.pp_post))
+
+
+def make_batch(data: DeviceData, step: jax.Array, *, seed: int, batch_size: int,
                views: str, res: dict[str, int], random_view: RandomView,
                value_range: tuple[float, float, float, float]) -> dict[str, Any]:
   """The training batch of global step `step` (0-based), made on the device.

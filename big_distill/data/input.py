@@ -33,6 +33,7 @@ from `config.seed`, so the stream is a function of (seed, step); see DESIGN.md
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 from typing import Any, Iterable, Iterator
 
@@ -47,6 +48,12 @@ from big_distill.data import pp as pp_lib
 from big_distill.data import prepare
 
 VIEWS = ("consistent", "independent", "fixed")
+# config.input.cache: "none" streams from files; "encoded" keeps the encoded
+# examples in host memory (random access: one global stream for any process
+# count); "decoded" keeps them decoded by `input.pp` (uint8 pixels: no JPEG
+# decoding per step); "device" keeps the decoded set on every device and makes
+# the batches inside the train step (data/device.py).
+CACHE_MODES = ("none", "encoded", "decoded", "device")
 _RAW_KEYS = ("image", "label")  # What is read from TFDS (and cached).
 _INF = np.iinfo(np.int64).max
 # Independent streams derived from config.seed.
@@ -264,8 +271,11 @@ def _output(images: dict, data: dict, config, post, rng) -> dict:
   return out
 
 
-def _train_example_fn(config: mlc.ConfigDict):
-  """The per-example function of training: pp, views, resizes, pp_post."""
+def _train_example_fn(config: mlc.ConfigDict, *, decoded: bool = False):
+  """The per-example function of training: pp, views, resizes, pp_post.
+
+  With `decoded`, `input.pp` was applied once when the examples were cached.
+  """
   views = config.distill.views
   check_views(views)
   pre = pp_lib.parse(config.input.pp)
@@ -275,7 +285,8 @@ def _train_example_fn(config: mlc.ConfigDict):
   names = model_names(config)
 
   def fn(data):
-    data = pre(data)
+    if not decoded:
+      data = pre(data)
     if views == "consistent":
       images = dict.fromkeys(names, rand(data)["image"])
     elif views == "independent":
@@ -291,34 +302,154 @@ def _train_example_fn(config: mlc.ConfigDict):
 # ---- Training --------------------------------------------------------------
 
 
-def _cached_stream(builder, config, start_step, p, P) -> tf.data.Dataset:
-  """One global random-access sequence over the raw examples held in memory.
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+  """A training set decoded once: uint8 pixels of every example, in id order.
+
+  Example i is `flat[offsets[i]:offsets[i] + h*w*C]` reshaped to (h, w, C) with
+  (h, w) = hw[i]; its id i is its position in the (balanced-subset) split.
+  """
+  flat: np.ndarray     # uint8[sum of h*w*C]
+  offsets: np.ndarray  # int64[N]
+  hw: np.ndarray       # int32[N, 2]
+  channels: int
+  labels: np.ndarray | None  # int32[N]
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.offsets)
+
+  def image(self, i: int) -> np.ndarray:
+    h, w = self.hw[i]
+    o = self.offsets[i]
+    return self.flat[o:o + h * w * self.channels].reshape(h, w, self.channels)
+
+  def padded(self) -> np.ndarray:
+    """uint8[N, Hmax, Wmax, C]: each image at the top left, zeros around it."""
+    hmax, wmax = self.hw.max(0)
+    out = np.zeros((self.num_examples, hmax, wmax, self.channels), np.uint8)
+    for i in range(self.num_examples):
+      h, w = self.hw[i]
+      out[i, :h, :w] = self.image(i)
+    return out
+
+
+def _raw_examples(builder, data_config) -> tf.data.Dataset:
+  """The raw examples of the training split (or its balanced subset), in id order."""
+  raw = _read(builder, data_config)
+  if data_config.balanced_subset:
+    raw = _select(raw, _subset_mask(builder, data_config))
+  return raw
+
+
+def decode_training_set(config: mlc.ConfigDict) -> Decoded:
+  """Applies `config.input.pp` once to every training example (host memory).
+
+  `input.pp` must be deterministic (e.g. 'decode' or 'decode|resize_small(160)'):
+  its result is reused at every epoch.
+  """
+  from big_distill import errors  # pylint: disable=g-import-not-at-top
+  random = pp_lib.random_ops(config.input.pp)
+  if random:
+    raise errors.ConfigError(
+        f"config.input.pp={config.input.pp!r} has random ops {random}, but with "
+        f"config.input.cache={config.input.cache!r} it runs once per example and is "
+        "reused every epoch. Move them to config.input.pp_random.")
+  data_config = config.input.data
+  builder = _builder(data_config)
+  pre = pp_lib.parse(config.input.pp)
+
+  def fn(ex):
+    out = pre(dict(ex))
+    image = tf.convert_to_tensor(out["image"])
+    if image.dtype != tf.uint8:
+      image = tf.cast(tf.clip_by_value(tf.round(tf.cast(image, tf.float32)), 0, 255), tf.uint8)
+    kept = {"image": image}
+    if "label" in out:
+      kept["label"] = tf.cast(out["label"], tf.int32)
+    return kept
+
+  ds = _options(_raw_examples(builder, data_config).map(
+      fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+  images, labels = [], []
+  for ex in ds.as_numpy_iterator():
+    images.append(ex["image"])
+    if "label" in ex:
+      labels.append(ex["label"])
+  if not images:
+    raise ValueError(f"{data_config.name} {data_config.split} has no examples.")
+  if images[0].ndim != 3:
+    raise errors.ConfigError(
+        f"config.input.pp={config.input.pp!r} gives images of shape {images[0].shape}; "
+        "the decoded cache needs [height, width, channels] (decode first).")
+  sizes = np.array([im.size for im in images], np.int64)
+  return Decoded(
+      flat=np.concatenate([im.reshape(-1) for im in images]),
+      offsets=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64),
+      hw=np.array([im.shape[:2] for im in images], np.int32),
+      channels=int(images[0].shape[-1]),
+      labels=np.array(labels, np.int32) if labels else None)
+
+
+def _global_positions(config, start_step, p, P, n):
+  """(position g, example id, RNG) of this process's rows of every global batch.
 
   Global position g = step * B + i takes example perm_epoch[g % N] (a
   stateless permutation per epoch) with the RNG fold_in(seed, g); process p
   takes rows [p*b, (p+1)*b) of every global batch. So the global batches are
   the same for any number of processes, and resuming is exact.
   """
+  B, b = config.input.batch_size, config.input.batch_size // P
+  perm_key, aug_key = _key(config.seed, _PERM), _key(config.seed, _AUG)
+
+  def position(j):
+    g = (j // b) * B + p * b + j % b
+    idx = tf.random.experimental.index_shuffle(
+        g % n, seed=_fold_in(perm_key, g // n), max_index=n - 1)
+    return idx, _fold_in(aug_key, g)
+  return tf.data.Dataset.range(start_step * b, _INF).map(position)
+
+
+def _decoded_stream(decoded: Decoded, config, start_step, p, P) -> tf.data.Dataset:
+  """As `_cached_stream`, over decoded pixels (no decoding per step)."""
+  flat = tf.constant(decoded.flat)
+  offsets = tf.constant(decoded.offsets)
+  hw = tf.constant(decoded.hw.astype(np.int64))
+  labels = None if decoded.labels is None else tf.constant(decoded.labels)
+  c = decoded.channels
+  uniform = (decoded.hw == decoded.hw[0]).all()
+
+  def element(idx, rng):
+    size = hw[idx]
+    image = tf.reshape(flat[offsets[idx]:offsets[idx] + size[0] * size[1] * c],
+                       tf.concat([size, [c]], 0))
+    image = (tf.ensure_shape(image, [*decoded.hw[0], c]) if uniform
+             else tf.ensure_shape(image, [None, None, c]))
+    ex = {"image": image, "_rng": rng, "_index": tf.cast(idx, tf.int32)}
+    if labels is not None:
+      ex["label"] = labels[idx]
+    return ex
+  return _global_positions(config, start_step, p, P, decoded.num_examples).map(element)
+
+
+def _cached_stream(builder, config, start_step, p, P) -> tf.data.Dataset:
+  """One global random-access sequence over the raw examples held in memory.
+
+  The positions, ids and RNGs of `_global_positions`: the same global batches
+  for any number of processes, and exact resumes.
+  """
   data_config = config.input.data
-  raw = _read(builder, data_config)
-  if data_config.balanced_subset:
-    raw = _select(raw, _subset_mask(builder, data_config))
-  chunks = list(raw.batch(8192).as_numpy_iterator())
+  chunks = list(_raw_examples(builder, data_config).batch(8192).as_numpy_iterator())
   if not chunks:
     raise errors.DataError(f"{data_config.name} {data_config.split} has no examples: "
                            "check config.input.data.split.")
   arrays = {k: tf.constant(np.concatenate([c[k] for c in chunks])) for k in chunks[0]}
   n = int(arrays["image"].shape[0])
-  B, b = config.input.batch_size, config.input.batch_size // P
-  perm_key, aug_key = _key(config.seed, _PERM), _key(config.seed, _AUG)
 
-  def element(j):
-    g = (j // b) * B + p * b + j % b
-    idx = tf.random.experimental.index_shuffle(
-        g % n, seed=_fold_in(perm_key, g // n), max_index=n - 1)
+  def element(idx, rng):
     ex = {k: tf.gather(v, idx) for k, v in arrays.items()}
-    return {**ex, "_rng": _fold_in(aug_key, g)}
-  return tf.data.Dataset.range(start_step * b, _INF).map(element)
+    return {**ex, "_rng": rng, "_index": tf.cast(idx, tf.int32)}
+  return _global_positions(config, start_step, p, P, n).map(element)
 
 
 def _streamed(builder, config, start_step, p, P) -> tf.data.Dataset:
@@ -356,23 +487,42 @@ def _streamed(builder, config, start_step, p, P) -> tf.data.Dataset:
   return ds.map(lambda k, ex: {**ex, "_rng": _fold_in(aug_key, k)})
 
 
+def cache_mode(config: mlc.ConfigDict) -> str:
+  """`config.input.cache`, checked."""
+  from big_distill import errors  # pylint: disable=g-import-not-at-top
+  mode = config.input.cache
+  if mode not in CACHE_MODES:
+    raise errors.ConfigError(f"config.input.cache={mode!r}: must be one of {CACHE_MODES}.")
+  return mode
+
+
 def make_train_dataset(config: mlc.ConfigDict, *, start_step: int = 0,
                        process_index: int | None = None,
-                       process_count: int | None = None) -> tf.data.Dataset:
+                       process_count: int | None = None,
+                       decoded: Decoded | None = None) -> tf.data.Dataset:
   """This process's infinite stream of training batches, from `start_step` on.
 
   Batches hold `config.input.batch_size // process_count` examples. The stream
   is a function of (config.seed, step): `start_step=N` yields the batches that
-  an uninterrupted stream yields from step N on. With `config.input.cache_raw`
-  the raw examples are held in memory and the stream is one global sequence
-  (see `_cached_stream`); otherwise each process streams its own share.
+  an uninterrupted stream yields from step N on. With `config.input.cache`
+  "encoded" or "decoded" the examples are held in memory and the stream is one
+  global sequence (see `_global_positions`); with "none" each process streams
+  its own share. ("device" makes its batches in the train step instead.)
+  `decoded`: the result of `decode_training_set(config)`, if already made.
   """
   p, P = _processes(process_index, process_count)
   b = _local_batch(config.input.batch_size, P, "config.input.batch_size")
-  example_fn = _train_example_fn(config)  # Parses pp strings: fails early.
-  builder = _builder(config.input.data)
-  stream = _cached_stream if config.input.cache_raw else _streamed
-  ds = stream(builder, config, start_step, p, P)
+  mode = cache_mode(config)
+  if mode == "device":
+    raise ValueError("config.input.cache='device' makes its batches on the devices "
+                     "(data/device.py); there is no host stream to build.")
+  example_fn = _train_example_fn(config, decoded=mode == "decoded")  # Fails early.
+  if mode == "decoded":
+    ds = _decoded_stream(decoded or decode_training_set(config), config, start_step, p, P)
+  else:
+    builder = _builder(config.input.data)
+    stream = _cached_stream if mode == "encoded" else _streamed
+    ds = stream(builder, config, start_step, p, P)
   ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return _options(ds)

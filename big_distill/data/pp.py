@@ -34,6 +34,7 @@ Example = dict[str, Any]
 PPFn = Callable[[Example], Example]
 
 _OPS: dict[str, Callable[..., PPFn]] = {}
+_RANDOM: set[str] = set()  # Ops that read data["_rng"].
 
 
 def register(name: str) -> Callable[[Callable[..., PPFn]], Callable[..., PPFn]]:
@@ -122,6 +123,11 @@ def _parse_op(text: str, pp: str) -> PPFn:
                      f"The op's signature is {_signature(name)}.") from None
 
 
+def random_ops(pp: str) -> list[str]:
+  """The names of the random ops in `pp` (empty: `pp` is a function of the example)."""
+  return [name for name, _ in describe(pp) if name in _RANDOM]
+
+
 def describe(pp: str) -> list[tuple[str, dict[str, Any]]]:
   """[(op name, {argument: value, defaults included})] of `pp`, checked like parse().
 
@@ -187,6 +193,8 @@ def keyed(name: str, default_key: str = "image", random: bool = False):
     op_factory.__signature__ = inspect.Signature(params + [
         inspect.Parameter("key", kw, default=default_key),
         inspect.Parameter("key_result", kw, default=None)])
+    if random:
+      _RANDOM.add(name)
     return register(name)(op_factory)
   return deco
 

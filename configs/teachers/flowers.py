@@ -41,7 +41,7 @@ def get_config(arg=None):
 
   # ---- Data (Flowers102): its 1,020 training images, TFDS validation and test.
   c.input.data = common.data("flowers")
-  c.input.cache_raw = True
+  c.input.cache = "encoded"
   c.input.batch_size = 512
   c.num_classes = 102
 

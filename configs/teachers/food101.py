@@ -40,7 +40,7 @@ def get_config(arg=None):
   # ---- Data (Food-101): train[:90%] (68,175 images), train[90%:] validates,
   # TFDS 'validation' (the official test set) tests.
   c.input.data = common.data("food101")
-  c.input.cache_raw = True
+  c.input.cache = "encoded"
   c.input.batch_size = 512
   c.num_classes = 101
 

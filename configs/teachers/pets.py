@@ -38,7 +38,7 @@ def get_config(arg=None):
   # ---- Data (Oxford-IIIT Pets): train[:90%] (3,312 images), train[90%:]
   # validates, 'test' tests.
   c.input.data = common.data("pets")
-  c.input.cache_raw = True
+  c.input.cache = "encoded"
   c.input.batch_size = 512
   c.num_classes = 37
 

@@ -38,7 +38,7 @@ def get_config(arg=None):
 
   # ---- Data (SUN397, TFDS config 'tfds'): train, validation, test.
   c.input.data = common.data("sun397")
-  c.input.cache_raw = True
+  c.input.cache = "encoded"
   c.input.batch_size = 512
   c.num_classes = 397
 
