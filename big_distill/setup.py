@@ -47,6 +47,7 @@ from big_distill import errors
 from big_distill import evaluate
 from big_distill import optim
 from big_distill import parallel
+from big_distill import precompute
 from big_distill.data import input as input_lib
 from big_distill.data import pp as pp_lib
 
@@ -131,6 +132,7 @@ def check_config(config: mlc.ConfigDict) -> None:
   """Every check that needs no data, no weights and no compile."""
   input_lib.check_views(config.distill.views)
   distill.from_config(config.distill)
+  precompute.check_config(config)
   if config.mixup.p is not None and config.mixup.p < 0:
     raise errors.ConfigError(f"config.mixup.p={config.mixup.p} must be >= 0 (0 disables mixup).")
   for field in ("pp", "pp_random", "pp_fixed", "pp_post"):
@@ -312,8 +314,14 @@ def make_loss(config: mlc.ConfigDict, models: Models) -> Callable:
 
 
 def make_update_fn(config: mlc.ConfigDict, models: Models, tx, schedule) -> Callable:
-  """The body of the step: mixup, teachers' forward, student's forward+backward, update."""
+  """The body of the step: mixup, teachers' forward, student's forward+backward, update.
+
+  With `config.distill.fixed` the teachers' outputs were computed once
+  (precompute.py) and come with the batch as `batch["teacher_logits"]`: the
+  step has no teacher forward (and no mixup, which such targets cannot follow).
+  """
   teacher_forward = make_teacher_forward(models)
+  precomputed = bool(config.distill.fixed)
   loss = make_loss(config, models)
   p = config.mixup.p
 
@@ -329,7 +337,10 @@ def make_update_fn(config: mlc.ConfigDict, models: Models, tx, schedule) -> Call
       images, _ = distill.mixup(rng, p, images)
     else:
       images, labels, _ = distill.mixup(rng, p, images, labels)
-    teacher_logits = teacher_forward(teacher_params, images)
+    if precomputed:
+      teacher_logits = batch["teacher_logits"]
+    else:
+      teacher_logits = teacher_forward(teacher_params, images)
     (total, (logits, terms)), grads = jax.value_and_grad(loss, has_aux=True)(
         state["params"], images, teacher_logits, labels)
     updates, opt = tx.update(grads, state["opt"], state["params"])

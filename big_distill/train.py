@@ -35,6 +35,7 @@ from big_distill import errors
 from big_distill import fileio
 from big_distill import metrics as metrics_lib
 from big_distill import parallel
+from big_distill import precompute
 from big_distill import setup
 from big_distill.data import input as input_lib
 
@@ -233,6 +234,11 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   student_init = setup.load_student_init(config, models)
   record_config(workdir, config)  # Every check passed: the workdir is this config's.
 
+  # ---- Fixed teachers: their outputs, computed once (or read back) ------
+  tables = None
+  if config.distill.fixed:
+    tables = precompute.load_or_compute(config, models, mesh, teacher_params, workdir)
+
   # ---- Initial state, or the checkpoint; evaluators ---------------------
   ckpt = open_checkpointer(workdir, config)
   first_step, state = restore_or_init(ckpt, s, student_init)
@@ -243,8 +249,10 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   log = _TrainLog(writer, metrics_lib.Progress(d.total, config.input.batch_size,
                                                d.steps_per_epoch, first_step), d)
   preemption = _Preemption()
-  batches = input_lib.to_global(input_lib.make_train_dataset(config, start_step=first_step),
-                                parallel.batch_sharding(mesh), config.input.prefetch)
+  batches = input_lib.make_train_dataset(config, start_step=first_step).as_numpy_iterator()
+  if tables is not None:
+    batches = precompute.with_targets(batches, tables)  # Looked up by example id.
+  batches = input_lib.to_global(batches, parallel.batch_sharding(mesh), config.input.prefetch)
   profiling = False
   step = first_step
   try:

@@ -22,8 +22,9 @@ per model. Views:
     (the paper's ind/ic): the teacher's target is noisy for the student.
   * 'fixed': teachers see the deterministic view `input.pp_fixed`, the student
     random views. The teachers' input depends only on the example (the
-    paper's fix/cc: their logits could be precomputed; the trainer computes
-    them at every step, like those of the other views).
+    paper's fix/cc). With `distill.fixed` set, their outputs are precomputed
+    (precompute.py): the batch then holds the student's image only, and
+    `"_index"`, each example's id, by which the trainer looks the targets up.
 
 Randomness (crops, flips, shuffling) comes only from stateless seeds derived
 from `config.seed`, so the stream is a function of (seed, step); see DESIGN.md
@@ -256,9 +257,10 @@ def _to_model(image, res: int, post: pp_lib.PPFn, rng, name: str) -> tf.Tensor:
 
 
 def _output(images: dict, data: dict, config, post, rng) -> dict:
+  """Each model's image of `images` (in model_names order), and the label."""
   out = {"image": {n: _to_model(images[n], config[f"{n}_res"], post,
                                 _fold_in(rng, i), n)
-                   for i, n in enumerate(model_names(config))}}
+                   for i, n in enumerate(images)}}
   if "label" in data:
     out["label"] = tf.cast(data["label"], tf.int32)
   return out
@@ -276,6 +278,8 @@ def _train_example_fn(config: mlc.ConfigDict):
 
   def fn(data):
     data = pre(data)
+    if config.distill.fixed:
+      return _student_only(data)
     if views == "consistent":
       images = dict.fromkeys(names, rand(data)["image"])
     elif views == "independent":
@@ -285,6 +289,14 @@ def _train_example_fn(config: mlc.ConfigDict):
       images = {**dict.fromkeys(names, fixed(data)["image"]),
                 "student": rand(data)["image"]}
     return _output(images, data, config, post, _fold_in(data["_rng"], -1))
+
+  def _student_only(data):
+    # Precomputed teachers (distill.fixed): no teacher view to make; the
+    # student's view is as with views='fixed' ('rs': the fixed one too).
+    view = fixed if config.distill.fixed == "rs" else rand
+    out = _output({"student": view(data)["image"]}, data, config, post,
+                  _fold_in(data["_rng"], -1))
+    return {**out, "_index": data["_index"]}
   return fn
 
 
@@ -317,7 +329,9 @@ def _cached_stream(builder, config, start_step, p, P) -> tf.data.Dataset:
     idx = tf.random.experimental.index_shuffle(
         g % n, seed=_fold_in(perm_key, g // n), max_index=n - 1)
     ex = {k: tf.gather(v, idx) for k, v in arrays.items()}
-    return {**ex, "_rng": _fold_in(aug_key, g)}
+    # The example's id (its position in the split): precomputed teacher
+    # outputs are looked up by it.
+    return {**ex, "_rng": _fold_in(aug_key, g), "_index": tf.cast(idx, tf.int32)}
   return tf.data.Dataset.range(start_step * b, _INF).map(element)
 
 
