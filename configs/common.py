@@ -30,6 +30,7 @@ from __future__ import annotations
 import ml_collections as mlc
 
 from big_distill import config_lib
+from big_distill import errors
 
 # ---- Data sets ---------------------------------------------------------------
 # `train`: the training split; `train_size`: its size in TFDS, which sets the
@@ -192,13 +193,17 @@ def function_matching(c: mlc.ConfigDict, *, lr: float, wd: float, t: float) -> N
 
 # ---- Distillation on the small data sets ------------------------------------
 
-def distill_small(dataset: str, variants: dict[str, dict], arg: str | None) -> mlc.ConfigDict:
+def distill_small(dataset: str, variants: dict[str, dict], arg: str | None,
+                  fixed: dict[str, dict] | None = None) -> mlc.ConfigDict:
   """Function matching of a 128px R152x2 teacher into a 128px R50x1.
 
   `variants`: variant -> dict(epochs, lr, wd, t), the config's row of the
-  paper's released settings. `arg`: `variant=fast|medium|long`, `runlocal`.
+  paper's released settings. `arg`: `variant=fast|medium|long`, `runlocal`,
+  and `fixed=rs|cc|ic_ens`: the config's fixed-teacher baseline of that name
+  instead of function matching (`fixed`: name -> its settings, see
+  `fixed_teacher`).
   """
-  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False)
+  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, fixed="")
   if arg.variant not in variants:
     raise ValueError(f"Unknown variant={arg.variant!r} for {dataset}; known: "
                      f"{', '.join(variants)}.")
@@ -226,7 +231,35 @@ def distill_small(dataset: str, variants: dict[str, dict], arg: str | None) -> m
   add_evals(c, dataset, pp=eval_pp(dataset, r), runlocal=local,
             cache_raw=DATASETS[dataset]["train_size"] < 20_000,
             log_epochs=v["epochs"] / 20, types=DISTILL_EVALS)
+  if arg.fixed:
+    fixed_teacher(c, arg.fixed, fixed or {}, dataset=dataset, runlocal=local)
   return c
+
+
+def fixed_teacher(c: mlc.ConfigDict, kind: str, settings: dict[str, dict], *, dataset: str,
+                  runlocal: bool) -> None:
+  """The fixed-teacher baseline `kind` (the paper's Section 3.1.1) on config `c`.
+
+  `settings[kind]`: the config's pp strings for it (`{r}`: the crop size,
+  `{s}`: the short side it is cut from) and any `distill` fields. The
+  teacher's outputs depend on the image alone, so they are computed once
+  before training (big_distill/precompute.py); mixup is off (a stored target
+  cannot follow a mixed image); the rest is function matching's recipe.
+  runlocal averages 4 crops for ic_ens instead of 1,000.
+  """
+  if kind not in settings:
+    raise errors.ConfigError(f"Unknown fixed={kind!r}; known: {', '.join(settings)}.")
+  r = c.student_res
+  fields = dict(settings[kind])
+  for name in ("pp_fixed", "pp_random"):
+    if name in fields:
+      c.input[name] = fields.pop(name).format(r=r, s=short_side(dataset, r))
+  c.distill.views = "fixed"
+  c.distill.fixed = kind
+  c.mixup.p = 0.0
+  c.distill.update(fields)
+  if runlocal and kind == "ic_ens":
+    c.distill.ensemble_crops = 4
 
 
 # ---- Teachers: BiT-HyperRule fine-tuning of BiT-M R152x2 --------------------

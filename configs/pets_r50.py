@@ -33,6 +33,13 @@ towards the teacher's (`test/t1_top1`) with longer schedules; the paper's
 curves (Fig. 3) keep improving up to `long`. For scale, a public Keras
 reproduction with an R101x3 teacher (90.9%) reached 86.0% after 1,000 epochs
 (= `fast`). Logs: WORKDIR/metrics.jsonl and TensorBoard files in WORKDIR.
+
+The paper's fixed-teacher baselines (Section 3.1.1) replace function matching
+with `:fixed=rs|cc|ic_ens`, e.g. `--config=configs/pets_r50.py:variant=fast,fixed=cc`
+(FIXED below has each one's views). Before training, one pass computes the
+teacher's outputs per image (ic_ens: 1,000 teacher forwards per image, as
+many as 1,000 epochs of function matching make) into
+WORKDIR/teacher_outputs.npz; a rerun reads them back.
 """
 
 from configs import common
@@ -45,5 +52,22 @@ VARIANTS = dict(
 )
 
 
+# The paper's fixed teachers (Section 3.1.1), `:fixed=rs|cc|ic_ens`: each one's
+# pp strings ({r}: the 128px crop, {s}: the 160px short side it is cut from).
+# The teacher's outputs are computed once before training and reused; no mixup.
+FIXED = dict(
+    # fix/rs: the whole image resized, for the teacher and the student alike.
+    rs=dict(pp_fixed="resize({r})"),
+    # fix/cc: the teacher on the central crop (its evaluation view); the
+    # student on mild random crops of the image resized on its short side.
+    cc=dict(pp_fixed="resize_small({s})|central_crop({r})",
+            pp_random="resize_small({s})|random_crop({r})|flip_lr"),
+    # fix/ic_ens: the teacher's prediction is its probabilities averaged over
+    # 1,000 inception crops (and flips) of the image; the student on random
+    # inception crops.
+    ic_ens=dict(pp_random="inception_crop({r})|flip_lr", ensemble_crops=1000),
+)
+
+
 def get_config(arg=None):
-  return common.distill_small("pets", VARIANTS, arg)
+  return common.distill_small("pets", VARIANTS, arg, fixed=FIXED)
