@@ -80,7 +80,7 @@ def built(config):
   return models, mesh, setup.load_teachers(config, models, mesh)
 
 
-def views(config, examples, pp_view, seeds=None):
+def views(config, examples, pp_view, seeds=None, res=None):
   """f32[N, r, r, 3]: the teacher's view of every example, made here.
 
   `pp | pp_view`, an antialiased resize to the teacher's resolution where the
@@ -88,7 +88,7 @@ def views(config, examples, pp_view, seeds=None):
   """
   view = pp_lib.parse(f"{config.input.pp}|{pp_view}")
   post = pp_lib.parse(config.input.pp_post)
-  res = config.t1_res
+  res = res or config.t1_res
   out = []
   for i, ex in enumerate(examples):
     data = {"image": ex["image"]}
@@ -163,6 +163,23 @@ def test_ic_ens_averages_probabilities_at_the_temperature(fashion_data_dir, teac
   np.testing.assert_allclose(jax.nn.softmax(table / t), mean, rtol=1e-4, atol=1e-6)
   # The mean of probabilities, not of logits (which would be a different target).
   np.testing.assert_allclose(table, t * np.log(mean), rtol=1e-4, atol=1e-5)
+
+
+def test_training_batches_carry_ids_and_the_students_image_only(fashion_data_dir, teacher,
+                                                                 examples):
+  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
+  config = make_config(fashion_data_dir, teacher, "rs")
+  batches = input_lib.make_train_dataset(config, start_step=1).take(2).as_numpy_iterator()
+  want = views(config, examples, config.input.pp_fixed, res=config.student_res)
+  ids = []
+  for batch in batches:
+    assert sorted(batch) == ["_index", "image", "label"] and list(batch["image"]) == ["student"]
+    # fix/rs: the student's image is the fixed view of the example of that id.
+    np.testing.assert_allclose(batch["image"]["student"], want[batch["_index"]], atol=1e-5)
+    np.testing.assert_array_equal(batch["label"],
+                                  [int(examples[i]["label"]) for i in batch["_index"]])
+    ids += batch["_index"].tolist()
+  assert len(set(ids)) == 16  # Steps 1 and 2: within the first permutation of 40.
 
 
 # ---- The step -------------------------------------------------------------------

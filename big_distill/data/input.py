@@ -257,7 +257,8 @@ def _to_model(image, res: int, post: pp_lib.PPFn, rng, name: str) -> tf.Tensor:
 
 
 def _output(images: dict, data: dict, config, post, rng) -> dict:
-  """Each model's image of `images` (in model_names order), and the label."""
+  """The image of each model in `images` (keys in model_names order: model i's
+  pp_post gets the seed fold_in(rng, i)), and the label."""
   out = {"image": {n: _to_model(images[n], config[f"{n}_res"], post,
                                 _fold_in(rng, i), n)
                    for i, n in enumerate(images)}}
