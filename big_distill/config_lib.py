@@ -144,6 +144,14 @@ def base() -> mlc.ConfigDict:
   c.distill.loss = "kl"  # 'kl' | 'euclidean' | 'logsoftmax_euclidean' | 'hard'.
   c.distill.t = 1.0  # Temperature of 'kl'.
   c.distill.label_weight = 0.0  # Weight of the labelled cross-entropy.
+  # The paper's fixed teachers (Section 3.1.1), with views='fixed' and no mixup:
+  # the teachers' outputs are computed once per image before training
+  # (precompute.py) and looked up at every step. '' (off) | 'rs' (both models
+  # see pp_fixed, e.g. the whole image resized) | 'cc' (teachers pp_fixed, e.g.
+  # a central crop; the student pp_random) | 'ic_ens' (teachers: the mean
+  # probability over `ensemble_crops` pp_random crops; the student pp_random).
+  c.distill.fixed = ""
+  c.distill.ensemble_crops = 1000  # 'ic_ens': the paper averages 1,000 crops.
   c.mixup = mlc.ConfigDict(dict(p=1.0))  # Beta(p, p); 0 disables mixup.
 
   # ---- Optimizer ---------------------------------------------------------

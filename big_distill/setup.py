@@ -50,6 +50,7 @@ from big_distill import evaluate
 from big_distill import optim
 from big_distill import parallel
 from big_distill.data import device as device_data
+from big_distill import precompute
 from big_distill.data import input as input_lib
 from big_distill.data import pp as pp_lib
 
@@ -162,6 +163,7 @@ def check_config(config: mlc.ConfigDict) -> None:
   """Every check that needs no data, no weights and no compile."""
   input_lib.check_views(config.distill.views)
   distill.from_config(config.distill)
+  precompute.check_config(config)
   if config.mixup.p is not None and config.mixup.p < 0:
     raise errors.ConfigError(f"config.mixup.p={config.mixup.p} must be >= 0 (0 disables mixup).")
   for field in ("pp", "pp_random", "pp_fixed", "pp_post"):
@@ -436,8 +438,14 @@ def make_loss(config: mlc.ConfigDict, models: Models) -> Callable:
 
 
 def make_update_fn(config: mlc.ConfigDict, models: Models, tx, schedule) -> Callable:
-  """The body of the step: mixup, teachers' forward, student's forward+backward, update."""
+  """The body of the step: mixup, teachers' forward, student's forward+backward, update.
+
+  With `config.distill.fixed` the teachers' outputs were computed once
+  (precompute.py) and come with the batch as `batch["teacher_logits"]`: the
+  step has no teacher forward (and no mixup, which such targets cannot follow).
+  """
   teacher_forward = make_teacher_forward(models)
+  precomputed = bool(config.distill.fixed)
   loss = make_loss(config, models)
   p = config.mixup.p
   task_labels = training_labels_are_the_tasks(config)
@@ -454,7 +462,10 @@ def make_update_fn(config: mlc.ConfigDict, models: Models, tx, schedule) -> Call
       images, _ = distill.mixup(rng, p, images)
     else:
       images, labels, _ = distill.mixup(rng, p, images, labels)
-    teacher_logits = teacher_forward(teacher_params, images)
+    if precomputed:
+      teacher_logits = batch["teacher_logits"]
+    else:
+      teacher_logits = teacher_forward(teacher_params, images)
     new = {}
     if "batch_stats" in state:
       (total, (logits, terms, new["batch_stats"])), grads = jax.value_and_grad(
@@ -581,19 +592,22 @@ def prepare_train_data(config: mlc.ConfigDict, mesh) -> Any:
   return device_data.put(decoded, config, mesh) if mode == "device" else decoded
 
 
-def train_batches(config: mlc.ConfigDict, mesh, start_step: int, data: Any = None
-                  ) -> Iterator[Any]:
+def train_batches(config: mlc.ConfigDict, mesh, start_step: int, data: Any = None,
+                  tables: Any = None) -> Iterator[Any]:
   """What `train_step` takes third, step after step, from `start_step` on.
 
-  Host pipelines: global batches, `config.input.prefetch` ahead. The device
-  cache: the device-resident data set, the same every step (the step draws
-  its batch from it by (seed, step)). `data`: from `prepare_train_data`.
+  Host pipelines: global batches, `config.input.prefetch` ahead, with the
+  fixed teachers' precomputed outputs (`tables`) looked up by example id. The
+  device cache: the device-resident data set, the same every step (the step
+  draws its batch from it by (seed, step)). `data`: from `prepare_train_data`.
   """
   if input_lib.cache_mode(config) == "device":
     return itertools.repeat(data if data is not None else prepare_train_data(config, mesh))
-  return input_lib.to_global(
-      input_lib.make_train_dataset(config, start_step=start_step, decoded=data),
-      parallel.batch_sharding(mesh), config.input.prefetch)
+  batches = input_lib.make_train_dataset(config, start_step=start_step,
+                                         decoded=data).as_numpy_iterator()
+  if tables is not None:
+    batches = precompute.with_targets(batches, tables)
+  return input_lib.to_global(batches, parallel.batch_sharding(mesh), config.input.prefetch)
 
 
 # ---- Weights -----------------------------------------------------------------

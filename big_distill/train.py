@@ -35,6 +35,7 @@ from big_distill import errors
 from big_distill import fileio
 from big_distill import metrics as metrics_lib
 from big_distill import parallel
+from big_distill import precompute
 from big_distill import setup
 from big_distill import workdir as workdir_lib
 
@@ -226,6 +227,11 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   lock = workdir_lib.acquire(workdir)  # A second launch on this workdir stops here.
   record_config(workdir, config)  # Every check passed: the workdir is this config's.
 
+  # ---- Fixed teachers: their outputs, computed once (or read back) ------
+  tables = None
+  if config.distill.fixed:
+    tables = precompute.load_or_compute(config, models, mesh, teacher_params, workdir)
+
   # ---- Initial state, or the checkpoint; evaluators ---------------------
   ckpt = open_checkpointer(workdir, config)
   first_step, state = restore_or_init(ckpt, s, student_init)
@@ -236,7 +242,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   log = _TrainLog(writer, metrics_lib.Progress(d.total, config.input.batch_size,
                                                d.steps_per_epoch, first_step), d)
   preemption = _Preemption()
-  batches = setup.train_batches(config, mesh, first_step, train_data)
+  batches = setup.train_batches(config, mesh, first_step, train_data, tables)
   profiling = False
   step = first_step
   try:

@@ -117,6 +117,44 @@ def set_image_source(c: mlc.ConfigDict, images: str, allowed: tuple[str, ...],
   c.total_epochs, c.total_steps = None, total_steps
 
 
+# ---- The paper's fixed-teacher baselines (Section 3.1.1) -------------------------
+
+# pp strings of each ({r}: the crop, {s}: the short side it is cut from) and any
+# distill fields. The teacher's outputs depend on the image alone, so they are
+# computed once before training (big_distill/precompute.py), and mixup is off.
+FIXED = dict(
+    # fix/rs: the whole image resized, for the teacher and the student alike.
+    rs=dict(pp_fixed="resize({r})"),
+    # fix/cc: the teacher on the central crop (its evaluation view); the
+    # student on mild random crops of the image resized on its short side.
+    cc=dict(pp_fixed="resize_small({s})|central_crop({r})",
+            pp_random="resize_small({s})|random_crop({r})|flip_lr"),
+    # fix/ic_ens: the teacher's prediction is its probabilities (at the
+    # distillation temperature) averaged over 1,000 inception crops (and flips)
+    # of the image; the student on random inception crops.
+    ic_ens=dict(pp_random="inception_crop({r})|flip_lr", ensemble_crops=1000),
+)
+
+
+def fixed_teacher(c: mlc.ConfigDict, kind: str, *, short_side: int, runlocal: bool) -> None:
+  """The fixed-teacher baseline `kind` (FIXED) in place of function matching.
+
+  runlocal averages 4 crops for ic_ens instead of 1,000.
+  """
+  if kind not in FIXED:
+    raise errors.ConfigError(f"Unknown fixed={kind!r}; known: {', '.join(FIXED)}.")
+  fields = dict(FIXED[kind])
+  for name in ("pp_fixed", "pp_random"):
+    if name in fields:
+      c.input[name] = fields.pop(name).format(r=c.student_res, s=short_side)
+  c.distill.views = "fixed"
+  c.distill.fixed = kind
+  c.mixup.p = 0.0
+  c.distill.update(fields)
+  if runlocal and kind == "ic_ens":
+    c.distill.ensemble_crops = 4
+
+
 # ---- runlocal ----------------------------------------------------------------
 
 LOCAL_TEACHER = dict(depth=26, width=0.25)

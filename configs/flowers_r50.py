@@ -44,6 +44,12 @@ v2-8 for `fast` (19,922 steps). The others are estimates scaled by the number
 of images: `medium` (199,219 steps) ~12 h, `long` (1,992,188 steps) ~5 days on
 a v2-8; the reference release reports ~25 h for `long` on a v3-32.
 
+The paper's fixed-teacher baselines (Section 3.1.1) replace function matching
+with `:fixed=rs|cc|ic_ens` (configs/common.py FIXED has each one's views).
+Before training, one pass computes the teacher's outputs per image (ic_ens:
+1,000 teacher forwards per image) into WORKDIR/teacher_outputs.npz; a rerun
+reads them back.
+
 Expected accuracy (test top-1, Table 4): the released teacher 97.82%
 (`test/t1_top1`, logged at every eval); the student (`test/student_top1`)
 77.51% after 1,000 epochs, 92.83% after 10,000 (`fast`), 95.54% after 100,000
@@ -67,7 +73,7 @@ VARIANTS = dict(  # epochs, lr, wd, t
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit")
+  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit", fixed="")
   if arg.variant not in VARIANTS:
     raise errors.ConfigError(f"Unknown variant={arg.variant!r} for flowers; known: "
                              f"{', '.join(VARIANTS)}.")
@@ -145,6 +151,10 @@ def get_config(arg=None):
     for split in splits:
       common.add_eval(c, prefix + split, kind, "flowers", split, pp=pp_eval, **period)
 
+  # `:fixed=rs|cc|ic_ens`: the paper's fixed-teacher baselines instead
+  # (common.FIXED: each one's views; the teacher's outputs computed once).
+  if arg.fixed:
+    common.fixed_teacher(c, arg.fixed, short_side=r * 5 // 4, runlocal=local)
   if local:
     common.shrink_for_local(c)
   return c

@@ -44,6 +44,12 @@ steps) ~50 minutes (the reference release reports ~45 minutes on a v2-8),
 `medium` (133,155 steps) ~8 h, `long` (399,463 steps) ~1 day on a v2-8 (the
 reference release reports ~14 h on a v3-8).
 
+The paper's fixed-teacher baselines (Section 3.1.1) replace function matching
+with `:fixed=rs|cc|ic_ens` (configs/common.py FIXED has each one's views).
+Before training, one pass computes the teacher's outputs per image (ic_ens:
+1,000 teacher forwards per image) into WORKDIR/teacher_outputs.npz; a rerun
+reads them back.
+
 Expected accuracy (test top-1, Table 4): the released teacher 86.24%
 (`test/t1_top1`, logged at every eval); the student (`test/student_top1`)
 83.29% after 100 epochs (`fast`), 86.64% after 1,000 (`medium`) and 87.20%
@@ -66,7 +72,7 @@ VARIANTS = dict(  # epochs, lr, wd, t
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit")
+  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit", fixed="")
   if arg.variant not in VARIANTS:
     raise errors.ConfigError(f"Unknown variant={arg.variant!r} for food101; known: "
                              f"{', '.join(VARIANTS)}.")
@@ -141,6 +147,10 @@ def get_config(arg=None):
     for split in splits:
       common.add_eval(c, prefix + split, kind, "food101", split, pp=pp_eval, **period)
 
+  # `:fixed=rs|cc|ic_ens`: the paper's fixed-teacher baselines instead
+  # (common.FIXED: each one's views; the teacher's outputs computed once).
+  if arg.fixed:
+    common.fixed_teacher(c, arg.fixed, short_side=r * 5 // 4, runlocal=local)
   if local:
     common.shrink_for_local(c)
   return c

@@ -41,6 +41,12 @@ TPU v2-8 for `fast` (6,469 steps). Estimates scaled by the number of images:
 `medium` (19,407 steps) ~1.5 h, `long` (194,063 steps) ~14 h on a v2-8; the
 reference release reports ~11 h for `long` on a v2-8.
 
+The paper's fixed-teacher baselines (Section 3.1.1) replace function matching
+with `:fixed=rs|cc|ic_ens` (configs/common.py FIXED has each one's views).
+Before training, one pass computes the teacher's outputs per image (ic_ens:
+1,000 teacher forwards per image) into WORKDIR/teacher_outputs.npz; a rerun
+reads them back.
+
 Expected accuracy (test top-1, Table 4): the released teacher 91.03%
 (`test/t1_top1`, logged at every eval); the student (`test/student_top1`)
 88.01% after 1,000 epochs (`fast`), 90.08% after 3,000 (`medium`), 90.98%
@@ -63,7 +69,7 @@ VARIANTS = dict(  # epochs, lr, wd, t
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit", images="pets")
+  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit", fixed="", images="pets")
   if arg.variant not in VARIANTS:
     raise errors.ConfigError(f"Unknown variant={arg.variant!r} for pets; known: "
                              f"{', '.join(VARIANTS)}.")
@@ -148,6 +154,10 @@ def get_config(arg=None):
 
   if not own_images:
     common.set_image_source(c, arg.images, ("food101", "imagenet"), steps)
+  # `:fixed=rs|cc|ic_ens`: the paper's fixed-teacher baselines instead
+  # (common.FIXED: each one's views; the teacher's outputs computed once).
+  if arg.fixed:
+    common.fixed_teacher(c, arg.fixed, short_side=r * 5 // 4, runlocal=local)
   if local:
     common.shrink_for_local(c)
   return c

@@ -42,6 +42,12 @@ images from the paper's Flowers and Pets timings on a TPU v2-8: `fast` (14,869
 steps) ~1 h, `medium` (148,688 steps) ~10 h, `long` (446,063 steps) ~1.2 days
 on a v2-8.
 
+The paper's fixed-teacher baselines (Section 3.1.1) replace function matching
+with `:fixed=rs|cc|ic_ens` (configs/common.py FIXED has each one's views).
+Before training, one pass computes the teacher's outputs per image (ic_ens:
+1,000 teacher forwards per image) into WORKDIR/teacher_outputs.npz; a rerun
+reads them back.
+
 Expected accuracy (test top-1, Table 4): the released teacher 74.22%
 (`test/t1_top1`, logged at every eval); the student (`test/student_top1`)
 68.28% after 100 epochs (`fast`), 73.46% after 1,000 (`medium`) and 74.26%
@@ -64,7 +70,7 @@ VARIANTS = dict(  # epochs, lr, wd, t
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit", images="sun397")
+  arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit", fixed="", images="sun397")
   if arg.variant not in VARIANTS:
     raise errors.ConfigError(f"Unknown variant={arg.variant!r} for sun397; known: "
                              f"{', '.join(VARIANTS)}.")
@@ -146,6 +152,10 @@ def get_config(arg=None):
 
   if not own_images:
     common.set_image_source(c, arg.images, ("food101", "imagenet"), steps)
+  # `:fixed=rs|cc|ic_ens`: the paper's fixed-teacher baselines instead
+  # (common.FIXED: each one's views; the teacher's outputs computed once).
+  if arg.fixed:
+    common.fixed_teacher(c, arg.fixed, short_side=r * 5 // 4, runlocal=local)
   if local:
     common.shrink_for_local(c)
   return c

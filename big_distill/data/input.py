@@ -22,8 +22,9 @@ per model. Views:
     (the paper's ind/ic): the teacher's target is noisy for the student.
   * 'fixed': teachers see the deterministic view `input.pp_fixed`, the student
     random views. The teachers' input depends only on the example (the
-    paper's fix/cc: their logits could be precomputed; the trainer computes
-    them at every step, like those of the other views).
+    paper's fix/cc). With `distill.fixed` set, their outputs are precomputed
+    (precompute.py): the batch then holds the student's image only, and
+    `"_index"`, each example's id, by which the trainer looks the targets up.
 
 Randomness (crops, flips, shuffling) comes only from stateless seeds derived
 from `config.seed`, so the stream is a function of (seed, step); see DESIGN.md
@@ -263,9 +264,11 @@ def _to_model(image, res: int, post: pp_lib.PPFn, rng, name: str) -> tf.Tensor:
 
 
 def _output(images: dict, data: dict, config, post, rng) -> dict:
+  """The image of each model in `images` (keys in model_names order: model i's
+  pp_post gets the seed fold_in(rng, i)), and the label."""
   out = {"image": {n: _to_model(images[n], config[f"{n}_res"], post,
                                 _fold_in(rng, i), n)
-                   for i, n in enumerate(model_names(config))}}
+                   for i, n in enumerate(images)}}
   if "label" in data:
     out["label"] = tf.cast(data["label"], tf.int32)
   return out
@@ -287,6 +290,8 @@ def _train_example_fn(config: mlc.ConfigDict, *, decoded: bool = False):
   def fn(data):
     if not decoded:
       data = pre(data)
+    if config.distill.fixed:
+      return _student_only(data)
     if views == "consistent":
       images = dict.fromkeys(names, rand(data)["image"])
     elif views == "independent":
@@ -296,6 +301,14 @@ def _train_example_fn(config: mlc.ConfigDict, *, decoded: bool = False):
       images = {**dict.fromkeys(names, fixed(data)["image"]),
                 "student": rand(data)["image"]}
     return _output(images, data, config, post, _fold_in(data["_rng"], -1))
+
+  def _student_only(data):
+    # Precomputed teachers (distill.fixed): no teacher view to make; the
+    # student's view is as with views='fixed' ('rs': the fixed one too).
+    view = fixed if config.distill.fixed == "rs" else rand
+    out = _output({"student": view(data)["image"]}, data, config, post,
+                  _fold_in(data["_rng"], -1))
+    return {**out, "_index": data["_index"]}
   return fn
 
 
