@@ -12,6 +12,11 @@ class (`images=100`, Flowers102's 10 per class) or 102 per class
 
 The arms (`:arm=...`), in the paper's names (Section 3.1, PAPER_NOTES.md):
   supervised   no teacher: labels, same crops; mixup selectable (`mixup=0|1`)
+  fix_rs       `fix/rs`: both models see the whole image resized; the teacher's
+               outputs computed once before training
+  fix_ic_ens   `fix/ic_ens`: the teacher's prediction averaged over 1,000
+               inception crops (computed once); the student on inception crops
+  shampoo_paper  funmatch with the paper's Shampoo (SGD grafting, Nesterov)
   fixed        the teacher sees the whole image resized (its prediction is a
                constant per image, precomputable), the student random
                inception crops. That is the paper's `fix/cc` idea (a fixed
@@ -43,10 +48,12 @@ images/s plus ~30 s of start-up (docs/results.md has the measured table).
 from big_distill import config_lib
 from configs import fmnist_teacher as fm
 
-ARMS = ("funmatch", "consistent", "independent", "fixed", "supervised", "shampoo", "lowres")
+ARMS = ("funmatch", "consistent", "independent", "fixed", "supervised", "shampoo", "lowres",
+        "fix_rs", "fix_ic_ens", "shampoo_paper")
 SETTINGS = (100, 1020)  # Images in the student's training set.
-_VIEWS = {"independent": "independent", "fixed": "fixed"}
-_NO_MIXUP = ("consistent", "independent", "fixed")
+_VIEWS = {"independent": "independent", "fixed": "fixed", "fix_rs": "fixed",
+          "fix_ic_ens": "fixed"}
+_NO_MIXUP = ("consistent", "independent", "fixed", "fix_rs", "fix_ic_ens")
 
 
 def get_config(arg=None):
@@ -88,7 +95,26 @@ def get_config(arg=None):
   c.distill.t = a.t
   c.mixup.p = a.mixup if a.mixup >= 0 else (0.0 if a.arm in _NO_MIXUP else 1.0)
 
-  c.optim.name = "shampoo" if a.arm == "shampoo" else "adam"
+  # The paper's other fixed teachers, with the teacher's outputs computed once
+  # before training (big_distill/precompute.py): `fix/rs` (both models see the
+  # whole image, resized) and `fix/ic_ens` (the teacher's probabilities
+  # averaged over 1,000 inception crops of each image; the student on random
+  # inception crops). The `fixed` arm above runs its teacher every step on the
+  # same view as a precomputed `fix/cc` would (equal to rounding).
+  if a.arm == "fix_rs":
+    c.distill.fixed = "rs"
+  if a.arm == "fix_ic_ens":
+    c.distill.fixed = "ic_ens"
+    c.distill.ensemble_crops = 4 if a.runlocal else 1000
+
+  c.optim.name = "shampoo" if a.arm in ("shampoo", "shampoo_paper") else "adam"
+  if a.arm == "shampoo_paper":
+    # The paper's Shampoo (Appendix D; optim.PAPER_SHAMPOO): blocks of 128,
+    # roots every step, Nesterov, SGD grafting (so the lr is on SGD's scale),
+    # b1 0.95, b2 0.85, 25 steps before preconditioning. The `shampoo` arm is
+    # the earlier setting (Adam grafting, roots every 10 steps).
+    from big_distill import optim  # pylint: disable=g-import-not-at-top
+    c.optim.update({k: v for k, v in optim.PAPER_SHAMPOO.items()})
   c.lr = a.lr or 0.003
   c.wd = a.wd
   steps = 3 if a.runlocal else max(round(a.images * a.epochs / a.batch), 1)
