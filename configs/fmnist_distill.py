@@ -99,8 +99,9 @@ def get_config(arg=None):
   # before training (big_distill/precompute.py): `fix/rs` (both models see the
   # whole image, resized) and `fix/ic_ens` (the teacher's probabilities
   # averaged over 1,000 inception crops of each image; the student on random
-  # inception crops). The `fixed` arm above runs its teacher every step on the
-  # same view as a precomputed `fix/cc` would (equal to rounding).
+  # inception crops); and the `fixed` arm's own (fix/cc-like) teacher view.
+  if a.arm == "fixed":
+    c.distill.fixed = "cc"  # Its teacher view (the whole image) is computed once.
   if a.arm == "fix_rs":
     c.distill.fixed = "rs"
   if a.arm == "fix_ic_ens":

@@ -47,7 +47,10 @@ from big_distill.errors import UserError  # pylint: disable=g-import-not-at-top,
 
 DISTILL = "configs/fmnist_distill.py"
 TEACHER = "configs/fmnist_teacher.py"
-ARMS = ("fixed", "independent", "consistent", "funmatch", "shampoo", "lowres")
+# fix_rs and fix_ic_ens (precomputed fixed teachers) joined the plan after its
+# first cells ran; the runner picks them up where it resumes.
+ARMS = ("fixed", "independent", "consistent", "funmatch", "shampoo", "lowres",
+        "fix_rs", "fix_ic_ens")
 LRS = "0.001,0.003,0.01,0.03"
 SEEDS = "0,1,2"
 SELECT = "val/student_top1"
