@@ -45,7 +45,7 @@ def test_plan_prints_the_selection_first(rp, tmp_path, capsys):
   assert not any(a.startswith("--config.t1_init") for a in args)  # No teacher for labels.
   assert sup[0].name == "arm=supervised,epochs=300,images=100,lr=0.001,mixup=0,seed=0"
   dist, args = _sweep_cells(lines[3])
-  assert len(dist) == 24 and f"--config.t1_init={tmp_path}/teacher_e30" in args
+  assert len(dist) == 4 * len(rp.ARMS) and f"--config.t1_init={tmp_path}/teacher_e30" in args
   assert {c.args["arm"] for c in dist} == set(rp.ARMS)
   assert {c.args["lr"] for c in dist} == {"0.001", "0.003", "0.01", "0.03"}
   # Every cell's config builds (checked as the sweep does before running).
@@ -76,13 +76,13 @@ def test_selection_on_validation_feeds_the_later_steps(rp, tmp_path, capsys):
   steps = {s["name"]: s for s in rp.plan(chosen)}
   assert list(steps)[:5] == ["sel_supervised", "sel_distill", "e100", "e300", "e1000"]
   e100 = sweep.expand(steps["e100"]["config"], steps["e100"]["grids"])
-  assert len(e100) == 21 and {c.args["lr"] for c in e100} == {"0.01"}
+  assert len(e100) == 3 * (1 + len(rp.ARMS)) and {c.args["lr"] for c in e100} == {"0.01"}
   assert {c.args["seed"] for c in e100} == {"0", "1", "2"}
   assert [c.args.get("mixup") for c in e100 if c.args["arm"] == "supervised"] == ["1"] * 3
   # The table's seed-0 300-epoch cells are the selection's: they run once.
   e300 = {c.name for c in sweep.expand(steps["e300"]["config"], steps["e300"]["grids"])}
   sel = {c.name for s in rp.plan(None) for c in sweep.expand(s["config"], s["grids"])}
-  assert len(e300 & sel) == 7
+  assert len(e300 & sel) == 1 + len(rp.ARMS)
   third = sweep.expand(steps["lr_third"]["config"], steps["lr_third"]["grids"])
   assert [(c.args["arm"], c.args["lr"]) for c in third] == [("funmatch", "0.00333333"),
                                                             ("fixed", "0.00333333")]
@@ -116,12 +116,12 @@ def test_collect_writes_tables_and_figures(rp, tmp_path, capsys):
       arm: "0.01" for arm in rp.ARMS}
   assert summary["cells"][0]["workdir"].startswith("img100/")  # No machine's path in git.
   assert (res / "sel_supervised" / "groups.md").read_text().startswith("| mixup | lr | n | val/student_top1 | test/student_top1 |")
-  # The table's 300-epoch step shares the selection's seed-0 cells: 7 of 21 done.
+  # The table's 300-epoch step shares the selection's seed-0 cells: 9 of 27 done.
   assert sorted(p.name for p in fig.iterdir()) == [
       "e300_val_student_top1.png", "sel_distill_val_student_top1_vs_lr.png",
       "sel_supervised_val_student_top1_vs_lr.png"]
   out = capsys.readouterr().out
-  assert "e100: nothing to collect yet" in out and "# e300: 7/21 cells finished" in out
+  assert "e100: nothing to collect yet" in out and "# e300: 9/27 cells finished" in out
 
 
 # ---- The demo ------------------------------------------------------------------
