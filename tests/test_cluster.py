@@ -187,7 +187,7 @@ def test_lease_refuses_while_renewed_and_expires_when_its_holder_died(tmp_path, 
 def test_held_workdir_is_refused_before_expensive_work_writing_nothing(
     tmp_path, fashion_data_dir, monkeypatch, holder):
   monkeypatch.setattr(train.ckpt_lib, "Checkpointer", _tripwire("the checkpointer"))
-  monkeypatch.setattr(train.input_lib, "make_train_dataset", _tripwire("the input pipeline"))
+  monkeypatch.setattr(input_lib, "make_train_dataset", _tripwire("the input pipeline"))
   teacher = tiny_config.write_teacher(tmp_path / "t.npz")
   config = make_config(run_arg(fashion_data_dir, teacher))
   workdir = existing_run(tmp_path / "w", config)

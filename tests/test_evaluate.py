@@ -183,10 +183,9 @@ def test_without_init_the_teachers_alone(trained, monkeypatch, capsys, tmp_path)
     (lambda p: p / "missing.npz", r"--init=\S*missing.npz does not exist"),
     (lambda p: p, r"--init=\S+ is a directory with neither student.npz nor checkpoints/"),
     (lambda p: helpers.write_random_bit(p / "five.npz", 5),
-     r"The model \(\S+five.npz\) has a head with a different number of classes than "
-     r"config.num_classes=10. Evaluate it with the config of the data set"),
+     r"Checkpoint '\S+five.npz' has a head for 5 classes, the model has num_classes=10"),
     (lambda p: helpers.write_random_bit(p / "wide.npz", 10, width=0.25),
-     r"--init=\S*wide.npz: Checkpoint .* does not match the model"),
+     r"Checkpoint '\S*wide.npz' \(BiT release layout\) does not match the model"),
 ])
 def test_bad_init_is_one_line(trained, monkeypatch, capsys, tmp_path, make, match):
   _, _, arg = trained

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from big_distill import checkpoint as ckpt_lib
+from big_distill import errors
 from big_distill import train
 from big_distill.data import input as input_lib
 from big_distill.data import prepare
@@ -373,7 +374,7 @@ def test_no_readable_checkpoint_is_a_clear_error_not_a_fresh_start(reference, tm
   for s in finished_steps(workdir):
     damage(workdir / "checkpoints" / str(s), "truncate")
   before = snapshot(workdir)
-  monkeypatch.setattr(train.input_lib, "make_train_dataset", _tripwire("the input pipeline"))
+  monkeypatch.setattr(input_lib, "make_train_dataset", _tripwire("the input pipeline"))
   with pytest.raises(ckpt_lib.CheckpointError) as e:
     train.train(make_config(reference.arg), str(workdir))
   msg = str(e.value)
@@ -411,7 +412,7 @@ def _tripwire(what):
 def refuse(monkeypatch, caplog):
   """refuse(config, workdir, errors, pattern): train() fails fast, workdir intact."""
   monkeypatch.setattr(train.ckpt_lib, "Checkpointer", _tripwire("the checkpointer"))
-  monkeypatch.setattr(train.input_lib, "make_train_dataset", _tripwire("the input pipeline"))
+  monkeypatch.setattr(input_lib, "make_train_dataset", _tripwire("the input pipeline"))
 
   def run(config, workdir, errors, pattern):
     workdir = Path(workdir)
@@ -509,9 +510,10 @@ def test_teacher_whose_architecture_differs_from_its_config(refuse, tmp_path, fa
 def test_teacher_with_another_number_of_classes(refuse, tmp_path, fashion_data_dir):
   teacher = tiny_config.write_teacher(tmp_path / "t5.npz", num_classes=5)
   config = make_config(run_arg(fashion_data_dir, teacher))
-  msg = refuse(config, existing_run(tmp_path / "w", config), train.ConfigError,
-               "different number of classes than config.num_classes=10")
-  assert "fine-tuned on this data set" in msg
+  # bit.load(head_mismatch="error") says so itself (no more all-zero-head guess).
+  msg = refuse(config, existing_run(tmp_path / "w", config), errors.CheckpointError,
+               "has a head for 5 classes, the model has num_classes=10")
+  assert "Fine-tune it on this data set first" in msg
 
 
 def test_num_classes_that_differs_from_the_data_sets(refuse, tmp_path, fashion_data_dir):

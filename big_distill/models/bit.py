@@ -191,7 +191,7 @@ def freeze(model: Model, params):
 
 def freeze_params(params):
   """The params half of `freeze`: every standardized conv's kernel standardized once."""
-  cpu = jax.devices("cpu")[0]
+  cpu = jax.local_devices(backend="cpu")[0]  # This process's: multi-process safe.
 
   def leaf(path, v):
     if not _is_conv_kernel([k.key for k in path]):
