@@ -20,6 +20,8 @@ import os
 import time
 from typing import Any, Iterable, Mapping
 
+from big_distill import fileio
+
 METRICS_FILE = "metrics.jsonl"
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _X_KEYS = {"epoch": ("epoch", "progress/epoch"), "step": ("step",)}
@@ -144,13 +146,8 @@ def best(rows: Iterable[dict[str, Any]], key: str) -> float | None:
 
 
 def _write_lines(path: str, lines: list[str]) -> None:
-  tmp = path + ".tmp"
-  with open_file(tmp, "w") as f:
+  with fileio.atomic_write(path) as f:
     f.write("".join(lines))
-  if _is_remote(path):
-    __getattr__("gfile").rename(tmp, path, overwrite=True)
-  else:
-    os.replace(tmp, path)
 
 
 def truncate_jsonl(path: str, last_step: int) -> list[str]:

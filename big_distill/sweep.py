@@ -51,6 +51,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from big_distill import fileio
 from big_distill import metrics as metrics_lib
 from big_distill.errors import ConfigError, UserError, WorkdirError
 
@@ -234,11 +235,9 @@ def _read_json(path: str) -> dict:
 
 
 def _write_json(path: str, obj: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with fileio.atomic_write(path) as f:
     json.dump(obj, f, indent=1, sort_keys=True)
     f.write("\n")
-  os.replace(tmp, path)
 
 
 _DEVICE: str | None = None

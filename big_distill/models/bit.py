@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from big_distill import errors
+from big_distill import fileio
 
 STEM_POOL_PADS = ("zeros", "neg_inf")
 DEPTHS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -310,14 +311,8 @@ def save(params, path: str, layout: str = "bit") -> None:
   np.savez(buf, **to_arrays(params, layout))
   # Written aside then renamed: a kill mid-write never leaves a torn file
   # where a finished one is expected (e.g. a later run's teacher_init).
-  tmp = f"{path}.tmp"
-  with _open(tmp, "wb") as f:
+  with fileio.atomic_write(path, "wb") as f:
     f.write(buf.getvalue())
-  if "://" in path:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-  else:
-    os.replace(tmp, path)
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:

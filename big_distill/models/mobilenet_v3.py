@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from big_distill import fileio
 from big_distill.errors import CheckpointError, ConfigError
 from big_distill.models import bit
 
@@ -281,16 +282,8 @@ def save(tree, path: str) -> None:
   np.savez(buf, **to_arrays(tree))
   # Written aside, then renamed: a kill mid-write never leaves a torn file
   # where a finished one is expected.
-  tmp = f"{path}.tmp"
-  if "://" in path:  # gs:// and friends: only TensorFlow's gfile knows them.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-      f.write(buf.getvalue())
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-  else:
-    with open(tmp, "wb") as f:
-      f.write(buf.getvalue())
-    os.replace(tmp, path)
+  with fileio.atomic_write(path, "wb") as f:
+    f.write(buf.getvalue())
 
 
 def _as_dtype(a: np.ndarray, dtype) -> np.ndarray:
