@@ -27,6 +27,7 @@ from big_distill import config_lib
 from big_distill import parallel
 from big_distill import train
 from big_distill import workdir as workdir_lib
+from big_distill.data import input as input_lib
 from big_distill.errors import WorkdirError
 from tests import test_multiprocess as mp
 from tests import tiny_config
