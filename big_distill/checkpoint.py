@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -69,19 +70,59 @@ def is_disk_full(e: BaseException) -> bool:
 
 
 class _QuietDiskFull(logging.Filter):
-  """Drops orbax's tracebacks of a full disk: DiskFullError reports it, once."""
+  """Drops the library reports of a full disk: DiskFullError reports it, once.
+
+  orbax logs the failed write (through absl), and asyncio logs each of the
+  save's other writes that failed the same way as "exception was never
+  retrieved" (orbax gathers them and stops at the first).
+  """
 
   def filter(self, record):
-    if "/orbax/" not in record.pathname or record.levelno < logging.ERROR:
+    if record.levelno < logging.ERROR:
+      return True
+    if "/orbax/" not in record.pathname and "/asyncio/" not in record.pathname:
       return True
     exc = record.exc_info[1] if record.exc_info else None
     return not (_NO_SPACE.search(record.getMessage()) or (exc and is_disk_full(exc)))
 
 
+def _is_late_callback_on_closed_loop(exc_type, exc, tb) -> bool:
+  """A C library's completion callback that found its asyncio loop closed.
+
+  When a save fails, orbax's event loop stops at the first failed write while
+  TensorStore still finishes the others; their completions then call
+  `loop.call_soon_threadsafe` on the closed loop and TensorStore prints each
+  RuntimeError as unraisable. Recognised by the exact shape: the traceback starts in
+  asyncio's `call_soon_threadsafe` (called from C, so no Python caller) and
+  ends in `_check_closed`.
+  """
+  if exc_type is not RuntimeError or str(exc) != "Event loop is closed" or tb is None:
+    return False
+  frames = []
+  while tb is not None:
+    frames.append(tb.tb_frame.f_code)
+    tb = tb.tb_next
+  return (frames[0].co_name == "call_soon_threadsafe" and frames[-1].co_name == "_check_closed"
+          and all("asyncio" in f.co_filename for f in frames))
+
+
 def _quiet_orbax_disk_full() -> None:
-  logger = logging.getLogger("absl")  # orbax logs through absl.logging.
-  if not any(isinstance(f, _QuietDiskFull) for f in logger.filters):
-    logger.addFilter(_QuietDiskFull())
+  for name in ("absl", "asyncio"):  # orbax logs through absl.logging.
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _QuietDiskFull) for f in logger.filters):
+      logger.addFilter(_QuietDiskFull())
+  hook = sys.unraisablehook
+  if getattr(hook, "_big_distill_quiet", False):
+    return
+
+  def unraisablehook(unraisable):
+    if _is_late_callback_on_closed_loop(unraisable.exc_type, unraisable.exc_value,
+                                        unraisable.exc_traceback):
+      return  # Harmless: the write it completes belongs to a save already reported.
+    hook(unraisable)
+
+  unraisablehook._big_distill_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = unraisablehook
 
 
 def _human(n: float) -> str:

@@ -93,6 +93,11 @@ def finished() -> None:
     _Watchdog.current.finish()
 
 
+def heartbeat_period(timeout: float) -> float:
+  """Seconds between heartbeats (and checks of the peers') for a peer timeout."""
+  return min(5.0, timeout / 5)
+
+
 class _Watchdog:
   """Heartbeats through the coordination service; stops the process on a lost peer.
 
@@ -106,7 +111,7 @@ class _Watchdog:
 
   def __init__(self, client, index: int, count: int, timeout: float):
     self.client, self.index, self.count, self.timeout = client, index, count, timeout
-    self.period = min(5.0, timeout / 5)
+    self.period = heartbeat_period(timeout)
     self._stop = threading.Event()
     self._beats = 0
 

@@ -261,6 +261,24 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def test_only_late_callbacks_on_a_closed_loop_are_silenced():
+  """After a failed save, TensorStore's completions find orbax's loop closed."""
+  import asyncio  # pylint: disable=g-import-not-at-top
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    caught = e
+  # As TensorStore reports it: called from C, the traceback starts in asyncio.
+  from_c = caught.__traceback__.tb_next
+  late = ckpt_lib._is_late_callback_on_closed_loop  # pylint: disable=protected-access
+  assert late(RuntimeError, caught, from_c)
+  assert not late(RuntimeError, caught, caught.__traceback__)  # A Python caller: a bug.
+  assert not late(RuntimeError, RuntimeError("other"), from_c)
+  assert not late(ValueError, caught, from_c)
+
+
 def test_disk_full_during_a_save_stops_clearly_and_resumes_after_space_is_freed(
     reference, small_disk, jax_cache, tmp_path):
   # Room for the run's files and the step-3 checkpoint, not for the step-6 one.
@@ -399,8 +417,11 @@ def test_a_killed_process_stops_the_job_within_the_timeout_and_a_rerun_is_exact(
                    rf"{re.escape(socket.gethostname())}\): no heartbeat for \d+ s", errors[0]), \
       errors[0]
   assert "Rerun all 2 processes with the same command" in errors[0]
-  # Bounded: the timeout, plus a heartbeat period and a loaded machine's delays.
-  assert PEER_TIMEOUT_S <= took < PEER_TIMEOUT_S + 60, took
+  # Bounded: the timeout, give or take a heartbeat period (process 0 dates the
+  # peer's last beat when it reads it, up to one period before or after the
+  # kill), plus a loaded machine's delays.
+  period = parallel.heartbeat_period(PEER_TIMEOUT_S)
+  assert PEER_TIMEOUT_S - period <= took < PEER_TIMEOUT_S + 60, took
   assert not (cut / "student.npz").exists()  # It was stopped mid-run.
   saved = finished_steps(cut)
   assert saved and saved[-1] < MP_STEPS, saved
