@@ -76,6 +76,9 @@ def data_config() -> mlc.ConfigDict:
       # A fixed, class-balanced subset: this many examples in total, the first
       # ones of each class in the split's order (the 1,020-image setting).
       balanced_subset=mlc.FieldReference(None, field_type=int),
+      # With balanced_subset: take it from these label ids only (e.g. (1, 3, 5)),
+      # balanced over them; None = every class.
+      classes=mlc.FieldReference(None, field_type=tuple),
   ))
 
 

@@ -272,7 +272,8 @@ def describe(config: mlc.ConfigDict, teacher_params: Any, mesh) -> dict[str, Any
       "seed": config.seed,
       "compute_dtype": config.compute_dtype,
       "data": {"name": d.name, "split": d.split, "balanced_subset": d.balanced_subset,
-               "num_examples": input_lib.num_examples(d)},
+               "num_examples": input_lib.num_examples(d),
+               **({"classes": list(d.classes)} if d.get("classes") is not None else {})},
       "pp": {"pp": config.input.pp, "view": teacher_pp(config), "post": config.input.pp_post},
       "teachers": {t: {"model": config[f"{t}_name"], "kwargs": config[t].to_dict(),
                        "res": config[f"{t}_res"], "params_sha256": _tree_sha256(host[t])}

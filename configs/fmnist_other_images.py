@@ -14,8 +14,18 @@ the result sits beside the in-domain student of the same budget.
                   in-domain subset is (the digit labels pick the subset and
                   are otherwise ignored), so the student sees as many
                   distinct images for as many steps as the in-domain one.
+  source=fmnist_other
+                  the "related" case: Fashion-MNIST images of other classes
+                  only. The classes are split once, by label parity, fixed
+                  before any run: the student trains on images of the odd
+                  classes (trouser, dress, sandal, sneaker, ankle boot;
+                  `images=N`: N/5 of each, from `train[:50000]`) and never
+                  sees one of the held-out even classes (T-shirt, pullover,
+                  coat, shirt, bag). Evaluated on all ten classes as every
+                  other row, and also on the held-out classes' test images
+                  alone (`test_heldout`, at the last step).
 
-The digits' labels are never used: the training data are not the task's
+With `source=digits` the digits' labels are never used: the training data are not the task's
 (their name is not the evaluators'), so the trainer logs that their labels
 are ignored and computes no label loss. The distance evaluator on the
 training subset (`train_dist`) measures the fit to the teacher on the digits
@@ -31,9 +41,13 @@ Results: docs/results/other_images_fmnist.json.
 
 from configs import fmnist_distill
 from configs import fmnist_mobilenet
+from configs import fmnist_teacher
 
 OWN = dict(source="digits")
-SOURCES = {"digits": ("sklearn_digits", "train")}
+# source -> (TFDS name, split, the classes of its images used; None: all).
+HELD_OUT = (0, 2, 4, 6, 8)
+SOURCES = {"digits": ("sklearn_digits", "train", None),
+           "fmnist_other": ("fashion_mnist", fmnist_teacher.TRAIN_SPLIT, (1, 3, 5, 7, 9))}
 
 
 def get_config(arg=None):
@@ -41,7 +55,7 @@ def get_config(arg=None):
   if a.source not in SOURCES:
     raise ValueError(f"source={a.source!r}: one of {', '.join(SOURCES)}.")
   c = fmnist_distill.get_config(rest)
-  name, split = SOURCES[a.source]
+  name, split, classes = SOURCES[a.source]
   # Same subset size, steps and pp (decode|grayscale_to_rgb|resize(32)) as the
   # in-domain student; only the images change.
   # The images trained on, and the evaluator of the fit to the teacher on
@@ -49,5 +63,14 @@ def get_config(arg=None):
   # argument) is where both data sets are prepared.
   on_training_images = [e.data for e in c.evals.values() if e.data.balanced_subset]
   for d in (c.input.data, *on_training_images):
-    d.name, d.split = name, split
+    d.name, d.split, d.classes = name, split, classes
+  if classes:
+    # The held-out classes' test images alone (all of them: 1,000 per class).
+    # (runlocal's test split is its first 64 images: one of each held-out class.)
+    test = c.evals.test.data
+    e = fmnist_teacher.classification_eval(test.split, -1, test.data_dir)
+    e.data.balanced_subset = len(HELD_OUT) * (1000 if test.split == "test" else 1)
+    e.data.classes = HELD_OUT
+    e.batch_size = c.evals.test.batch_size
+    c.evals.test_heldout = e
   return c

@@ -167,6 +167,27 @@ def test_balanced_subset_fashion_mnist(small_config, fashion_data_dir):
     input_lib.check_prepared(config.input.data)
 
 
+def test_balanced_subset_of_some_classes(small_config, fashion_data_dir):
+  config = small_config("fashion_mnist", fashion_data_dir, cache="encoded",
+                        batch_size=60, pp="decode|resize(32)|grayscale_to_rgb")
+  d = config.input.data
+  d.balanced_subset, d.classes = 300, (1, 3, 5, 7, 9)
+  assert input_lib.num_examples(d) == 300
+  labels = np.concatenate([b["label"] for b in batches(
+      input_lib.make_train_dataset(config), 5)])  # One epoch.
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10),
+                                [0, 60, 0, 60, 0, 60, 0, 60, 0, 60])
+  d.balanced_subset = 301
+  with pytest.raises(ValueError, match=r"multiple of the number of classes given in classes \(5\)"):
+    input_lib.check_prepared(d)
+  d.balanced_subset, d.classes = 300, (1, 10)
+  with pytest.raises(ValueError, match=r"distinct label ids in 0..9"):
+    input_lib.check_prepared(d)
+  d.balanced_subset, d.classes = None, (1, 3)
+  with pytest.raises(ValueError, match="set balanced_subset too"):
+    input_lib.check_prepared(d)
+
+
 # ---- Evaluation ------------------------------------------------------------
 
 

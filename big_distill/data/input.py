@@ -114,17 +114,35 @@ def _check_split(builder, data_config) -> int:
         "'train[:90%]'.") from None
 
 
-def _subset_sizes(builder, data_config) -> tuple[int, int]:
-  """(num_classes, examples per class) of `balanced_subset`, validated."""
+def _subset_sizes(builder, data_config) -> tuple[list[int], int]:
+  """(the classes, examples per class) of `balanced_subset`, validated."""
   n = data_config.balanced_subset
   label = builder.info.features["label"] if "label" in builder.info.features else None
   if label is None or not hasattr(label, "num_classes"):
     raise errors.ConfigError(f"balanced_subset needs a ClassLabel 'label' in {data_config.name}.")
   k = label.num_classes
-  if n <= 0 or n % k:
-    raise errors.ConfigError(f"balanced_subset={n} must be a positive multiple of the number "
-                     f"of classes of {data_config.name} ({k}), e.g. {10 * k}.")
-  return k, n // k
+  classes = list(range(k))
+  if data_config.get("classes") is not None:
+    classes = list(data_config.classes)
+    bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < k]
+    if bad or not classes or len(set(classes)) != len(classes):
+      raise errors.ConfigError(
+          f"classes={tuple(data_config.classes)} of {data_config.name}: give distinct label "
+          f"ids in 0..{k - 1}, e.g. classes=(1, 3, 5).")
+  if n <= 0 or n % len(classes):
+    which = (f"the number of classes of {data_config.name} ({k})" if len(classes) == k else
+             f"the number of classes given in classes ({len(classes)})")
+    raise errors.ConfigError(f"balanced_subset={n} must be a positive multiple of {which}, "
+                             f"e.g. {10 * len(classes)}.")
+  return classes, n // len(classes)
+
+
+def _check_classes(data_config) -> None:
+  if data_config.get("classes") is not None and not data_config.balanced_subset:
+    raise errors.ConfigError(
+        f"classes={tuple(data_config.classes)} of {data_config.name} {data_config.split} "
+        "selects a class-balanced subset: set balanced_subset too (the total number of "
+        "examples, a multiple of the number of classes), or classes=None.")
 
 
 def check_prepared(data_config) -> None:
@@ -136,6 +154,7 @@ def check_prepared(data_config) -> None:
   if not builder.is_prepared():
     raise _not_prepared(data_config, f"no data at {builder.data_dir}")
   _check_split(builder, data_config)
+  _check_classes(data_config)
   if data_config.balanced_subset:
     _subset_sizes(builder, data_config)
 
@@ -143,6 +162,7 @@ def check_prepared(data_config) -> None:
 def num_examples(data_config) -> int:
   """The global number of examples after split slicing and balanced_subset."""
   builder = _builder(data_config)
+  _check_classes(data_config)
   if data_config.balanced_subset:
     _subset_sizes(builder, data_config)
     return data_config.balanced_subset
@@ -185,20 +205,20 @@ def _read(builder, data_config, split=None, *, shuffle_seed: int | None = None,
 
 
 def _subset_mask(builder, data_config) -> np.ndarray:
-  """bool[split size]: the first N/num_classes examples of each class."""
-  num_classes, per_class = _subset_sizes(builder, data_config)
+  """bool[split size]: the first N/len(classes) examples of each chosen class."""
+  classes, per_class = _subset_sizes(builder, data_config)
   labels = _read(builder, data_config, keys=("label",)).map(lambda ex: ex["label"])
   labels = labels.batch(8192)
   labels = np.concatenate(list(labels.as_numpy_iterator()))
   rank = np.zeros_like(labels)  # Position of each example within its class.
   for c in np.unique(labels):
     rank[labels == c] = np.arange((labels == c).sum())
-  counts = np.bincount(labels, minlength=num_classes)
+  counts = np.bincount(labels, minlength=max(classes) + 1)[classes]
   if counts.min() < per_class:
     raise errors.ConfigError(f"balanced_subset={data_config.balanced_subset}: some class of "
                      f"{data_config.name} {data_config.split} has fewer than "
-                     f"{per_class} examples (counts: {counts.tolist()}).")
-  return rank < per_class
+                     f"{per_class} examples (counts of classes {classes}: {counts.tolist()}).")
+  return (rank < per_class) & np.isin(labels, classes)
 
 
 def _select(ds: tf.data.Dataset, mask: np.ndarray) -> tf.data.Dataset:
