@@ -45,19 +45,20 @@ def test_plan_prints_the_selection_first(rp, tmp_path, capsys):
   assert not any(a.startswith("--config.t1_init") for a in args)  # No teacher for labels.
   assert sup[0].name == "arm=supervised,epochs=300,images=100,lr=0.001,mixup=0,seed=0"
   dist, args = _sweep_cells(lines[3])
-  assert len(dist) == 4 * len(rp.ARMS) and f"--config.t1_init={tmp_path}/teacher_e30" in args
+  assert len(dist) == 5 * len(rp.ARMS) and f"--config.t1_init={tmp_path}/teacher_e30" in args
   assert {c.args["arm"] for c in dist} == set(rp.ARMS)
-  assert {c.args["lr"] for c in dist} == {"0.001", "0.003", "0.01", "0.03"}
+  assert {c.args["lr"] for c in sup} == {"0.001", "0.003", "0.01", "0.03"}
+  assert {c.args["lr"] for c in dist} == {"0.001", "0.003", "0.01", "0.03", "0.1"}
   # Every cell's config builds (checked as the sweep does before running).
   sweep.check_cells(sup + dist, [f"--config.t1_init={tmp_path}"])
 
 
 def _selection_cells(rp, root, done=True):
-  """All 32 selection cells: lr 0.01 best on validation, lr 0.001 best on test."""
+  """All selection cells: lr 0.01 best on validation, lr 0.001 best on test."""
   for step in rp.plan(None):
     for c in sweep.expand(step["config"], step["grids"]):
       lr = c.args["lr"]
-      val = {"0.001": 0.5, "0.003": 0.6, "0.01": 0.7, "0.03": 0.4}[lr]
+      val = {"0.001": 0.5, "0.003": 0.6, "0.01": 0.7, "0.03": 0.4, "0.1": 0.3}[lr]
       if c.args.get("mixup") == "1":
         val += 0.05
       test = 0.99 if lr == "0.001" else val
