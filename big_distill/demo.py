@@ -34,9 +34,11 @@ sys.path.insert(0, str(REPO))  # The configs/ folder of this checkout.
 
 TEACHER_EPOCHS = 2  # Of train[:50000]: ~83% validation top-1.
 STUDENT_EPOCHS = 1000  # Of the 100 images: 100,000 training images per student.
-# Chosen on validation (300 epochs, seed 0, docs/results.md), not on test.
+# Chosen on validation (300 epochs, seed 0, docs/results.md's sel_supervised
+# and sel_distill steps), not on test: supervised 67.73% at lr 0.01 with
+# mixup; function matching 71.25% at lr 0.03 (of 0.001-0.1).
 SUPERVISED = "arm=supervised,lr=0.01,mixup=1"
-FUNMATCH = "arm=funmatch,lr=0.01"
+FUNMATCH = "arm=funmatch,lr=0.03"
 
 
 def rate(workdir: str) -> float:
