@@ -14,7 +14,7 @@ r"""The offline demo: distillation against labels, on 100 images.
 
 The students' learning rates are fixed here, in advance (chosen on
 validation in docs/results.md's selection, never on test). `--scale`
-multiplies every run's epochs (1: about 10 minutes on 2 idle CPU cores; on a
+multiplies every run's epochs (1: about 7 minutes on 2 idle CPU cores; on a
 GPU try --scale=10). Every step is an ordinary `big_distill.train` command,
 printed before it runs; rerunning the demo resumes.
 """
