@@ -256,16 +256,29 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
         jax.profiler.stop_trace()
         profiling = False
       evals_now = [e for e in evaluators if step % d.evals[e.name] == 0 or step == d.total]
-      save_now = step % d.ckpt == 0 or step == d.total or preemption.requested
+      preempted = preemption.requested  # Read once: the signal may come at any time.
+      save_now = step % d.ckpt == 0 or step == d.total or preempted
       if evals_now or save_now:
         log.flush()  # Before saving: never checkpoint a non-finite state.
-      if save_now:
+      # A step's evaluations are written before its checkpoint exists: a kill
+      # between the two resumes from the previous checkpoint and evaluates
+      # again, instead of resuming past evaluations that were never written
+      # (at the last step: a run without its final test numbers). The save is
+      # asynchronous either way. A preemption saves first: its grace period
+      # is for the checkpoint.
+      saved = False
+      if save_now and preempted:
         ckpt.save(step, state)
+        saved = True
       if evals_now:
         results = {"progress/epoch": step / d.steps_per_epoch}
         for e in evals_now:
           results.update(e.run(setup.student_weights(state), teacher_params))
         log.write(step, results)
+      if (save_now or preemption.requested) and not saved:
+        if not (evals_now or save_now):
+          log.flush()  # A preemption that came during this step.
+        ckpt.save(step, state)
       if preemption.requested:
         break  # Reported by main() as `Preempted`, after the save completes.
     log.flush()

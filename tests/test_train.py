@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from big_distill import checkpoint as ckpt_lib
 from big_distill import config_lib
 from big_distill import errors
 from big_distill import train
@@ -73,11 +74,21 @@ def _config(arg):
   return config
 
 
-def test_supervised_run_learns_and_resumes(tmp_path, fashion_data_dir):
+def test_supervised_run_learns_and_resumes(tmp_path, fashion_data_dir, monkeypatch):
   workdir = str(tmp_path / "sup")
   config = _config(f"data_dir={fashion_data_dir},steps=30,log=5,ckpt=10,lr=0.01,mixup=0.0")
+  # A checkpoint is started only once its step's evaluations are in
+  # metrics.jsonl: a kill between the two must not resume past them.
+  evaluated_at_save = {}
+  save = ckpt_lib.Checkpointer.save
+
+  def spy(self, step, state):
+    evaluated_at_save[step] = [r["step"] for r in read_metrics(workdir) if "test/student_top1" in r]
+    return save(self, step, state)
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "save", spy)
   with jax.log_compiles():
     last = train.train(config, workdir)
+  assert evaluated_at_save == {10: [], 20: [], 30: [30]}, evaluated_at_save
   loss = series(read_metrics(workdir), "train/label_loss")
   assert loss[-1][1] < loss[0][1] - 0.3, loss
   assert "train/t1_loss" not in last and 0 <= last["test/student_top1"] <= 1
