@@ -18,7 +18,7 @@ Arguments: `norm=group|batch` (default group, the paper's choice "for most
 experiments"; batch: BatchNorm, its statistics carried in the train state),
 `mnv3_width` (0.25), `variant=small|large`; every other argument is
 fmnist_distill.py's (arm, images, epochs, lr, seed, runlocal, ...).
-Results: docs/results/mobilenet_fmnist.json.
+Results: docs/results.md ("Issue 13's rows"), tables in docs/results/mobilenet/.
 """
 
 from big_distill import config_lib

@@ -36,7 +36,7 @@ the student trained on.
         --config=configs/fmnist_other_images.py:source=digits,images=100,epochs=300,lr=0.003 \
         --config.t1_init=$HOME/bd_runs/fmnist/teacher_e30 --workdir=$HOME/bd_runs/other/digits_lr0.003
 
-Results: docs/results/other_images_fmnist.json.
+Results: docs/results.md ("Issue 13's rows"), tables in docs/results/other_images/.
 """
 
 from configs import fmnist_distill
