@@ -23,7 +23,7 @@ is never looked up on test. The plan, cheapest complete rows first:
   hard            claim 6: function matching with loss=hard, 1,000 epochs, 3 seeds
   teacher_quality claim 7: function matching from the weaker teachers, 1,000 epochs, 3 seeds
   e3000           every arm, 3 seeds
-  e10000          function matching and fixed teacher, 3 seeds
+  e10000          function matching, fixed teacher and supervised, 3 seeds
   lr_third        function matching and fixed at 10,000 epochs with lr/3, seed 0
   img1020         the 1,020-image setting: every arm, seed 0, 100/300/1,000 epochs
 """
@@ -97,8 +97,11 @@ def plan(selected: dict[str, dict[str, str]] | None) -> list[dict]:
                                        "TEACHERS/epochs=5")]),
       dict(name="e3000", config=base + ",epochs=3000", root="img100", teacher=True,
            grids=[arm_grid(a, f";seed={SEEDS}") for a in every]),
+      # Claim 3 compares function matching with the supervised student at the same
+      # budget, so the supervised arm runs at 10,000 too (added 2026-12-01 15:15
+      # UTC, before any e1000-e10000 cell ran).
       dict(name="e10000", config=base + ",epochs=10000", root="img100", teacher=True,
-           grids=[arm_grid(a, f";seed={SEEDS}") for a in ("funmatch", "fixed")]),
+           grids=[arm_grid(a, f";seed={SEEDS}") for a in ("funmatch", "fixed", "supervised")]),
       dict(name="lr_third", config=base + ",epochs=10000", root="img100", teacher=True,
            grids=[f"arm={a};lr={float(selected[a]['lr']) / 3:.6g};seed=0"
                   for a in ("funmatch", "fixed")]),
