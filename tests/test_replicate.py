@@ -180,3 +180,73 @@ def test_teacher_quality_figure(rp, tmp_path):
   assert [round(m, 6) for _, m, _, _ in points] == [0.56, 1.11, 1.61]
   assert all(s == pytest.approx(0.01) for _, _, s, _ in points)
   assert path.endswith("claim7_teacher_quality.png") and Path(path).stat().st_size > 10_000
+
+
+# ---- The claims ------------------------------------------------------------------
+
+def _table_cell(root, arm, epochs, seed, lr="0.01", teacher=None, **metrics):
+  args = {"arm": arm, "epochs": str(epochs), "images": "100", "lr": lr, "seed": str(seed)}
+  if arm == "supervised":
+    args["mixup"] = "1"
+  if metrics.pop("hard", False):
+    args["loss"] = "hard"
+  overrides = {"config.t1_init": teacher} if teacher else {}
+  c = sweep.Cell("configs/fmnist_distill.py", args, overrides, sorted(args))
+  wd = root / "img100" / c.name
+  wd.mkdir(parents=True)
+  (wd / sweep.CELL_FILE).write_text(json.dumps({"args": args, "overrides": overrides}))
+  (wd / "student.npz").write_bytes(b"x")
+  row = {"step": 7, "test/t1_top1": 0.9, "val/t1_top1": 0.9, "val/t1_loss": 0.3}
+  row.update({k.replace("__", "/"): v for k, v in metrics.items()})
+  (wd / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+
+
+def _arm_cells(root, arm, epochs, top1, spread=0.002, **extra):
+  for seed in range(3):
+    v = top1 + spread * (seed - 1)  # Mean top1, std `spread`.
+    _table_cell(root, arm, epochs, seed, val__student_top1=v, test__student_top1=v, **extra)
+
+
+def test_claims_answered_from_the_table_with_interim_readings(rp, tmp_path, capsys):
+  """Each claim at its own budget, else 'not run' with the interim reading of docs/results.md."""
+  root = tmp_path / "root"
+  chosen = {arm: {"lr": "0.01"} for arm in ("supervised", *rp.ARMS)}
+  chosen["supervised"]["mixup"] = "1"
+  assert all(r["answer"] == "not run" and not r["interim"]
+             for r in rp.answer_claims(rp.table_groups(root, chosen)))
+  table = {300: dict(funmatch=0.75, fixed=0.70, consistent=0.74, independent=0.70,
+                     supervised=0.66, shampoo=0.81, lowres=0.73),
+           1000: dict(funmatch=0.80, fixed=0.71, consistent=0.78, independent=0.775,
+                      supervised=0.68, shampoo=0.82, lowres=0.79)}
+  for epochs, arms in table.items():
+    for arm, top1 in arms.items():
+      _arm_cells(root, arm, epochs, top1, test_cal__student_ece=0.03, val__student_loss=0.5)
+  _arm_cells(root, "funmatch", 1000, 0.5, hard=True, test_cal__student_ece=0.2)
+  # Another lr (a selection cell) and a single seed at 10,000 epochs: neither counts.
+  _table_cell(root, "funmatch", 1000, 0, lr="0.1", val__student_top1=0.1, test__student_top1=0.1)
+  _table_cell(root, "funmatch", 10000, 0, val__student_top1=0.9, test__student_top1=0.9)
+  rows = {r["claim"]: r for r in rp.answer_claims(rp.table_groups(root, chosen))}
+  assert [r["answer"] for r in rows.values()] == ["not run"] * 5 + ["holds", "not run"]
+  interim = {n: (r["interim"] or {}).get("answer") for n, r in rows.items()}
+  # 1 at 1,000: FM beats fixed by 9 points, consistent independent by 0.5 > 2 std (0.4).
+  assert rows[1]["interim"]["epochs"] == 1000 and interim[1] == "holds"
+  assert "diff 9.00, 2 std 0.40" in rows[1]["interim"]["numbers"]
+  # 2: 300 -> 1,000: FM +5 points, fixed +1. 3: (0.80-0.68)/(0.90-0.68) = 54.5%.
+  assert interim[2] == "holds" and interim[3] == "does not hold"
+  assert "closes 54.5% of the gap" in rows[3]["interim"]["numbers"]
+  # 4: Adam's 0.80 at 1,000 is reached by Shampoo at 300 <= 500. 5: 1 point below.
+  assert interim[4] == "holds" and "reaches it at 300 epochs" in rows[4]["interim"]["numbers"]
+  assert interim[5] == "holds" and "= 1.00 points" in rows[5]["interim"]["numbers"]
+  assert "hard / kl = 6.67" in rows[6]["numbers"] and rows[7]["interim"] is None
+  # Claim 1 at its own budgets (10,000 and 3,000), where consistent no longer wins.
+  for arm, top1 in dict(funmatch=0.85, fixed=0.72).items():
+    for seed in range(3):
+      if (arm, seed) != ("funmatch", 0):
+        _table_cell(root, arm, 10000, seed, val__student_top1=top1, test__student_top1=top1)
+  _arm_cells(root, "consistent", 3000, 0.78, spread=0.01)
+  _arm_cells(root, "independent", 3000, 0.77, spread=0.01)
+  rows = {r["claim"]: r for r in rp.answer_claims(rp.table_groups(root, chosen))}
+  assert rows[1]["answer"] == "does not hold" and rows[1]["interim"] is None
+  md = rp.claims_markdown(rows.values())
+  assert md.count("\n") == 9 and "| 1. FM > fixed" in md and "interim (1000 epochs): holds" in md
+  assert rp.patience_figure(rp.table_groups(root, chosen), tmp_path / "p.png").endswith("p.png")
