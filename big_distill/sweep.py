@@ -226,6 +226,20 @@ def finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, FINISHED_FILE))
 
 
+def locked(workdir: str) -> bool:
+  """Whether another sweep is running this cell now (it holds its lock)."""
+  path = os.path.join(workdir, LOCK_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path, "a") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return True
+    fcntl.flock(lock, fcntl.LOCK_UN)
+  return False
+
+
 def _read_json(path: str) -> dict:
   try:
     with open(path) as f:

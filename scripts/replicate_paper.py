@@ -143,6 +143,17 @@ def selection(root: Path, log=print) -> dict[str, dict[str, str]] | None:
   return chosen
 
 
+def selection_running_elsewhere(root: Path) -> list[str]:
+  """The unfinished selection cells that another runner holds now."""
+  busy = []
+  for step in plan(None):
+    for c in sweep.expand(step["config"], step["grids"]):
+      wd = str(root / step["root"] / c.name)
+      if not sweep.finished(wd) and sweep.locked(wd):
+        busy.append(c.name)
+  return busy
+
+
 def run_step(step: dict, root: Path, teacher: str, python: str, extra=()) -> int:
   cmd = [python, "-m", "big_distill.sweep", *sweep_args(step, root, teacher), *extra, "--run"]
   print(f"\n# ---- step {step['name']}\n$ {shlex.join(cmd)}", flush=True)
@@ -475,7 +486,8 @@ def main(argv=None) -> int:
                  help="resume interrupted cells whose config.json an older checkout wrote "
                       "(passes --config.allow_config_change=True to every cell)")
   p.add_argument("--wait", action="store_true",
-                 help="with --run: wait for the teacher to finish instead of stopping")
+                 help="with --run: wait for the teacher, and for selection cells that another "
+                      "runner is finishing, instead of stopping")
   p.add_argument("--results_dir", default=str(REPO / "docs" / "results"))
   p.add_argument("--figures_dir", default=str(REPO / "docs" / "figures"))
   a = p.parse_args(argv)
@@ -527,6 +539,8 @@ def main(argv=None) -> int:
         if run_step(step, root, teacher, a.python, extra) != 0:
           failed.append(step["name"])
       if i == len(plan(None)) and len(steps) == i:  # Selection done: the later steps.
+        while a.wait and selection_running_elsewhere(root):
+          time.sleep(60)  # Another runner is finishing a selection cell.
         selected = selection(root)
         if selected is None:
           print("# the lr selection is incomplete (failed cells?); rerun to resume it.")

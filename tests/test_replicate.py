@@ -107,6 +107,30 @@ def test_run_stops_at_a_missing_teacher(rp, tmp_path, monkeypatch, capsys):
   assert "sel_distill: the teacher" in capsys.readouterr().out
 
 
+def test_run_waits_for_a_selection_cell_another_runner_holds(rp, tmp_path, monkeypatch):
+  """Two runners share the plan: the one that finds the last selection cell held waits for it."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  _selection_cells(rp, tmp_path, done=False)  # The lr 0.03 cells are unfinished...
+  (tmp_path / "teacher_e30").mkdir()
+  (tmp_path / "teacher_e30" / "student.npz").write_bytes(b"x")
+  ran = []
+  monkeypatch.setattr(rp, "run_step", lambda step, *a: ran.append(step["name"]) or 0)
+  held = [wd for wd in (tmp_path / "img100").iterdir() if not sweep.finished(str(wd))]
+  locks = [open(wd / sweep.LOCK_FILE, "w") for wd in held]  # ...and held by another runner,
+  for lock in locks:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+  assert len(rp.selection_running_elsewhere(tmp_path)) == len(held) == 2 + len(rp.ARMS)
+
+  def other_runner_finishes(_):  # which finishes them while this one waits.
+    for wd, lock in zip(held, locks):
+      (wd / "student.npz").write_bytes(b"x")
+      lock.close()
+  monkeypatch.setattr(rp.time, "sleep", other_runner_finishes)
+  assert rp.main([f"--root={tmp_path}", "--run", "--wait"]) == 0
+  assert ran[:3] == ["sel_supervised", "sel_distill", "e100"] and "img1020" in ran
+  assert not rp.selection_running_elsewhere(tmp_path)
+
+
 def test_collect_writes_tables_and_figures(rp, tmp_path, capsys):
   _selection_cells(rp, tmp_path / "root")
   res, fig = tmp_path / "results", tmp_path / "figures"

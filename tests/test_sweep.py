@@ -175,9 +175,11 @@ def test_a_cell_locked_by_another_sweep_is_skipped(config_file, tmp_path, fake, 
   held.mkdir(parents=True)
   with open(held / sweep.LOCK_FILE, "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
+    assert sweep.locked(str(held)) and not sweep.locked(str(tmp_path / "r" / "arm=fixed"))
     # A second open file description of the same file: the lock excludes it.
     assert sweep.main([f"--config={config_file}", "--sweep=arm=fm,fixed",
                        f"--root={tmp_path}/r", "--run"]) == 0
+  assert not sweep.locked(str(held))  # Released with its holder; the file stays.
   assert trainer.calls == ["arm=fixed"]
   assert "arm=fm: being run by another sweep, skipped." in capsys.readouterr().out
 
