@@ -98,7 +98,7 @@ def plan(selected: dict[str, dict[str, str]] | None) -> list[dict]:
       dict(name="e3000", config=base + ",epochs=3000", root="img100", teacher=True,
            grids=[arm_grid(a, f";seed={SEEDS}") for a in every]),
       # Claim 3 compares function matching with the supervised student at the same
-      # budget, so the supervised arm runs at 10,000 too (added 2026-12-01 15:15
+      # budget, so the supervised arm runs at 10,000 too (added 2026-12-01 14:57
       # UTC, before any e1000-e10000 cell ran).
       dict(name="e10000", config=base + ",epochs=10000", root="img100", teacher=True,
            grids=[arm_grid(a, f";seed={SEEDS}") for a in ("funmatch", "fixed", "supervised")]),
