@@ -26,7 +26,12 @@ wall time, device and the machine's load; `collect` reads that file, never
 the folder name. A cell is finished when its `student.npz` exists (the
 trainer writes it at the last step); an interrupted cell resumes from its
 checkpoint when run again. A cell being run by another `--run` (a lock file)
-is skipped, so several `--run` processes can share one grid.
+is skipped, so several `--run` processes can share one grid. The cells of
+`--run` share JAX's persistent compilation cache (`ROOT/.jax_cache`, or
+`--compilation_cache=DIR|none`): the seeds of one setting, and the
+evaluators of every cell with the same student, compile once. (On the
+Fashion-MNIST miniature's CPU box this cut a 100-epoch cell from ~97 s to
+~46-62 s.)
 
 Every cell's config is built and checked before anything runs: a wrong
 argument or field is one error line naming the cell.
@@ -57,6 +62,7 @@ from big_distill.errors import ConfigError, UserError, WorkdirError
 
 CELL_FILE = "sweep_cell.json"
 LOCK_FILE = "sweep.lock"
+CACHE_ENV, CACHE_DIR = "JAX_COMPILATION_CACHE_DIR", ".jax_cache"
 FINISHED_FILE = "student.npz"
 SEED_FIELDS = ("seed", "config.seed")
 # The Markdown table's columns, where logged (the CSVs hold every metric).
@@ -284,12 +290,30 @@ def _record(cell: Cell, workdir: str, cmd: list[str], extra: dict | None = None)
   return info
 
 
+def cell_env(root: str, cache: str | None) -> dict[str, str]:
+  """The environment of the cells that `--run` starts: JAX's persistent
+  compilation cache at `cache` (default ROOT/.jax_cache; 'none': off), unless
+  the caller's JAX_COMPILATION_CACHE_DIR names one already.
+
+  Cells of one sweep mostly compile the same programs (the seeds of a cell,
+  and the evaluators of every cell with the same student), so each compiles
+  them once; results are unchanged (the cached program is the compiled one).
+  """
+  env = dict(os.environ)
+  if cache == "none":
+    env.pop(CACHE_ENV, None)
+  elif cache or not env.get(CACHE_ENV):
+    env[CACHE_ENV] = os.path.abspath(os.path.expanduser(cache or os.path.join(root, CACHE_DIR)))
+  return env
+
+
 def run_cells(cells: Sequence[Cell], root: str, passthrough: Sequence[str], python: str,
-              log=print) -> tuple[list[str], list[str]]:
+              log=print, env: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
   """Runs the unfinished cells one after another; returns (ran, failed) names.
 
   A failed cell does not stop the others (its command is printed for a
   rerun); a preempted one (exit 143) stops the sweep with that exit code.
+  `env`: the cells' environment (default: this process's).
   """
   os.makedirs(root, exist_ok=True)
   ran, failed = [], []
@@ -315,7 +339,7 @@ def run_cells(cells: Sequence[Cell], root: str, passthrough: Sequence[str], pyth
       _record(cell, workdir, cmd)
       load = os.getloadavg()[0]
       start = time.time()
-      rc = subprocess.run(cmd, check=False).returncode
+      rc = subprocess.run(cmd, check=False, env=env).returncode
       wall = time.time() - start
       _record(cell, workdir, cmd, {
           # A resumed cell adds the time of its earlier attempts.
@@ -660,6 +684,9 @@ def _run_main(argv: Sequence[str]) -> int:
   mode.add_argument("--print", action="store_true", help="print the commands (default)")
   mode.add_argument("--run", action="store_true", help="run the unfinished cells in order")
   mode.add_argument("--slurm", metavar="FILE", help="write a SLURM array job to FILE")
+  p.add_argument("--compilation_cache", default=None, metavar="DIR",
+                 help="with --run: JAX's persistent compilation cache for the cells (default: "
+                      f"$JAX_COMPILATION_CACHE_DIR if set, else ROOT/{CACHE_DIR}; 'none': off)")
   args, rest = p.parse_known_args(argv)
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
@@ -679,7 +706,8 @@ def _run_main(argv: Sequence[str]) -> int:
     return 0
   print(f"# {len(cells)} cells under {root}", flush=True)
   _, failed = run_cells(cells, root, rest, args.python,
-                        log=lambda s: print(s, flush=True))
+                        log=lambda s: print(s, flush=True),
+                        env=cell_env(root, args.compilation_cache))
   if failed:
     print("# failed cells: " + ", ".join(failed))
     return 1

@@ -115,11 +115,13 @@ class FakeTrainer:
 
   def __init__(self, fail_first=(), returncode=None):
     self.calls, self.fail_first, self.returncode = [], set(fail_first), returncode
+    self.envs = []
 
-  def __call__(self, cmd, check=False):
+  def __call__(self, cmd, check=False, env=None):
     workdir = _workdir(cmd)
     name = os.path.basename(workdir)
     self.calls.append(name)
+    self.envs.append(env)
     os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
     if self.returncode is not None:
       return subprocess.CompletedProcess(cmd, self.returncode)
@@ -166,6 +168,25 @@ def test_run_skips_finished_and_resumes_interrupted(config_file, tmp_path, fake,
 
   assert sweep.main(args) == 0
   assert len(trainer.calls) == 3  # Everything finished: nothing runs.
+
+
+def test_cells_share_a_compilation_cache(config_file, tmp_path, fake, monkeypatch):
+  trainer = fake()
+  monkeypatch.delenv(sweep.CACHE_ENV, raising=False)
+  base = [f"--config={config_file}", "--sweep=arm=fm,fixed", "--run"]
+  assert sweep.main(base + [f"--root={tmp_path}/a"]) == 0
+  assert [e[sweep.CACHE_ENV] for e in trainer.envs] == [f"{tmp_path}/a/.jax_cache"] * 2
+  assert trainer.envs[0]["PATH"] == os.environ["PATH"]  # The rest of the environment is kept.
+  monkeypatch.setenv(sweep.CACHE_ENV, "/elsewhere")  # The caller's cache wins...
+  assert sweep.main(base + [f"--root={tmp_path}/b"]) == 0
+  assert trainer.envs[-1][sweep.CACHE_ENV] == "/elsewhere"
+  assert sweep.main(base + [f"--root={tmp_path}/c", f"--compilation_cache={tmp_path}/j"]) == 0
+  assert trainer.envs[-1][sweep.CACHE_ENV] == f"{tmp_path}/j"  # ...but not the flag,
+  assert sweep.main(base + [f"--root={tmp_path}/d", "--compilation_cache=none"]) == 0
+  assert sweep.CACHE_ENV not in trainer.envs[-1]  # and 'none' turns it off.
+  # The cache folder is not a cell: collect skips it.
+  os.makedirs(f"{tmp_path}/a/.jax_cache/jit_step")
+  assert [c["name"] for c in sweep.read_cells(f"{tmp_path}/a")] == ["arm=fixed", "arm=fm"]
 
 
 def test_a_cell_locked_by_another_sweep_is_skipped(config_file, tmp_path, fake, capsys):
