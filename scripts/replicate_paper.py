@@ -452,6 +452,24 @@ def claims_markdown(rows) -> str:
   return "\n".join(lines) + "\n"
 
 
+ARM_ORDER = ("supervised", *ARMS)
+
+
+def table_markdown(groups, split: str) -> str:
+  """Arms x budgets: `split` top-1 in %, mean ± std over the seeds (n if not 3)."""
+  budgets = sorted({e for (_, e, v) in groups if not v})
+  lines = ["| arm | " + " | ".join(f"{b} epochs" for b in budgets) + " |",
+           "|---|" + "---|" * len(budgets)]
+  for arm in ARM_ORDER:
+    cells = []
+    for b in budgets:
+      st = _stat(groups, arm, b, TOP1[split])
+      cells.append("" if not st else _ms(st) + ("" if st[2] == 3 else f" (n={st[2]})"))
+    if any(cells):
+      lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def patience_figure(groups, path: Path) -> str | None:
   """Validation top-1 against the epoch budget, one line per arm (the plan's cells)."""
   from big_distill import plotting  # pylint: disable=g-import-not-at-top
@@ -510,6 +528,10 @@ def main(argv=None) -> int:
         rows = answer_claims(groups)
         Path(a.results_dir, "claims.json").write_text(json.dumps(rows, indent=1) + "\n")
         Path(a.results_dir, "claims.md").write_text(claims_markdown(rows))
+        Path(a.results_dir, "table.md").write_text(
+            "".join(f"{split} top-1 (%), mean ± std over seeds 0-2, each arm at its lr chosen "
+                    f"on validation:\n\n{table_markdown(groups, split)}\n"
+                    for split in ("val", "test")))
         fig = patience_figure(groups, Path(a.figures_dir) / "patience_val_student_top1_vs_epochs.png")
         print(claims_markdown(rows) + (f"# patience figure: {fig}" if fig else ""))
       return 0

@@ -273,4 +273,11 @@ def test_claims_answered_from_the_table_with_interim_readings(rp, tmp_path, caps
   assert rows[1]["answer"] == "does not hold" and rows[1]["interim"] is None
   md = rp.claims_markdown(rows.values())
   assert md.count("\n") == 9 and "| 1. FM > fixed" in md and "interim (1000 epochs): holds" in md
-  assert rp.patience_figure(rp.table_groups(root, chosen), tmp_path / "p.png").endswith("p.png")
+  _table_cell(root, "shampoo", 3000, 0, val__student_top1=0.83, test__student_top1=0.83)
+  groups = rp.table_groups(root, chosen)
+  assert rp.patience_figure(groups, tmp_path / "p.png").endswith("p.png")
+  table = rp.table_markdown(groups, "test").splitlines()
+  assert table[0] == "| arm | 300 epochs | 1000 epochs | 3000 epochs | 10000 epochs |"
+  assert table[2] == "| supervised | 66.00 ± 0.20 | 68.00 ± 0.20 |  |  |"
+  assert table[3] == "| fixed | 70.00 ± 0.20 | 71.00 ± 0.20 |  | 72.00 ± 0.00 |"
+  assert table[7] == "| shampoo | 81.00 ± 0.20 | 82.00 ± 0.20 | 83.00 ± 0.00 (n=1) |  |"
