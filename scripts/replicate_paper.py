@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -184,12 +185,23 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
     for c in s["cells"]:
       c["workdir"] = os.path.relpath(c["workdir"], root)
     (results / step["name"] / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+    for f in (results / step["name"]).glob("*.*"):
+      if f.suffix in (".json", ".csv", ".md"):
+        f.write_text(portable(f.read_text()))
     for p in s["figures"]:  # Figures live in figures/ only.
       shutil.move(p, figures / f"{step['name']}_{Path(p).name}")
       if Path(p).parent != results / step["name"]:
         shutil.rmtree(Path(p).parent)
     done = len(names) - len(s["unfinished"]) - len(s["not_started"])
     print(f"# {step['name']}: {done}/{len(names)} cells finished -> {results / step['name']}")
+
+
+def portable(text: str, home: str | None = None) -> str:
+  """Commands as anyone can rerun them: `python` for this machine's interpreter
+  path, `$HOME` for its home folder (the sweep records the absolute paths)."""
+  text = re.sub(r"(?<![\w$/.-])/[^\s\"',]*/bin/python3?(?![\w.])", "python", text)
+  home = (home or str(Path.home())).rstrip("/")
+  return re.sub(re.escape(home) + r"(?=/)", "$HOME", text) if home else text
 
 
 def teacher_quality_figure(root: Path, figures: Path, selected):

@@ -149,6 +149,15 @@ def test_collect_writes_tables_and_figures(rp, tmp_path, capsys):
   assert "e100: nothing to collect yet" in out and "# e300: 9/27 cells finished" in out
 
 
+def test_recorded_commands_are_made_portable(rp):
+  cmd = ("/work/main/.venv/bin/python -m big_distill.train --config=c.py:lr=0.1 "
+         "--config.t1_init=/root/bd_runs/t --workdir=/root/bd_runs/img100/arm=fixed,lr=0.1")
+  assert rp.portable(json.dumps({"command": cmd, "root": "/root/bd_runs"}), "/root") == json.dumps(
+      {"command": "python -m big_distill.train --config=c.py:lr=0.1 --config.t1_init=$HOME/bd_runs/t"
+                  " --workdir=$HOME/bd_runs/img100/arm=fixed,lr=0.1", "root": "$HOME/bd_runs"})
+  assert rp.portable("/rooted/x,/usr/bin/python3 -m a", "/root") == "/rooted/x,python -m a"
+
+
 # ---- The demo ------------------------------------------------------------------
 
 def test_demo_table():
