@@ -189,20 +189,41 @@ class Writer:
     return out
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Writes one row; a full disk is a `checkpoint.DiskFullError` (one clear message)."""
     metrics = {k: float(v) for k, v in metrics.items()}
-    self._clu.write_scalars(step, metrics)
-    if self.main:
-      row = {"step": int(step)}
-      row.update({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
-      line = json.dumps(row) + "\n"
-      if self._remote:
-        self._lines.append(line)
-        _write_lines(self.path, self._lines)
-      else:
-        self._file.write(line)
-        self._file.flush()
+    try:
+      self._clu.write_scalars(step, metrics)
+      if self.main:
+        row = {"step": int(step)}
+        row.update({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
+        line = json.dumps(row) + "\n"
+        if self._remote:
+          self._lines.append(line)
+          _write_lines(self.path, self._lines)
+        else:
+          self._file.write(line)
+          self._file.flush()
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless ENOSPC)
+      from big_distill import checkpoint  # pylint: disable=g-import-not-at-top  (orbax)
+      if not checkpoint.is_disk_full(e):
+        raise
+      self._disk_full = True
+      raise checkpoint.DiskFullError(
+          f"No space left on device while writing the metrics of step {step} to "
+          f"{os.path.dirname(self.path)} (metrics.jsonl, TensorBoard events). The checkpoints "
+          "are intact, and so are the metrics up to the newest checkpoint (a resume drops "
+          "the rows after it). Free space on that file system (or move the workdir), then "
+          "rerun the same command to resume.") from None
 
   def close(self) -> None:
+    if getattr(self, "_disk_full", False):  # Buffered rows cannot be written: drop them.
+      for close in (self._clu.close, getattr(self, "_file", None) and self._file.close):
+        try:
+          if close:
+            close()
+        except Exception:  # pylint: disable=broad-except
+          pass
+      return
     self._clu.flush()
     self._clu.close()
     if self.main and not self._remote:

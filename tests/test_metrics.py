@@ -33,6 +33,33 @@ def test_writer_appends_and_resume_truncates(tmp_path, remote):
   assert [(r["step"], r["train/loss"]) for r in rows] == [(1, 1.0), (2, 0.5), (3, 0.5)]
 
 
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_full_disk_while_writing_metrics_is_one_clear_error(tmp_path, monkeypatch, remote):
+  import errno  # pylint: disable=g-import-not-at-top
+  from big_distill import checkpoint  # pylint: disable=g-import-not-at-top
+  w = metrics.Writer(str(tmp_path), append=not remote)
+  w.write(1, {"train/loss": 1.0})
+
+  def full(*_, **__):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  if remote:
+    monkeypatch.setattr(metrics, "_write_lines", full)
+  else:
+    monkeypatch.setattr(w, "_file", type("Full", (), {"write": full, "close": full})())
+  with pytest.raises(checkpoint.DiskFullError) as e:
+    w.write(2, {"train/loss": 0.5})
+  assert e.value.errno == errno.ENOSPC
+  assert str(e.value).startswith(f"No space left on device while writing the metrics of step 2 "
+                                 f"to {tmp_path} ")
+  assert "rerun the same command to resume" in str(e.value)
+  w.close()  # Quietly: what is buffered cannot be written.
+  # Another failure is a bug, not a full disk: its own traceback.
+  w = metrics.Writer(str(tmp_path / "b"), append=True)
+  monkeypatch.setattr(w, "_file", type("Bad", (), {"write": lambda *_: 1 / 0})())
+  with pytest.raises(ZeroDivisionError):
+    w.write(1, {"train/loss": 1.0})
+
+
 def test_progress_reports_rates():
   p = metrics.Progress(total_steps=100, batch_size=8, steps_per_epoch=10, start_step=0)
   out = p.measure(10)
