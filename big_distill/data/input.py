@@ -137,12 +137,15 @@ def _subset_sizes(builder, data_config) -> tuple[list[int], int]:
   return classes, n // len(classes)
 
 
-def _check_classes(data_config) -> None:
+def _check_subset(builder, data_config) -> None:
+  """`classes` and `balanced_subset` are consistent and valid for this data set."""
   if data_config.get("classes") is not None and not data_config.balanced_subset:
     raise errors.ConfigError(
         f"classes={tuple(data_config.classes)} of {data_config.name} {data_config.split} "
         "selects a class-balanced subset: set balanced_subset too (the total number of "
         "examples, a multiple of the number of classes), or classes=None.")
+  if data_config.balanced_subset:
+    _subset_sizes(builder, data_config)
 
 
 def check_prepared(data_config) -> None:
@@ -154,17 +157,14 @@ def check_prepared(data_config) -> None:
   if not builder.is_prepared():
     raise _not_prepared(data_config, f"no data at {builder.data_dir}")
   _check_split(builder, data_config)
-  _check_classes(data_config)
-  if data_config.balanced_subset:
-    _subset_sizes(builder, data_config)
+  _check_subset(builder, data_config)
 
 
 def num_examples(data_config) -> int:
   """The global number of examples after split slicing and balanced_subset."""
   builder = _builder(data_config)
-  _check_classes(data_config)
+  _check_subset(builder, data_config)
   if data_config.balanced_subset:
-    _subset_sizes(builder, data_config)
     return data_config.balanced_subset
   return _check_split(builder, data_config)
 
