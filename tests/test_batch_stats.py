@@ -158,8 +158,12 @@ def test_bit_student_state_is_unchanged(fashion_data_dir, tmp_path):
 
 
 def _run_cli(workdir, arg, *flags):
+  # One compilation cache for both runs of the test: the resumed run reuses the
+  # first run's programs (the same programs; only the compile time is saved).
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+             PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=str(Path(workdir).parent / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   cmd = [sys.executable, "-m", "big_distill.train", f"--config={MNV3_CONFIG}:{arg}",
          f"--workdir={workdir}", "--config.mesh.data=4", *flags]
   return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
