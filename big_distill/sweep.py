@@ -433,12 +433,18 @@ def read_cells(root: str, names: Sequence[str] | None = None) -> list[dict]:
       continue
     rows = metrics_lib.read_metrics(workdir, missing_ok=True, quiet=True)
     final, best = _summarize(rows)
+    last = metrics_lib.last(rows, "step") if rows else None
+    # The trainer runs every evaluator at a run's last step: an evaluation
+    # metric last logged earlier is stale (the run was killed between its last
+    # checkpoint and those evaluations, with a trainer before ab3fd00).
+    stale = {k: max(r["step"] for r in rows if k in r) for k in final
+             if not k.startswith(("train/", "progress/"))} if finished(workdir) else {}
+    stale = {k: s for k, s in stale.items() if last is not None and s < last}
     out.append({
         "name": info.get("name", entry), "workdir": workdir,
         "fields": {**info.get("args", {}), **info.get("overrides", {})},
         "swept": info.get("swept", []), "finished": finished(workdir),
-        "steps": metrics_lib.last(rows, "step") if rows else None,
-        "final": final, "best": best,
+        "steps": last, "final": final, "best": best, "stale": stale,
         **{k: info.get(k) for k in ("command", "wall_s", "device", "load_avg_1min_at_start",
                                     "attempts", "ended_utc")},
     })
@@ -612,6 +618,13 @@ def collect(root: str, out_dir: str | None = None, *, select_metric: str | None 
     f.write(table + "\n")
 
   chosen = []
+  stale = {c["name"]: c["stale"] for c in cells if c["stale"]}
+  ended = {c["name"]: c["steps"] for c in cells}
+  for name, metrics in stale.items():
+    log(f"# warning: {name}: ended at step {ended[name]:.0f} but last logged {', '.join(f'{k} at step {v}' for k, v in sorted(metrics.items())[:4])}"
+        f"{' ...' if len(metrics) > 4 else ''}: its final values are earlier ones. Run its "
+        "evaluations on its student.npz (python -m big_distill.evaluate --config=... "
+        "--init=WORKDIR/student.npz) and append them at its last step.")
   if select_metric:
     chosen = select(groups, select_metric, list(over) if over else by)
   paths = []
@@ -620,7 +633,7 @@ def collect(root: str, out_dir: str | None = None, *, select_metric: str | None 
   summary = {"root": root, "fields": fields, "grouped_by": by,
              "unfinished": [c["name"] for c in cells if not c["finished"]],
              "not_started": [n for n in names or () if n not in {c["name"] for c in cells}],
-             "select": select_metric, "over": list(over) if over else by,
+             "stale": stale, "select": select_metric, "over": list(over) if over else by,
              "selected": chosen, "groups": groups, "cells": cells, "figures": paths}
   _write_json(os.path.join(out_dir, "summary.json"), summary)
   log(table)

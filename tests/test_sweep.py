@@ -311,6 +311,20 @@ def test_collect_tables_mean_std_and_selection_on_validation(swept, tmp_path, ca
   assert all(os.path.getsize(p) > 10_000 for p in s["figures"])
 
 
+def test_collect_flags_a_cell_whose_final_evaluations_are_missing(tmp_path, capsys):
+  """Killed after its last checkpoint and before its last evaluations, under the old
+  trainer, a cell's 'final' validation is an earlier step's: collect says so."""
+  root = tmp_path / "r"
+  _cell(root, {"lr": "0.01"}, _rows(0.7, 0.8))  # Evaluated at its last step (10).
+  _cell(root, {"lr": "0.03"}, [{"step": 5, "val/student_top1": 0.75},
+                               {"step": 10, "train/t1_loss": 0.4}])
+  s = sweep.collect(str(root), str(tmp_path / "out"), select_metric="val/student_top1")
+  assert s["stale"] == {"lr=0.03": {"val/student_top1": 5}}
+  assert ("# warning: lr=0.03: ended at step 10 but last logged val/student_top1 at step 5: "
+          "its final values are earlier ones.") in capsys.readouterr().out
+  assert json.loads((tmp_path / "out" / "summary.json").read_text())["stale"] == s["stale"]
+
+
 @pytest.mark.parametrize("metric", ["test/student_top1", "dist_test/t1_agree_top1",
                                     "test_dist/t1_kl"])
 def test_selection_on_a_test_metric_is_refused(swept, tmp_path, metric, capsys):
