@@ -621,7 +621,8 @@ def collect(root: str, out_dir: str | None = None, *, select_metric: str | None 
   stale = {c["name"]: c["stale"] for c in cells if c["stale"]}
   ended = {c["name"]: c["steps"] for c in cells}
   for name, metrics in stale.items():
-    log(f"# warning: {name}: ended at step {ended[name]:.0f} but last logged {', '.join(f'{k} at step {v}' for k, v in sorted(metrics.items())[:4])}"
+    where = ", ".join(f"{k} at step {v}" for k, v in sorted(metrics.items())[:4])
+    log(f"# warning: {name}: ended at step {ended[name]:.0f} but last logged {where}"
         f"{' ...' if len(metrics) > 4 else ''}: its final values are earlier ones. Run its "
         "evaluations on its student.npz (python -m big_distill.evaluate --config=... "
         "--init=WORKDIR/student.npz) and append them at its last step.")
