@@ -482,6 +482,21 @@ def table_markdown(groups, split: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def update_blocks(path: Path, blocks: dict[str, str]) -> list[str]:
+  """Rewrites each `<!-- NAME: begin -->` ... `<!-- NAME: end -->` block of the
+  Markdown file `path` with blocks[NAME]; returns the names it found."""
+  text = path.read_text()
+  found = []
+  for name, body in blocks.items():
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    i, j = text.find(begin), text.find(end)
+    if 0 <= i < j:
+      text = text[:i + len(begin)] + "\n" + body.rstrip("\n") + "\n" + text[j:]
+      found.append(name)
+  path.write_text(text)
+  return found
+
+
 def patience_figure(groups, path: Path) -> str | None:
   """Validation top-1 against the epoch budget, one line per arm (the plan's cells)."""
   from big_distill import plotting  # pylint: disable=g-import-not-at-top
@@ -519,6 +534,9 @@ def main(argv=None) -> int:
                  help="with --run: wait for the teacher, and for selection cells that another "
                       "runner is finishing, instead of stopping")
   p.add_argument("--results_dir", default=str(REPO / "docs" / "results"))
+  p.add_argument("--update_doc", default=None, metavar="FILE.md",
+                 help="with --collect: rewrite the table_val, table_test and claims blocks "
+                      "(<!-- NAME: begin --> ... <!-- NAME: end -->) of this file")
   p.add_argument("--figures_dir", default=str(REPO / "docs" / "figures"))
   a = p.parse_args(argv)
   root = Path(os.path.expanduser(a.root)).absolute()
@@ -540,10 +558,15 @@ def main(argv=None) -> int:
         rows = answer_claims(groups)
         Path(a.results_dir, "claims.json").write_text(json.dumps(rows, indent=1) + "\n")
         Path(a.results_dir, "claims.md").write_text(claims_markdown(rows))
+        tables = {split: table_markdown(groups, split) for split in ("val", "test")}
         Path(a.results_dir, "table.md").write_text(
             "".join(f"{split} top-1 (%), mean ± std over seeds 0-2, each arm at its lr chosen "
-                    f"on validation:\n\n{table_markdown(groups, split)}\n"
-                    for split in ("val", "test")))
+                    f"on validation:\n\n{tables[split]}\n" for split in ("val", "test")))
+        if a.update_doc:
+          found = update_blocks(Path(a.update_doc), {
+              "table_val": tables["val"], "table_test": tables["test"],
+              "claims": claims_markdown(rows)})
+          print(f"# updated the blocks {found} of {a.update_doc}")
         fig = patience_figure(groups, Path(a.figures_dir) / "patience_val_student_top1_vs_epochs.png")
         print(claims_markdown(rows) + (f"# patience figure: {fig}" if fig else ""))
       return 0

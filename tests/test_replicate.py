@@ -149,6 +149,13 @@ def test_collect_writes_tables_and_figures(rp, tmp_path, capsys):
   assert "e100: nothing to collect yet" in out and "# e300: 9/27 cells finished" in out
 
 
+def test_update_blocks_rewrites_only_the_marked_blocks(rp, tmp_path):
+  doc = tmp_path / "r.md"
+  doc.write_text("# T\n<!-- claims: begin -->\nold\nold\n<!-- claims: end -->\nkept\n")
+  assert rp.update_blocks(doc, {"claims": "| new |\n", "table_val": "x"}) == ["claims"]
+  assert doc.read_text() == "# T\n<!-- claims: begin -->\n| new |\n<!-- claims: end -->\nkept\n"
+
+
 def test_recorded_commands_are_made_portable(rp):
   cmd = ("/work/main/.venv/bin/python -m big_distill.train --config=c.py:lr=0.1 "
          "--config.t1_init=/root/bd_runs/t --workdir=/root/bd_runs/img100/arm=fixed,lr=0.1")
