@@ -430,7 +430,7 @@ def answer_claims(groups) -> list[dict]:
       b = _longest(groups, ("funmatch", "supervised"), test)
       return b, b and _claim3(groups, b)
     if n == 4:
-      b = _longest(groups, ("funmatch",), val, BUDGETS)
+      b = _longest(groups, ("funmatch", "shampoo"), val, BUDGETS)
       return b, b and _claim4(groups, b)
     if n == 5:
       b = _longest(groups, ("funmatch", "lowres"), test)

@@ -297,3 +297,14 @@ def test_claims_answered_from_the_table_with_interim_readings(rp, tmp_path, caps
   assert table[2] == "| supervised | 66.00 ± 0.20 | 68.00 ± 0.20 |  |  |"
   assert table[3] == "| fixed | 70.00 ± 0.20 | 71.00 ± 0.20 |  | 72.00 ± 0.00 |"
   assert table[7] == "| shampoo | 81.00 ± 0.20 | 82.00 ± 0.20 | 83.00 ± 0.00 (n=1) |  |"
+
+
+def test_claim_4_interim_is_at_the_longest_budget_both_optimizers_reached(rp, tmp_path):
+  root = tmp_path / "root"
+  chosen = {arm: {"lr": "0.01"} for arm in ("supervised", *rp.ARMS)}
+  for arm, curve in (("funmatch", {300: 0.70, 1000: 0.76}), ("shampoo", {100: 0.71, 300: 0.72})):
+    for epochs, top1 in curve.items():
+      _arm_cells(root, arm, epochs, top1)
+  row = rp.answer_claims(rp.table_groups(root, chosen))[3]
+  assert row["claim"] == 4 and row["interim"]["epochs"] == 300  # Not 1,000: no Shampoo there.
+  assert row["interim"]["answer"] == "holds"  # 71% at 100 <= 150 epochs reaches Adam's 70%.
