@@ -23,6 +23,7 @@ import io
 import math
 import os
 import re
+import textwrap
 from typing import Any, Mapping, Sequence
 
 from matplotlib.figure import Figure
@@ -95,7 +96,7 @@ def _new_axes(n: int = 1, width: float = 7.0):
 def _finish(ax, x: str, ylabel: str, title: str) -> None:
   ax.set_xlabel(x)
   ax.set_ylabel(ylabel)
-  ax.set_title(title)
+  ax.set_title(textwrap.fill(title, 70))  # A long title wraps instead of leaving the figure.
   ax.grid(True, alpha=0.3)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize="small")
