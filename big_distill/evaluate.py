@@ -139,7 +139,11 @@ class Evaluator:
   """One entry of `config.evals`, bound to the models and the mesh."""
 
   def __init__(self, name: str, config, *, predict: Callable, teachers, mesh,
-               batch_sharding):
+               batch_sharding, steps: dict | None = None):
+    """`steps`: jitted steps shared by the evaluators of one run, keyed by what
+    the step computes (type and bins). Evaluators of the same type (`val` and
+    `test`, say) then compile one program for batches of one shape, not one
+    each. `None`: this evaluator's own."""
     check_eval(config, name)
     self.name = name
     self.ec = config.evals[name]
@@ -149,12 +153,17 @@ class Evaluator:
     self._sharding = batch_sharding
     self._teacher_cache: dict[str, float] | None = None
     kind, bins = self.ec.type, self.ec.ece_bins
+    steps = {} if steps is None else steps
+    key = (kind, bins, self.teachers)
+    if key not in steps:
+      teachers = self.teachers
 
-    def step(student_params, teacher_params, batch, which):
-      logits = predict(student_params, teacher_params, batch["image"], which)
-      return _sums(kind, logits, batch, self.teachers, bins)
+      def step(student_params, teacher_params, batch, which):
+        logits = predict(student_params, teacher_params, batch["image"], which)
+        return _sums(kind, logits, batch, teachers, bins)
 
-    self._step = jax.jit(step, static_argnums=3)
+      steps[key] = jax.jit(step, static_argnums=3)
+    self._step = steps[key]
     # Built once and re-iterated (deterministically), so cache_raw caches.
     self._ds, _ = input_lib.make_eval_dataset(config, name)
 

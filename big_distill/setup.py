@@ -709,10 +709,14 @@ def random_params(model, res: int, key, dtype=jnp.float32) -> Any:
 
 
 def make_evaluators(config: mlc.ConfigDict, models: Models, mesh) -> list[evaluate.Evaluator]:
-  """One evaluator per entry of `config.evals`, on the models' predict function."""
-  predict = make_predict(models)
+  """One evaluator per entry of `config.evals`, on the models' predict function.
+
+  Evaluators of one type share their jitted step (one compile per batch shape).
+  """
+  predict, steps = make_predict(models), {}
   return [evaluate.Evaluator(name, config, predict=predict, teachers=config.teachers,
-                             mesh=mesh, batch_sharding=parallel.batch_sharding(mesh))
+                             mesh=mesh, batch_sharding=parallel.batch_sharding(mesh),
+                             steps=steps)
           for name in config.evals]
 
 

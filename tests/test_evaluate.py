@@ -5,6 +5,7 @@ worked out by hand below (not by calling the code under test).
 """
 
 import json
+import logging
 import math
 import os
 import re
@@ -196,3 +197,24 @@ def test_bad_init_is_one_line(trained, monkeypatch, capsys, tmp_path, make, matc
   err = capsys.readouterr().err
   assert re.search("big_distill.evaluate: error: " + match, err), err
   assert "Traceback" not in err
+
+
+def test_evaluators_of_one_type_share_their_compiled_step(trained, caplog):
+  """`val` and `test` (both classification, batches of one shape) compile one
+  program per model set between them; the distance evaluator its own."""
+  import jax  # pylint: disable=g-import-not-at-top
+  workdir, last, arg = trained
+  config = tiny_config.get_config(arg)
+  with config.unlocked():
+    config.evals.val = config.evals.test.copy_and_resolve_references()
+  config.lock()
+  with caplog.at_level(logging.WARNING), jax.log_compiles():
+    out = evaluate.evaluate_checkpoint(config, str(workdir / "student.npz"))
+  compiles = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith("Compiling jit(step)")]
+  # (student), (t1) for both classification evaluators, (student, t1) for dist.
+  assert len(compiles) == 3, [c[:100] for c in compiles]
+  metrics = out["metrics"]
+  for k in ("student_top1", "student_loss", "t1_top1", "t1_loss"):
+    assert metrics[f"val/{k}"] == metrics[f"test/{k}"] == last[f"test/{k}"], k
+  assert metrics["dist/t1_agree_top1"] == last["dist/t1_agree_top1"]
