@@ -1,6 +1,7 @@
 """What several test files share: the one random-teacher builder, a tiny model
 module, and running a command's main() on flags of its own."""
 
+import os
 import sys
 import textwrap
 import types
@@ -10,6 +11,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a test's subprocess: this session's flags (conftest sets
+  the tests' optimization level) with `devices` CPU devices instead of any
+  device count they name."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
 
 
 def random_bit_params(num_classes: int, *, depth: int = 26, width: float = 0.125,

@@ -26,6 +26,7 @@ import pytest
 from big_distill import errors
 from big_distill import setup
 from big_distill.data import input as input_lib
+from tests import helpers
 from tests import tiny_config
 from tests import tiny_mobilenet_config
 
@@ -160,7 +161,7 @@ def test_bit_student_state_is_unchanged(fashion_data_dir, tmp_path):
 def _run_cli(workdir, arg, *flags):
   # One compilation cache for both runs of the test: the resumed run reuses the
   # first run's programs (the same programs; only the compile time is saved).
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(8),
              PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
              JAX_COMPILATION_CACHE_DIR=str(Path(workdir).parent / "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")

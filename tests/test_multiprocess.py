@@ -31,6 +31,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import helpers
 from tests import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def _free_port() -> int:
 
 
 def _start(workdir, arg, log, *flags, devices):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(devices),
              PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):

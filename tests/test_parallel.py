@@ -18,13 +18,14 @@ from jax.sharding import PartitionSpec as P
 
 from big_distill import parallel
 from big_distill.errors import ConfigError
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_with_devices(n: int, code: str) -> dict:
   """Runs `code` with n CPU devices; it prints one JSON object as its last line."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(n),
              PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
   r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO,
                      capture_output=True, text=True, timeout=600)

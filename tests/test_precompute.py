@@ -390,7 +390,7 @@ def test_sigkill_then_rerun_is_bitwise_exact(fashion_data_dir, teacher, tmp_path
 
 
 def _start_precompute(out, config_arg, *, processes, process_id, port, devices):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(devices),
              PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):

@@ -34,6 +34,7 @@ from big_distill import errors
 from big_distill import train
 from big_distill.data import input as input_lib
 from big_distill.data import prepare
+from tests import helpers
 from tests import tiny_config
 from tests.conftest import _shared
 
@@ -71,7 +72,7 @@ class Cli:
 
   def __init__(self, workdir, arg, *flags, log, cache, devices=1, env=None):
     self.log, self.workdir = Path(log), Path(workdir)
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(devices),
                PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from big_distill import shampoo
+from tests import helpers
 
 
 def _np_blocks(m, bm, bn):
@@ -311,7 +312,7 @@ def test_many_roots_in_one_step_do_not_hang_on_cpu():
   eigh waits for XLA's intra-op pool from inside it); one matrix at a time it
   finishes in ~7 s. A subprocess, so that a hang is a failure, not a stuck suite.
   """
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": helpers.xla_flags(1)}
   try:
     out = subprocess.run([sys.executable, "-c", _MANY_ROOTS], capture_output=True, text=True,
                          timeout=240, env=env, cwd=Path(__file__).resolve().parents[1])

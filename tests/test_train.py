@@ -32,7 +32,7 @@ def series(rows, key):
 
 
 def run_cli(workdir, arg, *flags, devices=1, timeout=600):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(devices),
              PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "big_distill.train", f"--config={CONFIG}:{arg}",
          f"--workdir={workdir}", *flags]
