@@ -174,6 +174,8 @@ class Writer:
     # Object stores (gs://) cannot append: there the whole file is rewritten
     # at each write (a few MB at most, and writes are rare).
     self._remote = ("://" in workdir) if append is None else not append
+    self._disk_full = False  # Set by a write that found the disk full.
+    self._file = None  # The local metrics.jsonl, appended to (process 0).
     if self.main:
       self._lines = truncate_jsonl(self.path, resume_step)
       if not self._remote:
@@ -216,18 +218,17 @@ class Writer:
           "rerun the same command to resume.") from None
 
   def close(self) -> None:
-    if getattr(self, "_disk_full", False):  # Buffered rows cannot be written: drop them.
-      for close in (self._clu.close, getattr(self, "_file", None) and self._file.close):
-        try:
-          if close:
-            close()
-        except Exception:  # pylint: disable=broad-except
-          pass
+    closers = [self._clu.close] + ([self._file.close] if self._file else [])
+    if not self._disk_full:
+      self._clu.flush()
+      for close in closers:
+        close()
       return
-    self._clu.flush()
-    self._clu.close()
-    if self.main and not self._remote:
-      self._file.close()
+    for close in closers:  # Buffered rows cannot be written: drop them.
+      try:
+        close()
+      except Exception:  # pylint: disable=broad-except
+        pass
 
 
 class Progress:
