@@ -207,32 +207,13 @@ def portable(text: str, home: str | None = None) -> str:
 def teacher_quality_figure(root: Path, figures: Path, selected):
   """Claim 7: student validation cross-entropy against the teacher's; (path, points) or None.
 
-  points: [(teacher val/t1_loss, student val/student_loss mean, std, seeds)] by teacher.
+  points: [(teacher val/t1_loss, student val/student_loss mean, std, seeds)] by
+  teacher, from `teacher_quality_points` (claim 7's own), any number of seeds.
   """
   from big_distill import plotting  # pylint: disable=g-import-not-at-top
-  steps = {s["name"]: s for s in plan(selected)}
-  names = []
-  for name in ("teacher_quality", "e1000"):
-    grids = [g.replace("TEACHERS/", str(root / "teachers") + "/") for g in steps[name]["grids"]]
-    names += [c.name for c in sweep.expand(steps[name]["config"], grids)
-              if c.args["arm"] == "funmatch"]
-  if not (root / "img100").is_dir():
-    return None
-  cells = [c for c in sweep.read_cells(str(root / "img100"), names) if c["finished"]]
-  by_teacher: dict[str, list] = {}
-  for c in cells:
-    by_teacher.setdefault(c["fields"].get("config.t1_init", "30 epochs"), []).append(c["final"])
-  points = []
-  for teacher, finals in by_teacher.items():
-    ys = [f["val/student_loss"] for f in finals if "val/student_loss" in f]
-    xs = [f["val/t1_loss"] for f in finals if "val/t1_loss" in f]
-    if ys and xs:
-      mean = sum(ys) / len(ys)
-      std = (sum((y - mean) ** 2 for y in ys) / (len(ys) - 1)) ** 0.5 if len(ys) > 1 else 0.0
-      points.append((xs[0], mean, std, len(ys)))
+  points = [p[:4] for p in teacher_quality_points(table_groups(root, selected))]
   if len(points) < 2:
     return None
-  points.sort()
   path = plotting.plot_against_field(
       {"function matching, 1,000 epochs": points}, str(figures / "claim7_teacher_quality.png"),
       field="teacher validation cross-entropy (val/t1_loss)", metric="val/student_loss")
@@ -378,19 +359,26 @@ def _claim6(groups, epochs=1000):
       f"{hard[1]:.4f} (hard / kl = {hard[0] / kl[0]:.2f})")
 
 
-def _claim7(groups, epochs=1000):
+def teacher_quality_points(groups, epochs=1000, min_seeds=1):
+  """Claim 7's points, by teacher, sorted: (teacher val/t1_loss mean, student
+  val/student_loss mean, its std, seeds, teacher name) of the function-matching
+  cells at `epochs` (the 30-epoch teacher's are the table's own cells)."""
   points = []
   for (arm, e, variant), g in groups.items():
     if arm == "funmatch" and e == epochs and variant != "hard":
       st, t = g["metrics"].get("val/student_loss"), g["metrics"].get("val/t1_loss")
-      if st and t and st["n"] >= 3:
-        points.append((t["mean"], st["mean"], st["std"], variant or "teacher_e30"))
+      if st and t and st["n"] >= min_seeds:
+        points.append((t["mean"], st["mean"], st["std"], st["n"], variant or "teacher_e30"))
+  return sorted(points)
+
+
+def _claim7(groups, epochs=1000):
+  points = teacher_quality_points(groups, epochs, min_seeds=3)
   if len(points) < 3:
     return None
-  points.sort()
   ok = all(a[1] < b[1] for a, b in zip(points, points[1:]))
   return ok, ("validation cross-entropy, teacher -> student (mean ± std): " + "; ".join(
-      f"{name}: {t:.4f} -> {s:.4f} ± {sd:.4f}" for t, s, sd, name in points))
+      f"{name}: {t:.4f} -> {s:.4f} ± {sd:.4f}" for t, s, sd, _, name in points))
 
 
 CLAIMS = (
