@@ -157,11 +157,25 @@ def _move_dir(src: str, dst: str) -> None:
   tf.io.gfile.rmtree(src)
 
 
+def _use_replica_parallel(on: bool) -> None:
+  handler = ocp.type_handlers.get_type_handler(jax.Array)
+  if getattr(handler, "_use_replica_parallel", None) != on:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=on), override=True)
+
+
 class Checkpointer:
   """Saves and restores one pytree of jax.Arrays (the training state)."""
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
+               replica_parallel: bool = True):
+    """`replica_parallel`: orbax's replica-parallel saving (`config.ckpt_replica_parallel`).
+
+    orbax reads it from its process-wide handler of jax.Arrays, so the newest
+    Checkpointer's choice holds for every save of this process.
+    """
     self.directory = directory
+    _use_replica_parallel(replica_parallel)
     self._in_flight: tuple[int, int] | None = None  # (step, bytes) of the async save.
     self._failed = False
     _quiet_orbax_disk_full()

@@ -227,7 +227,8 @@ def _student_params(config, s, init: str) -> tuple[object, str]:
     if gfile.exists(exported):
       source = exported
     elif gfile.isdir(checkpoints) and gfile.listdir(checkpoints):
-      ckpt = ckpt_lib.Checkpointer(checkpoints, keep=config.keep_ckpts)
+      ckpt = ckpt_lib.Checkpointer(checkpoints, keep=config.keep_ckpts,
+                                   replica_parallel=config.ckpt_replica_parallel)
       try:
         restored = ckpt.restore(s.state)
       finally:

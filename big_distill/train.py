@@ -96,7 +96,8 @@ def record_config(workdir: str, config: mlc.ConfigDict) -> None:
 
 
 def open_checkpointer(workdir: str, config: mlc.ConfigDict) -> ckpt_lib.Checkpointer:
-  return ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_ckpts)
+  return ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_ckpts,
+                               replica_parallel=config.ckpt_replica_parallel)
 
 
 def restore_or_init(ckpt: ckpt_lib.Checkpointer, s: setup.TrainSetup,

@@ -203,3 +203,40 @@ def test_restore_into_another_device_count_and_sharding(tmp_path):
   assert out["2"] == dict(step=1, same=True, sharding=True, devices=2, shard=[4, 16])
   assert out["8"] == dict(step=1, same=True, sharding=True, devices=8, shard=[8, 2])
   assert out["1"] == dict(step=1, same=True, sharding=True, devices=1, shard=[8, 16])
+
+
+def test_replica_parallel_saving_is_a_choice_and_both_restore_the_same(tmp_path):
+  """`config.ckpt_replica_parallel`: with it (orbax's default), the replicas of
+  a replicated array each write a slice, which compiles slicing programs at the
+  first save; without it, none. Both write checkpoints that restore exactly."""
+  out = run_with_devices(2, f"""
+      import json, logging
+      import jax, jax.numpy as jnp, numpy as np
+      from jax.sharding import NamedSharding, PartitionSpec as P
+      from big_distill import checkpoint as ckpt_lib
+
+      class Count(logging.Handler):
+        n = 0
+        def emit(self, record):
+          Count.n += record.getMessage().startswith("Compiling jit(slice")
+      logging.getLogger("jax").addHandler(Count())
+      mesh = jax.make_mesh((2,), ("data",))
+      rep = NamedSharding(mesh, P())
+      state = {{f"w{{i}}": jax.device_put(jnp.arange(64 * (i + 1), dtype=jnp.float32), rep)
+               for i in range(3)}}
+      out = {{}}
+      for on in (True, False):
+        ckpt = ckpt_lib.Checkpointer("{tmp_path}/" + str(on), replica_parallel=on)
+        Count.n = 0
+        with jax.log_compiles():
+          ckpt.save(1, state)
+          ckpt.wait()
+        step, back = ckpt.restore(jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+        ckpt.close()
+        same = all(np.array_equal(np.asarray(back[k]), np.asarray(state[k])) for k in state)
+        out[str(on)] = [Count.n, step, same, str(back["w0"].sharding.spec)]
+      print(json.dumps(out))
+      """)
+  assert out["True"][0] >= 3 and out["False"][0] == 0, out
+  assert out["True"][1:] == out["False"][1:] == [1, True, "P()"], out

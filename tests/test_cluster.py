@@ -312,7 +312,8 @@ def test_disk_full_during_a_save_stops_clearly_and_resumes_after_space_is_freed(
 DEV_STEPS, DEV_CKPT = 4, 2
 # As in test_multiprocess: at 64px with SGD the device count moves the result
 # by float rounding only (~1e-7 relative measured there).
-DEV_ARG = dict(steps=DEV_STEPS, ckpt=DEV_CKPT, res=64, teacher_res=64, optim="sgd")
+DEV_ARG = dict(steps=DEV_STEPS, ckpt=DEV_CKPT, res=64, teacher_res=64, optim="sgd",
+               replica_parallel=1)  # The trainer's default saving, across device counts.
 
 
 def test_resume_on_2_and_8_devices_of_a_4_device_run(reference, tmp_path, jax_cache,

@@ -4,7 +4,8 @@
 
 `teacher=''` gives a supervised run; `split=train[:160],subset=0` trains on
 the first 160 images only (a cheaper start). Shapes: a BiT R26 of width 1/8 at
-16px (student) and 24px (teacher), batch 16.
+16px (student) and 24px (teacher), batch 16. `replica_parallel=1`: orbax's
+replica-parallel saving, the trainer's default (off here; see below).
 """
 
 from big_distill import config_lib
@@ -14,7 +15,8 @@ def get_config(arg=None):
   a = config_lib.parse_arg(
       arg, data_dir="", teacher="", views="consistent", steps=12, ckpt=6, log=2,
       mixup=1.0, student_init="", fsdp=1, evals=True, batch=16, optim="adam",
-      subset=1020, res=16, cache="encoded", teacher_res=24, lr=0.01, split="train")
+      subset=1020, res=16, cache="encoded", teacher_res=24, lr=0.01, split="train",
+      replica_parallel=0)
   c = config_lib.base()
   c.seed = 3
   c.input.data.name = "fashion_mnist"
@@ -46,6 +48,9 @@ def get_config(arg=None):
   c.schedule.warmup_steps = min(2, a.steps)
   c.total_steps = a.steps
   c.ckpt_steps = a.ckpt
+  # Off unless a test asks (the multi-process and device-count tests do): its
+  # slicing programs are ~10 s of compiling at a multi-device run's first save.
+  c.ckpt_replica_parallel = bool(a.replica_parallel)
   c.log_training_steps = a.log
   c.mesh.fsdp = a.fsdp
   c.fsdp_min_size = 2**10
