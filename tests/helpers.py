@@ -13,12 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def xla_flags(devices: int) -> str:
+def xla_flags(devices: int, fast_compile: bool = True) -> str:
   """XLA_FLAGS for a test's subprocess: this session's flags (conftest sets
-  the tests' optimization level) with `devices` CPU devices instead of any
-  device count they name."""
+  the tests' -O0) with `devices` CPU devices instead of any device count they
+  name. `fast_compile=False`: XLA's default optimization level instead, for a
+  test whose numbers are calibrated there or that runs more than it compiles."""
   kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
-          if not f.startswith("--xla_force_host_platform_device_count")]
+          if not f.startswith("--xla_force_host_platform_device_count")
+          and (fast_compile or not f.startswith("--xla_backend_optimization_level"))]
   return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
 
 
