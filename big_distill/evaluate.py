@@ -141,9 +141,9 @@ class Evaluator:
   def __init__(self, name: str, config, *, predict: Callable, teachers, mesh,
                batch_sharding, steps: dict | None = None):
     """`steps`: jitted steps shared by the evaluators of one run, keyed by what
-    the step computes (type and bins). Evaluators of the same type (`val` and
-    `test`, say) then compile one program for batches of one shape, not one
-    each. `None`: this evaluator's own."""
+    the step computes (type, ECE bins, teachers). Evaluators of the same type
+    (`val` and `test`, say) then compile one program for batches of one shape,
+    not one each. `None`: this evaluator's own."""
     check_eval(config, name)
     self.name = name
     self.ec = config.evals[name]
