@@ -227,15 +227,16 @@ TOP1 = {"val": "val/student_top1", "test": "test/student_top1"}
 TABLE_BUDGETS = (*BUDGETS, 10000)
 
 
-def table_groups(root: Path, selected) -> dict[tuple[str, int, str], dict]:
-  """The 100-image table's finished cells, by (arm, epochs, variant): n, mean, std.
+def table_groups(root: Path, selected, setting: str = "img100") -> dict[tuple[str, int, str], dict]:
+  """One setting's finished cells, by (arm, epochs, variant): n, mean, std.
 
-  Only cells at the arm's chosen lr (and the supervised arm's mixup) count.
-  variant: '' (the plan's cells), 'hard' (claim 6) or the teacher's workdir
-  name (claim 7's weaker teachers).
+  setting: the folder under `root` ('img100', the table and the claims, or
+  'img1020', the 1,020-image setting). Only cells at the arm's chosen lr (and
+  the supervised arm's mixup) count. variant: '' (the plan's cells), 'hard'
+  (claim 6) or the teacher's workdir name (claim 7's weaker teachers).
   """
-  cells = [c for c in sweep.read_cells(str(root / "img100")) if c["finished"]] \
-      if (root / "img100").is_dir() else []
+  cells = [c for c in sweep.read_cells(str(root / setting)) if c["finished"]] \
+      if (root / setting).is_dir() else []
   keep = []
   for c in cells:
     f = c["fields"]
@@ -455,8 +456,8 @@ def claims_markdown(rows) -> str:
 ARM_ORDER = ("supervised", *ARMS)
 
 
-def table_markdown(groups, split: str) -> str:
-  """Arms x budgets: `split` top-1 in %, mean ± std over the seeds (n if not 3)."""
+def table_markdown(groups, split: str, seeds: int = 3) -> str:
+  """Arms x budgets: `split` top-1 in %, mean ± std over the seeds (n if not `seeds`)."""
   budgets = sorted({e for (_, e, v) in groups if not v})
   lines = ["| arm | " + " | ".join(f"{b} epochs" for b in budgets) + " |",
            "|---|" + "---|" * len(budgets)]
@@ -464,7 +465,8 @@ def table_markdown(groups, split: str) -> str:
     cells = []
     for b in budgets:
       st = _stat(groups, arm, b, TOP1[split])
-      cells.append("" if not st else _ms(st) + ("" if st[2] == 3 else f" (n={st[2]})"))
+      cells.append("" if not st else (_ms(st) if seeds > 1 else _pct(st[0]))
+                   + ("" if st[2] == seeds else f" (n={st[2]})"))
     if any(cells):
       lines.append(f"| {arm} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -523,7 +525,8 @@ def main(argv=None) -> int:
                       "runner is finishing, instead of stopping")
   p.add_argument("--results_dir", default=str(REPO / "docs" / "results"))
   p.add_argument("--update_doc", default=None, metavar="FILE.md",
-                 help="with --collect: rewrite the table_val, table_test and claims blocks "
+                 help="with --collect: rewrite the table_val, table_test, img1020_val, img1020_test "
+                      "and claims blocks "
                       "(<!-- NAME: begin --> ... <!-- NAME: end -->) of this file")
   p.add_argument("--figures_dir", default=str(REPO / "docs" / "figures"))
   a = p.parse_args(argv)
@@ -547,15 +550,23 @@ def main(argv=None) -> int:
         Path(a.results_dir, "claims.json").write_text(json.dumps(rows, indent=1) + "\n")
         Path(a.results_dir, "claims.md").write_text(claims_markdown(rows))
         tables = {split: table_markdown(groups, split) for split in ("val", "test")}
+        # The 1,020-image setting runs seed 0 only (the plan's img1020 step).
+        groups1020 = table_groups(root, selected, "img1020")
+        tables1020 = {split: table_markdown(groups1020, split, seeds=1) if groups1020 else ""
+                      for split in ("val", "test")}
         Path(a.results_dir, "table.md").write_text(
             "".join(f"{split} top-1 (%), mean ± std over seeds 0-2, each arm at its lr chosen "
                     f"on validation:\n\n{tables[split]}\n" for split in ("val", "test")))
         if a.update_doc:
           found = update_blocks(Path(a.update_doc), {
               "table_val": tables["val"], "table_test": tables["test"],
+              "img1020_val": tables1020["val"], "img1020_test": tables1020["test"],
               "claims": claims_markdown(rows)})
           print(f"# updated the blocks {found} of {a.update_doc}")
         fig = patience_figure(groups, Path(a.figures_dir) / "patience_val_student_top1_vs_epochs.png")
+        fig1020 = patience_figure(groups1020, Path(a.figures_dir) / "img1020_patience_val_student_top1_vs_epochs.png")
+        if fig1020:
+          print(f"# 1,020-image patience figure: {fig1020}")
         print(claims_markdown(rows) + (f"# patience figure: {fig}" if fig else ""))
       return 0
     if not a.run:

@@ -224,15 +224,15 @@ def test_teacher_quality_figure(rp, tmp_path):
 
 # ---- The claims ------------------------------------------------------------------
 
-def _table_cell(root, arm, epochs, seed, lr="0.01", teacher=None, **metrics):
-  args = {"arm": arm, "epochs": str(epochs), "images": "100", "lr": lr, "seed": str(seed)}
+def _table_cell(root, arm, epochs, seed, lr="0.01", teacher=None, images=100, **metrics):
+  args = {"arm": arm, "epochs": str(epochs), "images": str(images), "lr": lr, "seed": str(seed)}
   if arm == "supervised":
     args["mixup"] = "1"
   if metrics.pop("hard", False):
     args["loss"] = "hard"
   overrides = {"config.t1_init": teacher} if teacher else {}
   c = sweep.Cell("configs/fmnist_distill.py", args, overrides, sorted(args))
-  wd = root / "img100" / c.name
+  wd = root / f"img{images}" / c.name
   wd.mkdir(parents=True)
   (wd / sweep.CELL_FILE).write_text(json.dumps({"args": args, "overrides": overrides}))
   (wd / "student.npz").write_bytes(b"x")
@@ -308,3 +308,26 @@ def test_claim_4_interim_is_at_the_longest_budget_both_optimizers_reached(rp, tm
   row = rp.answer_claims(rp.table_groups(root, chosen))[3]
   assert row["claim"] == 4 and row["interim"]["epochs"] == 300  # Not 1,000: no Shampoo there.
   assert row["interim"]["answer"] == "holds"  # 71% at 100 <= 150 epochs reaches Adam's 70%.
+
+
+def test_the_1020_image_setting_has_its_own_table(rp, tmp_path):
+  """img1020's seed-0 cells: their own table (plain %, n only where not 1), apart from img100's."""
+  root = tmp_path / "root"
+  chosen = {arm: {"lr": "0.01"} for arm in ("supervised", *rp.ARMS)}
+  chosen["supervised"]["mixup"] = "1"
+  _arm_cells(root, "funmatch", 300, 0.70)
+  for arm, epochs, top1 in (("funmatch", 300, 0.8), ("funmatch", 1000, 0.85),
+                            ("supervised", 1000, 0.81)):
+    _table_cell(root, arm, epochs, 0, images=1020, val__student_top1=top1,
+                test__student_top1=top1 - 0.01)
+  _table_cell(root, "fixed", 1000, 0, lr="0.1", images=1020, val__student_top1=0.1,
+              test__student_top1=0.1)  # Not the chosen lr: not in the table.
+  g100, g1020 = rp.table_groups(root, chosen), rp.table_groups(root, chosen, "img1020")
+  assert set(g100) == {("funmatch", 300, "")}
+  assert set(g1020) == {("funmatch", 300, ""), ("funmatch", 1000, ""), ("supervised", 1000, "")}
+  assert rp.table_markdown(g1020, "test", seeds=1).splitlines() == [
+      "| arm | 300 epochs | 1000 epochs |", "|---|---|---|",
+      "| supervised |  | 80.00 |", "| funmatch | 79.00 | 84.00 |"]
+  assert rp.table_markdown(g1020, "val", seeds=3).splitlines()[3] == \
+      "| funmatch | 80.00 ± 0.00 (n=1) | 85.00 ± 0.00 (n=1) |"
+  assert rp.table_markdown(g100, "val").splitlines()[2] == "| funmatch | 70.00 ± 0.20 |"
