@@ -109,7 +109,65 @@ def plan(selected: dict[str, dict[str, str]] | None) -> list[dict]:
       dict(name="img1020", config=f"{DISTILL}:images=1020", root="img1020", teacher=True,
            grids=[arm_grid(a, ";epochs=100,300,1000;seed=0") for a in every]),
   ]
-  return steps
+  return steps + continued(selected)
+
+
+# Claims 8-11 (issue 27, docs/results.md), on the teachers retrained in session 8
+# (ROOT/teacher_e30 and ROOT/teachers/epochs=1,5): their cells live under roots
+# of their own, so that no cell of the earlier teacher is mixed with them.
+SHAMPOO_PAPER_LRS = "0.03,0.1,0.3,1,3"
+SUP_ALL_LRS = "0.003,0.01,0.03"
+SUP_ALL_EPOCHS = "10,30"
+IMG100_T2, IMG_ALL_T2 = "img100_t2", "img50000_t2"
+
+
+def continued(selected) -> list[dict]:
+  """The steps of claims 8-11, cheapest first (scheduling only).
+
+  `selected` also holds 'shampoo_paper' (its lr) and 'sup_all' (the supervised
+  arm's lr and epochs on all 50,000 images) once their selection steps have
+  finished; the steps that need one are left out until then.
+  """
+  base = f"{DISTILL}:images=100"
+  base_all = f"{DISTILL}:images=50000"
+  sel = [
+      dict(name="sel_shampoo_paper", config=base + ",epochs=300", root=IMG100_T2, teacher=True,
+           grids=[f"arm=shampoo_paper;lr={SHAMPOO_PAPER_LRS};seed=0"]),
+      dict(name="sel_sup_all", config=base_all + ",mixup=0.2", root=IMG_ALL_T2, teacher=False,
+           grids=[f"arm=supervised;lr={SUP_ALL_LRS};epochs={SUP_ALL_EPOCHS};seed=0"]),
+  ]
+  if not selected:
+    return sel
+
+  def grid(key, extra, arm=None):
+    fields = ";".join(f"{k}={v}" for k, v in sorted(selected[key].items()))
+    return f"arm={arm or key};{fields}{extra}"
+
+  weaker = "config.t1_init=TEACHERS/epochs=1,TEACHERS/epochs=5"
+  later = {
+      "c8_shampoo_paper": lambda: dict(
+          config=base, root=IMG100_T2, teacher=True,
+          grids=[grid("shampoo_paper", f";epochs=100,300,1000,3000;seed={SEEDS}")]),
+      "c8_adam": lambda: dict(config=base + ",epochs=3000", root=IMG100_T2, teacher=True,
+                              grids=[grid("funmatch", f";seed={SEEDS}")]),
+      "c10_e1000": lambda: dict(config=base + ",epochs=1000", root=IMG100_T2, teacher=True,
+                                grids=[grid("funmatch", f";seed={SEEDS}"),
+                                       grid("funmatch", f";seed={SEEDS};{weaker}")]),
+      "c11_sup_all": lambda: dict(config=base_all + ",mixup=0.2", root=IMG_ALL_T2, teacher=False,
+                                  grids=[grid("sup_all", f";seed={SEEDS}", arm="supervised")]),
+      "c9_e10000": lambda: dict(config=base + ",epochs=10000", root=IMG100_T2, teacher=True,
+                                grids=[grid(a, f";seed={SEEDS}") for a in ("funmatch", "supervised")]),
+      "c10_e10000": lambda: dict(config=base + ",epochs=10000", root=IMG100_T2, teacher=True,
+                                 grids=[grid("funmatch", f";seed={SEEDS};{weaker}")]),
+      # 15,625 steps of 64, as 10,000 epochs of the 100 images: 20 epochs of 50,000.
+      "c11_fm_all": lambda: dict(config=base_all + ",epochs=20", root=IMG_ALL_T2, teacher=True,
+                                 grids=[grid("funmatch", f";seed={SEEDS}")]),
+      "c9_e30000": lambda: dict(config=base + ",epochs=30000", root=IMG100_T2, teacher=True,
+                                grids=[grid(a, f";seed={SEEDS}") for a in ("funmatch", "supervised")]),
+  }
+  needs = {"c8_shampoo_paper": "shampoo_paper", "c11_sup_all": "sup_all"}
+  return sel + [dict(name=n, **make()) for n, make in later.items()
+                if needs.get(n, "funmatch") in selected]
 
 
 def sweep_args(step: dict, root: Path, teacher: str) -> list[str]:
@@ -122,25 +180,47 @@ def sweep_args(step: dict, root: Path, teacher: str) -> list[str]:
   return args
 
 
-def selection(root: Path, log=print) -> dict[str, dict[str, str]] | None:
-  """Each arm's lr (and the supervised arm's mixup) chosen on validation; None until done."""
+# What each selection step chooses, and under which key of `selected`.
+SEL_OVER = {"sel_supervised": ["lr", "mixup"], "sel_sup_all": ["lr", "epochs"]}  # Else ["lr"].
+SEL_KEY = {"sel_sup_all": "sup_all"}  # Else the cell's arm.
+# The selections every later step needs; the others only gate their own steps.
+REQUIRED = ("sel_supervised", "sel_distill")
+
+
+def selection(root: Path, log=print, recorded: Path | None = None
+              ) -> dict[str, dict[str, str]] | None:
+  """Each arm's lr (and the supervised arm's mixup) chosen on validation; None until done.
+
+  A selection step counts once all its cells have finished under `root`. A
+  REQUIRED step whose cells are not there is read from its collected record
+  `recorded/<step>/summary.json` when given (the choice made on validation
+  by an earlier session, whose cells are gone), and logged as such.
+  """
   chosen = {}
   for step in plan(None):
     if not step["name"].startswith("sel_"):
       continue
     cells = sweep.expand(step["config"], step["grids"])
     cell_root = root / step["root"]
-    if not all(sweep.finished(str(cell_root / c.name)) for c in cells):
+    record = recorded / step["name"] / "summary.json" if recorded else None
+    if all(sweep.finished(str(cell_root / c.name)) for c in cells):
+      picks = sweep.collect(str(cell_root), str(root / "collect" / step["name"]),
+                            select_metric=SELECT, over=SEL_OVER.get(step["name"], ["lr"]),
+                            names=[c.name for c in cells], log=lambda *_: None)["selected"]
+      source = ""
+    elif step["name"] in REQUIRED and record and record.exists():
+      picks, source = json.loads(record.read_text())["selected"], f" (recorded in {record})"
+    elif step["name"] in REQUIRED:
       return None
-    over = ["lr", "mixup"] if step["name"] == "sel_supervised" else ["lr"]
-    s = sweep.collect(str(cell_root), str(root / "collect" / step["name"]), select_metric=SELECT,
-                      over=over, names=[c.name for c in cells], log=lambda *_: None)
-    for ch in s["selected"]:
-      arm = ch["within"].get("arm", cells[0].args["arm"])  # One arm: not a varying field.
+    else:
+      continue
+    for ch in picks:
+      # One arm: not a varying field.
+      arm = SEL_KEY.get(step["name"]) or ch["within"].get("arm", cells[0].args["arm"])
       chosen[arm] = ch["chosen"]
-      log(f"# {step['name']}: arm={arm}: "
+      log(f"# {step['name']}: {arm}: "
           + ", ".join(f"{k}={v}" for k, v in ch["chosen"].items())
-          + f" ({SELECT} {ch['value']:.4f}, among {ch['candidates']})")
+          + f" ({SELECT} {ch['value']:.4f}, among {ch['candidates']}){source}")
   return chosen
 
 
@@ -523,6 +603,10 @@ def main(argv=None) -> int:
   p.add_argument("--wait", action="store_true",
                  help="with --run: wait for the teacher, and for selection cells that another "
                       "runner is finishing, instead of stopping")
+  p.add_argument("--selection_from", default=None, metavar="RESULTS_DIR",
+                 help="read the lr selections sel_supervised and sel_distill from their "
+                      "collected summary.json under this folder (e.g. docs/results) when their "
+                      "cells are not under --root (a machine without the earlier cells)")
   p.add_argument("--results_dir", default=str(REPO / "docs" / "results"))
   p.add_argument("--update_doc", default=None, metavar="FILE.md",
                  help="with --collect: rewrite the table_val, table_test, img1020_val, img1020_test "
@@ -533,11 +617,13 @@ def main(argv=None) -> int:
   root = Path(os.path.expanduser(a.root)).absolute()
   teacher = a.teacher or str(root / "teacher_e30")
   only = [s for s in a.steps.split(",") if s]
-  known = {s["name"] for s in plan({arm: {"lr": "1"} for arm in ("supervised", *ARMS)})}
+  known = {s["name"] for s in plan({arm: {"lr": "1"} for arm in
+                                    ("supervised", *ARMS, "shampoo_paper", "sup_all")})}
   if set(only) - known:
     p.error(f"--steps: unknown {sorted(set(only) - known)}; the steps are {sorted(known)}")
   try:
-    selected = selection(root) if root.exists() else None
+    recorded = Path(a.selection_from) if a.selection_from else None
+    selected = selection(root, recorded=recorded) if root.exists() else None
     if a.collect:
       collect_all(root, Path(a.results_dir), Path(a.figures_dir), selected)
       claim7 = teacher_quality_figure(root, Path(a.figures_dir), selected) if selected else None
@@ -597,7 +683,7 @@ def main(argv=None) -> int:
       if i == len(plan(None)) and len(steps) == i:  # Selection done: the later steps.
         while a.wait and selection_running_elsewhere(root):
           time.sleep(60)  # Another runner is finishing a selection cell.
-        selected = selection(root)
+        selected = selection(root, recorded=recorded)
         if selected is None:
           print("# the lr selection is incomplete (failed cells?); rerun to resume it.")
           return 1
