@@ -218,7 +218,7 @@ def selection(root: Path, log=print, recorded: Path | None = None
       # One arm: not a varying field.
       arm = SEL_KEY.get(step["name"]) or ch["within"].get("arm", cells[0].args["arm"])
       chosen[arm] = ch["chosen"]
-      log(f"# {step['name']}: {arm}: "
+      log(f"# {step['name']}: arm={arm}: "
           + ", ".join(f"{k}={v}" for k, v in ch["chosen"].items())
           + f" ({SELECT} {ch['value']:.4f}, among {ch['candidates']}){source}")
   return chosen

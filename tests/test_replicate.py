@@ -331,3 +331,48 @@ def test_the_1020_image_setting_has_its_own_table(rp, tmp_path):
   assert rp.table_markdown(g1020, "val", seeds=3).splitlines()[3] == \
       "| funmatch | 80.00 ± 0.00 (n=1) | 85.00 ± 0.00 (n=1) |"
   assert rp.table_markdown(g100, "val").splitlines()[2] == "| funmatch | 70.00 ± 0.20 |"
+
+
+def test_claims_8_to_11_steps_wait_for_their_own_selections(rp, tmp_path):
+  # A machine without the earlier cells: the required selections come from
+  # their collected records, the new arms' only from their own cells.
+  rec = tmp_path / "results"
+  for step, picks in (("sel_supervised", [{"within": {}, "chosen": {"lr": "0.01", "mixup": "1"}}]),
+                      ("sel_distill", [{"within": {"arm": a}, "chosen": {"lr": "0.03"}}
+                                       for a in rp.ARMS])):
+    (rec / step).mkdir(parents=True)
+    (rec / step / "summary.json").write_text(json.dumps(
+        {"selected": [{**p, "value": 0.5, "candidates": 5} for p in picks]}))
+  root = tmp_path / "root"
+  root.mkdir()
+  assert rp.selection(root) is None  # No cells, no record: nothing is chosen.
+  chosen = rp.selection(root, log=lambda *_: None, recorded=rec)
+  assert chosen["supervised"] == {"lr": "0.01", "mixup": "1"} and chosen["funmatch"] == {"lr": "0.03"}
+  assert "shampoo_paper" not in chosen and "sup_all" not in chosen
+  names = [s["name"] for s in rp.plan(chosen)]
+  assert "c8_shampoo_paper" not in names and "c11_sup_all" not in names  # They wait.
+  for n in ("sel_shampoo_paper", "sel_sup_all", "c8_adam", "c9_e10000", "c9_e30000",
+            "c10_e1000", "c10_e10000", "c11_fm_all"):
+    assert n in names
+  steps = {s["name"]: s for s in rp.plan({**chosen, "shampoo_paper": {"lr": "0.3"},
+                                          "sup_all": {"epochs": "30", "lr": "0.01"}})}
+  cells = lambda n: sweep.expand(steps[n]["config"], steps[n]["grids"])
+  # Claim 8: the chosen lr at every budget, 3 seeds; Adam's reference on the same teacher.
+  sp = cells("c8_shampoo_paper")
+  assert {(c.args["epochs"], c.args["lr"]) for c in sp} == {
+      (e, "0.3") for e in ("100", "300", "1000", "3000")} and len(sp) == 12
+  assert steps["c8_adam"]["root"] == steps["c8_shampoo_paper"]["root"] == rp.IMG100_T2
+  # Claim 11: all 50,000 images; FM for the steps of 10,000 epochs of 100 images.
+  fm_all = cells("c11_fm_all")
+  assert {c.args["images"] for c in fm_all} == {"50000"} and {c.args["epochs"] for c in fm_all} == {"20"}
+  assert 50000 * 20 == 100 * 10000
+  sup_all = cells("c11_sup_all")
+  assert {(c.args["arm"], c.args["epochs"], c.args["lr"]) for c in sup_all} == {
+      ("supervised", "30", "0.01")} and len(sup_all) == 3
+  # Claim 10: the weaker teachers at both budgets, beside the 30-epoch teacher's own cells.
+  inits = {c.overrides.get("config.t1_init") for c in cells("c10_e10000")}
+  assert inits == {"TEACHERS/epochs=1", "TEACHERS/epochs=5"}
+  assert {c.overrides.get("config.t1_init") for c in cells("c10_e1000")} == inits | {None}
+  # No cell of the new teachers lands in a root of the old ones.
+  assert all(s["root"] in (rp.IMG100_T2, rp.IMG_ALL_T2) for n, s in steps.items()
+             if n.startswith(("c8", "c9", "c10", "c11", "sel_shampoo", "sel_sup_all")))
