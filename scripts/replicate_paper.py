@@ -78,7 +78,7 @@ def plan(selected: dict[str, dict[str, str]] | None) -> list[dict]:
            grids=[f"arm={','.join(ARMS)};lr={DISTILL_LRS};seed=0"]),
   ]
   if not selected:
-    return steps
+    return steps + continued(None)
 
   def arm_grid(arm, extra=""):
     fields = ";".join(f"{k}={v}" for k, v in sorted(selected[arm].items()))
@@ -225,9 +225,11 @@ def selection(root: Path, log=print, recorded: Path | None = None
 
 
 def selection_running_elsewhere(root: Path) -> list[str]:
-  """The unfinished selection cells that another runner holds now."""
+  """The unfinished cells of the REQUIRED selections that another runner holds now."""
   busy = []
   for step in plan(None):
+    if step["name"] not in REQUIRED:
+      continue  # The later selections gate only their own steps: no need to wait.
     for c in sweep.expand(step["config"], step["grids"]):
       wd = str(root / step["root"] / c.name)
       if not sweep.finished(wd) and sweep.locked(wd):
@@ -664,30 +666,35 @@ def main(argv=None) -> int:
         print("# the later steps (e100 ...) are made once the sel_* steps have finished: "
               "their lr comes from that selection.")
       return 0
-    failed = []
-    steps = plan(None)
-    i = 0
-    while i < len(steps):
-      step = steps[i]
-      i += 1
-      if not (only and step["name"] not in only):
-        while step["teacher"] and not sweep.finished(teacher):
-          if not a.wait:
-            print(f"# {step['name']}: the teacher {teacher} has not finished (no student.npz); "
-                  "rerun when it has, or pass --wait.")
-            return 1
-          time.sleep(60)
-        extra = ["--config.allow_config_change=True"] if a.allow_config_change else []
-        if run_step(step, root, teacher, a.python, extra) != 0:
-          failed.append(step["name"])
-      if i == len(plan(None)) and len(steps) == i:  # Selection done: the later steps.
+    failed, ran = [], set()
+    steps, expanded = plan(None), False
+    while True:
+      pending = [s for s in steps if s["name"] not in ran]
+      if not pending:
+        if expanded:
+          break
+        # Selection done: the later steps (those run already are not run again).
         while a.wait and selection_running_elsewhere(root):
           time.sleep(60)  # Another runner is finishing a selection cell.
         selected = selection(root, recorded=recorded)
         if selected is None:
           print("# the lr selection is incomplete (failed cells?); rerun to resume it.")
           return 1
-        steps = plan(selected)
+        steps, expanded = plan(selected), True
+        continue
+      step = pending[0]
+      ran.add(step["name"])
+      if only and step["name"] not in only:
+        continue
+      while step["teacher"] and not sweep.finished(teacher):
+        if not a.wait:
+          print(f"# {step['name']}: the teacher {teacher} has not finished (no student.npz); "
+                "rerun when it has, or pass --wait.")
+          return 1
+        time.sleep(60)
+      extra = ["--config.allow_config_change=True"] if a.allow_config_change else []
+      if run_step(step, root, teacher, a.python, extra) != 0:
+        failed.append(step["name"])
     if failed:
       print("# steps with failed cells (rerun to resume them): " + ", ".join(failed))
       return 1

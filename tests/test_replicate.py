@@ -56,6 +56,8 @@ def test_plan_prints_the_selection_first(rp, tmp_path, capsys):
 def _selection_cells(rp, root, done=True):
   """All selection cells: lr 0.01 best on validation, lr 0.001 best on test."""
   for step in rp.plan(None):
+    if step["name"] not in rp.REQUIRED:
+      continue  # Claims 8-11's selections: their own test.
     for c in sweep.expand(step["config"], step["grids"]):
       lr = c.args["lr"]
       val = {"0.001": 0.5, "0.003": 0.6, "0.01": 0.7, "0.03": 0.4, "0.1": 0.3}[lr]
@@ -127,7 +129,9 @@ def test_run_waits_for_a_selection_cell_another_runner_holds(rp, tmp_path, monke
       lock.close()
   monkeypatch.setattr(rp.time, "sleep", other_runner_finishes)
   assert rp.main([f"--root={tmp_path}", "--run", "--wait"]) == 0
-  assert ran[:3] == ["sel_supervised", "sel_distill", "e100"] and "img1020" in ran
+  assert ran[:6] == ["sel_supervised", "sel_distill", "sel_shampoo_paper", "sel_sup_all",
+                     "e100", "e300"] and "img1020" in ran and "c9_e30000" in ran
+  assert len(ran) == len(set(ran))  # Each step once, also across the selection.
   assert not rp.selection_running_elsewhere(tmp_path)
 
 
@@ -349,6 +353,17 @@ def test_claims_8_to_11_steps_wait_for_their_own_selections(rp, tmp_path):
   chosen = rp.selection(root, log=lambda *_: None, recorded=rec)
   assert chosen["supervised"] == {"lr": "0.01", "mixup": "1"} and chosen["funmatch"] == {"lr": "0.03"}
   assert "shampoo_paper" not in chosen and "sup_all" not in chosen
+  # The new selections are made from their own cells once these have finished.
+  for step in rp.plan(None)[2:]:
+    assert step["name"] in ("sel_shampoo_paper", "sel_sup_all")
+    for c in sweep.expand(step["config"], step["grids"]):
+      top1 = 0.7 if c.args["lr"] == "0.3" or c.args.get("epochs") == "30" and c.args["lr"] == "0.01" else 0.5
+      _cell(root / step["root"], c.args, [{"step": 10, "val/student_top1": top1}])
+  chosen = rp.selection(root, log=lambda *_: None, recorded=rec)
+  assert chosen["shampoo_paper"] == {"lr": "0.3"}
+  assert chosen["sup_all"] == {"epochs": "30", "lr": "0.01"}
+  assert rp.selection(root, recorded=rec) == chosen
+  del chosen["shampoo_paper"], chosen["sup_all"]
   names = [s["name"] for s in rp.plan(chosen)]
   assert "c8_shampoo_paper" not in names and "c11_sup_all" not in names  # They wait.
   for n in ("sel_shampoo_paper", "sel_sup_all", "c8_adam", "c9_e10000", "c9_e30000",
