@@ -25,8 +25,9 @@ included (big_vision converted their first layer). Computation runs in
 features, `pre_logits` and the head run in float32, so logits are float32.
 
 `scan=True` stacks the blocks under `Transformer/encoderblock` with a leading
-depth axis (big_vision's scan layout, e.g. SigLIP files); `remat=True`
-recomputes each block's activations in the backward pass (students).
+depth axis (big_vision's scan layout; `load` reads either layout into either
+model); `remat=True` recomputes each block's activations in the backward
+pass (students).
 """
 
 from __future__ import annotations
@@ -94,7 +95,6 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.):
 _xavier = nn.initializers.xavier_uniform()
 
 
-
 class MlpBlock(nn.Module):
   """Dense(mlp_dim) -> gelu (tanh approximation, flax's default) -> Dense(width)."""
   mlp_dim: int
@@ -109,10 +109,10 @@ class MlpBlock(nn.Module):
     return dense(width)(x)
 
 
-def _attention(num_heads: int, dtype, name: Optional[str] = None):
+def _attention(num_heads: int, dtype):
   return nn.MultiHeadDotProductAttention(
       num_heads=num_heads, kernel_init=_xavier, dtype=dtype, param_dtype=jnp.float32,
-      force_fp32_for_softmax=True, name=name)
+      force_fp32_for_softmax=True)
 
 
 class Encoder1DBlock(nn.Module):
