@@ -212,10 +212,20 @@ def test_per_layer_file_into_scan_model_and_back(tmp_path):
   a, _ = per_layer.apply({"params": params}, x)
   b, _ = scanned.apply({"params": loaded}, x)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  vit.save({"params": loaded}, str(tmp_path / "scan.npz"))
-  with np.load(tmp_path / "scan.npz") as npz:
-    assert npz["Transformer/encoderblock/LayerNorm_0/scale"].shape == (2, 16)
-  back = vit.load(shapes(per_layer)["params"], str(tmp_path / "scan.npz"))
+  vit.save({"params": loaded}, str(tmp_path / "from_scan.npz"))  # Written per layer.
+  with np.load(tmp_path / "from_scan.npz") as npz:
+    assert "Transformer/encoderblock_1/LayerNorm_0/scale" in npz.files
+    assert not any(k.startswith("Transformer/encoderblock/") for k in npz.files)
+  assert_trees_equal(vit.load(shapes(per_layer)["params"], str(tmp_path / "from_scan.npz")),
+                     params)
+  # A scanned file (as big_vision's scan models save) into the per-layer model.
+  scan_file = {k: v for k, v in flat(params).items() if "encoderblock_" not in k}
+  for k, v in flat(params).items():
+    if k.startswith("Transformer/encoderblock_0/"):
+      rest = k.removeprefix("Transformer/encoderblock_0/")
+      scan_file[f"Transformer/encoderblock/{rest}"] = np.stack(
+          [v, flat(params)[f"Transformer/encoderblock_1/{rest}"]])
+  back = vit.load(shapes(per_layer)["params"], save_arrays(tmp_path / "scan.npz", scan_file))
   assert_trees_equal(back, params)
 
 

@@ -646,16 +646,20 @@ def load(template, path: str, *, head_mismatch: str = "reinit", model: Optional[
 
 
 def to_arrays(variables) -> dict[str, np.ndarray]:
-  """The float32 arrays of a big_vision ViT `.npz`: the params, `/`-joined keys."""
+  """The float32 arrays of a big_vision ViT `.npz`: the params, `/`-joined keys,
+  blocks per layer (`encoderblock_{i}`) whether the model scans or not."""
   params, _ = _params_of(variables)
-  return {k: np.asarray(jax.device_get(v), np.float32) for k, v in _flat(params)}
+  arrays = {k: np.asarray(jax.device_get(v), np.float32) for k, v in _flat(params)}
+  return _to_layout(arrays, scan=False)
 
 
 def save(variables, path: str, layout: str = LAYOUTS[0]) -> None:
   """Writes an `.npz` big_vision's `vit.load` reads (bare `/`-joined keys, float32), atomically.
 
-  Scanned models are written scanned (`Transformer/encoderblock`), which
-  big_vision converts for a per-layer model, as `load` here does.
+  Blocks are written per layer even from a scanned model: big_vision's
+  `vit.load` reads that into either kind of model (as `load` here does), and
+  so does every timm version (`VisionTransformer.load_pretrained`), which a
+  scanned file would not be for older ones.
   """
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}: must be one of {LAYOUTS}.")
