@@ -100,17 +100,20 @@ def test_host_and_device_compute_the_same_box_from_the_same_uniforms(area_min, a
   np.testing.assert_array_equal(one, np.asarray(want)[0])
 
 
+def _padded_images(n):
+  """uint8 images [n, 30, 40, 3], and them padded to 36x44 with 255 (never to be read)."""
+  image = np.random.default_rng(0).integers(0, 256, (n, 30, 40, 3)).astype(np.uint8)
+  padded = np.full((n, 36, 44, 3), 255, np.uint8)
+  padded[:, :30, :40] = image
+  return image, padded
+
+
 def test_host_and_device_views_have_the_same_pixels_for_the_same_box_and_flip():
   # Pixels in grey levels of the uint8 image, range [0, 255]: the host's view
   # (pp's inception_crop: crop, bilinear resize, rounded to uint8; then flip_lr)
   # and the device's (crop_view) differ by at most one grey level (rounding
   # ties of float sums), and so by at most 2/255 after value_range(-1, 1).
-  rng = np.random.default_rng(0)
-  image = rng.integers(0, 256, (5, 30, 40, 3)).astype(np.uint8)
-  padded = np.zeros((5, 36, 44, 3), np.uint8)  # Padding must never be read.
-  padded[:, :30, :40] = image
-  padded[:, 30:] = 255
-  padded[:, :, 40:] = 255
+  image, padded = _padded_images(5)
   boxes = np.array([[3, 5, 17, 29], [0, 0, 30, 40], [10, 20, 5, 6], [29, 39, 1, 1],
                     [2, 1, 27, 12]], np.int32)
   flips = np.array([False, True, True, False, True])
@@ -141,12 +144,7 @@ def test_resize_to_a_model_equals_the_host_resize():
 
 
 def test_crop_and_resize_equals_tf_resize_of_the_crop():
-  rng = np.random.default_rng(0)
-  image = rng.integers(0, 256, (2, 30, 40, 3)).astype(np.uint8)
-  padded = np.zeros((2, 36, 44, 3), np.uint8)  # Padding must never be read.
-  padded[:, :30, :40] = image
-  padded[:, 30:] = 255
-  padded[:, :, 40:] = 255
+  image, padded = _padded_images(2)
   boxes = np.array([[3, 5, 17, 29], [0, 0, 30, 40]], np.int32)
   got = np.asarray(device.crop_and_resize(jnp.asarray(padded), jnp.asarray(boxes), 24))
   for i, (y, x, h, w) in enumerate(boxes):
