@@ -29,8 +29,7 @@ from pathlib import Path
 from absl import app
 from absl import flags
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # The configs/ folder of this checkout.
+REPO = Path(__file__).resolve().parents[1]  # The checkout: its configs/ and the runs' cwd.
 
 TEACHER_EPOCHS = 2  # Of train[:50000]: ~83% validation top-1.
 STUDENT_EPOCHS = 1000  # Of the 100 images: 100,000 training images per student.
@@ -104,7 +103,9 @@ def demo(root: Path, scale: float = 1.0, data_dir: str = "", runlocal: bool = Fa
   from big_distill import metrics  # pylint: disable=g-import-not-at-top
   from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
   from big_distill.data import prepare  # pylint: disable=g-import-not-at-top
-  from configs import fmnist_teacher  # pylint: disable=g-import-not-at-top
+  from big_distill import sweep  # pylint: disable=g-import-not-at-top
+  # The teacher's config file, loaded by its path (as the trainer loads it).
+  fmnist_teacher = sweep.load_config_file(str(REPO / "configs" / "fmnist_teacher.py"))
 
   start = time.time()
   try:

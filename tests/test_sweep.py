@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 from big_distill import sweep
+from big_distill import sweep_launch
 from big_distill.errors import ConfigError
 
 CONFIG = '''
@@ -137,10 +138,10 @@ class FakeTrainer:
 
 @pytest.fixture
 def fake(monkeypatch):
-  monkeypatch.setattr(sweep, "_DEVICE", "fake-device")
+  monkeypatch.setattr(sweep_launch, "_DEVICE", "fake-device")
   def install(**kwargs):
     trainer = FakeTrainer(**kwargs)
-    monkeypatch.setattr(sweep.subprocess, "run", trainer)
+    monkeypatch.setattr(sweep_launch.subprocess, "run", trainer)
     return trainer
   return install
 

@@ -7,16 +7,17 @@ the example indices, the inception crop, the flip, the per-model resize and
 the value range from (seed, step) alone. No host work per step: a small data
 set (Flowers102, Pets, the Fashion-MNIST miniature) feeds any accelerator.
 
-The random crop follows `tf.image.sample_distorted_bounding_box`, which the
-host's `inception_crop` op uses: up to 100 attempts, each drawing an aspect
-ratio uniformly in [3/4, 4/3] and then an integer height uniformly between the
-smallest and the largest that fit the area range (so the area is not uniform:
-the height is); an offset uniform over the positions that fit; the whole image
-if no attempt fits. The crop is resized like `tf.image.resize(..., "bilinear",
-antialias=False)` (half-pixel centres, edge clamping), written as two small
-matrix products per image so that it runs well on GPUs and TPUs. A model whose
-resolution differs from the view's gets a second, antialiased resize, as the
-host pipeline's `_to_model` does.
+Each view has one definition, shared with the host's pp ops (data/pp.py):
+the parser is pp.py's (`parse_random_view` reads the bound arguments of
+`pp.describe`), the crop window is `views.inception_box` (the host's
+`inception_crop` op calls it too; only the uniforms come from JAX here), and
+the value range is `views.value_range`. The window is resized like
+`tf.image.resize(..., "bilinear", antialias=False)` (half-pixel centres, edge
+clamping), written as two small matrix products per image so that it runs
+well on GPUs and TPUs, then rounded to whole grey levels as the host's uint8
+crop is; tests/test_device_views.py checks both paths pixel by pixel for the
+same box and flip. A model whose resolution differs from the view's gets a
+second, antialiased resize, as the host pipeline's `_to_model` does.
 
 Views (`config.distill.views`): "consistent" (one crop and flip for every
 model, the paper's consistent teaching), "independent" (one per model), and
@@ -33,70 +34,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from big_distill.data import views as views_lib
+
 # Streams derived from config.seed for the device pipeline (distinct from the
 # host pipeline's, which are small integers in data/input.py).
 _INDEX, _CROP, _FLIP = 101, 102, 103
-_ATTEMPTS = 100  # As tf.image.sample_distorted_bounding_box's default.
+
+JNP_OPS = views_lib.ArrayOps(
+    where=jnp.where, minimum=jnp.minimum, maximum=jnp.maximum, sqrt=jnp.sqrt,
+    round_int=lambda x: jnp.round(x).astype(jnp.int32),  # Half to even.
+    trunc_int=lambda x: x.astype(jnp.int32),
+    floor_int=lambda x: jnp.floor(x).astype(jnp.int32),
+    to_int=lambda x: jnp.asarray(x).astype(jnp.int32),
+    to_float=lambda x: jnp.asarray(x).astype(jnp.float32),
+    cumsum=lambda x: jnp.cumsum(x, axis=-1), sum=lambda x: jnp.sum(x, axis=-1))
 
 
 # ---- The inception crop ------------------------------------------------------
 
 
-def _round(x):
-  # lrintf under the default rounding mode: round half to even, as jnp.round.
-  return jnp.round(x).astype(jnp.int32)
-
-
 def inception_boxes(key: jax.Array, hw_B2: jax.Array, area_min: float = 5,
-                    area_max: float = 100, attempts: int = _ATTEMPTS) -> jax.Array:
+                    area_max: float = 100) -> jax.Array:
   """int32[B, 4] windows (top, left, height, width) of images of size hw_B2.
 
   `area_min`/`area_max` in percent of the image, as the pp op's arguments.
+  The box is `views.inception_box`'s, as the host op's; only the uniforms
+  come from JAX's generator.
   """
+  u = jax.random.uniform(key, (jnp.shape(hw_B2)[0], views_lib.num_uniforms()), jnp.float32)
+  return inception_boxes_from_uniforms(u, hw_B2, area_min, area_max)
+
+
+def inception_boxes_from_uniforms(u_BU: jax.Array, hw_B2: jax.Array, area_min: float = 5,
+                                  area_max: float = 100) -> jax.Array:
+  """int32[B, 4]: `views.inception_box` of uniforms f32[B, views.num_uniforms()]."""
   hw_B2 = jnp.asarray(hw_B2, jnp.int32)
-  B = hw_B2.shape[0]
-  H = hw_B2[:, 0:1].astype(jnp.float32)  # [B, 1]: broadcast over attempts.
-  W = hw_B2[:, 1:2].astype(jnp.float32)
-  k_ar, k_h, k_y, k_x = jax.random.split(key, 4)
-  ar = jax.random.uniform(k_ar, (B, attempts), minval=3 / 4, maxval=4 / 3)
-  min_area = area_min / 100 * H * W
-  max_area = area_max / 100 * H * W
-  height = _round(jnp.sqrt(min_area / ar))
-  max_height = _round(jnp.sqrt(max_area / ar))
-  # The largest height whose rounded width still fits the image.
-  too_wide = _round(max_height * ar) > W
-  fit = ((W + 0.5 - 1e-7) / ar).astype(jnp.int32)
-  fit = jnp.where(_round(fit * ar) > W, fit - 1, fit)
-  max_height = jnp.where(too_wide, fit, max_height)
-  max_height = jnp.minimum(max_height, H.astype(jnp.int32))
-  height = jnp.minimum(height, max_height)
-  u = jax.random.uniform(k_h, (B, attempts))
-  height = height + jnp.floor(u * (max_height - height + 1)).astype(jnp.int32)
-  width = _round(height * ar)
-  area = (width * height).astype(jnp.float32)
-  # Rounding can leave the area just outside the range: one step each way.
-  grow = area < min_area
-  height = jnp.where(grow, height + 1, height)
-  width = jnp.where(grow, _round(height * ar), width)
-  area = (width * height).astype(jnp.float32)
-  shrink = area > max_area
-  height = jnp.where(shrink, height - 1, height)
-  width = jnp.where(shrink, _round(height * ar), width)
-  area = (width * height).astype(jnp.float32)
-  ok = ((area >= min_area) & (area <= max_area) & (width <= W) & (height <= H)
-        & (width > 0) & (height > 0))
-  first = jnp.argmax(ok, axis=1)  # The first attempt that fits.
-  any_ok = jnp.any(ok, axis=1)
-  take = lambda a: jnp.take_along_axis(a, first[:, None], axis=1)[:, 0]
-  Hi, Wi = hw_B2[:, 0], hw_B2[:, 1]
-  h = jnp.where(any_ok, take(height), Hi)
-  w = jnp.where(any_ok, take(width), Wi)
-  # Offsets uniform in [0, H - h) (TF's Uniform(n) is in [0, n)); 0 if h == H.
-  y = jnp.floor(jax.random.uniform(k_y, (B,)) * jnp.maximum(Hi - h, 1)).astype(jnp.int32)
-  x = jnp.floor(jax.random.uniform(k_x, (B,)) * jnp.maximum(Wi - w, 1)).astype(jnp.int32)
-  y = jnp.where(h < Hi, y, 0)
-  x = jnp.where(w < Wi, x, 0)
-  return jnp.stack([y, x, h, w], axis=1)
+  u_BU = jnp.asarray(u_BU, jnp.float32)
+  box = views_lib.inception_box(JNP_OPS, u_BU, hw_B2[:, 0], hw_B2[:, 1], area_min, area_max)
+  return jnp.stack(box, axis=1)
 
 
 def _resize_matrix(start, length, out: int, size_max: int) -> jax.Array:
@@ -129,10 +104,28 @@ def crop_and_resize(images_BHWC: jax.Array, boxes_B4: jax.Array, out: int) -> ja
   return jnp.einsum("bpw,bowc->bopc", rx, x, precision=hp)
 
 
+def flip(images_BHWC: jax.Array, flips_B: jax.Array) -> jax.Array:
+  """Flips left-right the images whose flag in bool[B] `flips_B` is set."""
+  return jnp.where(flips_B[:, None, None, None], images_BHWC[:, :, ::-1], images_BHWC)
+
+
 def flip_lr(key: jax.Array, images_BHWC: jax.Array) -> jax.Array:
   """Flips each image left-right with probability 1/2."""
-  flip = jax.random.bernoulli(key, 0.5, (images_BHWC.shape[0], 1, 1, 1))
-  return jnp.where(flip, images_BHWC[:, :, ::-1], images_BHWC)
+  return flip(images_BHWC, jax.random.bernoulli(key, 0.5, (images_BHWC.shape[0],)))
+
+
+def crop_view(images_BHWC: jax.Array, boxes_B4: jax.Array, out: int,
+              flips_B: jax.Array | None = None) -> jax.Array:
+  """f32[B, out, out, C]: the random view of the host's pp ops, for given boxes and flips.
+
+  As `inception_crop(out)|flip_lr` on the host: the window resized bilinearly
+  and, for uint8 images, rounded to whole grey levels (the pp ops keep the
+  dtype, so the host's crop of a uint8 image is a uint8 image), then flipped.
+  """
+  x = crop_and_resize(images_BHWC, boxes_B4, out)
+  if images_BHWC.dtype == jnp.uint8:
+    x = jnp.clip(jnp.round(x), 0, 255)
+  return x if flips_B is None else flip(x, flips_B)
 
 
 def resize_to(images_BHWC: jax.Array, res: int) -> jax.Array:
@@ -321,14 +314,15 @@ def make_batch(data: DeviceData, step: jax.Array, *, seed: int, batch_size: int,
   vmin, vmax, in_min, in_max = value_range
 
   def post(x):
-    return (x - in_min) / (in_max - in_min) * (vmax - vmin) + vmin
+    return views_lib.value_range(x, vmin, vmax, in_min, in_max)
 
   rv = random_view
 
   def crop(i):
     boxes = inception_boxes(jax.random.fold_in(crop_key, i), hw, rv.area_min, rv.area_max)
-    x = crop_and_resize(images, boxes, rv.size)
-    return flip_lr(jax.random.fold_in(flip_key, i), x) if rv.flip else x
+    flips = (jax.random.bernoulli(jax.random.fold_in(flip_key, i), 0.5, (len(idx),))
+             if rv.flip else None)
+    return crop_view(images, boxes, rv.size, flips)
 
   names = list(res)
   out = {}

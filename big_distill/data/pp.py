@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
+from big_distill.data import views
+
 Example = dict[str, Any]
 PPFn = Callable[[Example], Example]
 
@@ -216,21 +218,42 @@ def _resize(image: tf.Tensor, hw, method: str, antialias: bool) -> tf.Tensor:
   return tf.cast(out, image.dtype)
 
 
-def _inception_window(shape, seed, area_min, area_max):
-  """A random window of 5%..100% of the area, aspect ratio 3/4..4/3."""
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
-      area_range=(area_min / 100, area_max / 100),
-      aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0,
-      use_image_if_no_bounding_boxes=True)
-  return begin, size
+TF_OPS = views.ArrayOps(
+    where=tf.where, minimum=tf.minimum, maximum=tf.maximum, sqrt=tf.sqrt,
+    round_int=lambda x: tf.cast(tf.round(x), tf.int32),  # tf.round: half to even.
+    trunc_int=lambda x: tf.cast(x, tf.int32),
+    floor_int=lambda x: tf.cast(tf.floor(x), tf.int32),
+    to_int=lambda x: tf.cast(x, tf.int32), to_float=lambda x: tf.cast(x, tf.float32),
+    cumsum=lambda x: tf.cumsum(x, axis=-1), sum=lambda x: tf.reduce_sum(x, axis=-1))
 
 
-def _crop(image, begin, size) -> tf.Tensor:
-  """tf.slice that keeps the static number of channels."""
-  out = tf.slice(image, begin, size)
+def inception_window(shape, seed, area_min=5, area_max=100) -> tf.Tensor:
+  """int32[4] (top, left, height, width): a random window of an image of `shape`.
+
+  Area area_min..area_max % of the image, aspect ratio 3/4..4/3: the box of
+  `views.inception_box` (the device pipeline's too) from uniforms drawn with
+  the stateless `seed`.
+  """
+  shape = tf.cast(shape, tf.int32)
+  u = tf.random.stateless_uniform([views.num_uniforms()], seed, dtype=tf.float32)
+  return tf.stack(views.inception_box(TF_OPS, u, shape[0], shape[1], area_min, area_max))
+
+
+def crop_window(image, box) -> tf.Tensor:
+  """The window `box` (top, left, height, width) of `image`, channels kept static."""
+  out = tf.slice(image, [box[0], box[1], 0], [box[2], box[3], -1])
   out.set_shape([None, None, image.shape[-1]])
   return out
+
+
+def crop_and_resize(image, box, size=None, method="bilinear", antialias=False) -> tf.Tensor:
+  """The window `box` of `image`, resized to `size` (None: not resized), dtype kept.
+
+  A uint8 image gives uint8 pixels (rounded): the view of the host pipeline,
+  which the device pipeline's `crop_and_resize` reproduces.
+  """
+  image = crop_window(image, box)
+  return image if size is None else _resize(image, _hw(size), method, antialias)
 
 
 def _check_area(area_min, area_max):
@@ -267,15 +290,12 @@ def get_decode_jpeg_and_inception_crop(size=None, area_min=5, area_max=100,
 
   def fn(data, seed):
     def jpeg():
-      begin, crop = _inception_window(tf.image.extract_jpeg_shape(data), seed,
-                                      area_min, area_max)
-      window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
+      window = inception_window(tf.image.extract_jpeg_shape(data), seed, area_min, area_max)
       return tf.image.decode_and_crop_jpeg(data, window, channels=3)
 
     def other():
       image = _decode(data, 3)
-      begin, crop = _inception_window(tf.shape(image), seed, area_min, area_max)
-      return _crop(image, begin, crop)
+      return crop_window(image, inception_window(tf.shape(image), seed, area_min, area_max))
 
     image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
     image.set_shape([None, None, 3])
@@ -293,9 +313,8 @@ def get_inception_crop(size=None, area_min=5, area_max=100, method="bilinear",
   _check_area(area_min, area_max)
 
   def fn(image, seed):
-    begin, crop = _inception_window(tf.shape(image), seed, area_min, area_max)
-    image = _crop(image, begin, crop)
-    return image if size is None else _resize(image, _hw(size), method, antialias)
+    box = inception_window(tf.shape(image), seed, area_min, area_max)
+    return crop_and_resize(image, box, size, method, antialias)
   return fn
 
 
@@ -355,8 +374,7 @@ def get_flip_lr():
 def get_value_range(vmin=-1, vmax=1, in_min=0, in_max=255.0, clip_values=False):
   """Maps [in_min, in_max] linearly to [vmin, vmax] as float32."""
   def fn(image):
-    image = tf.cast(image, tf.float32)
-    image = (image - in_min) / (in_max - in_min) * (vmax - vmin) + vmin
+    image = views.value_range(tf.cast(image, tf.float32), vmin, vmax, in_min, in_max)
     return tf.clip_by_value(image, vmin, vmax) if clip_values else image
   return fn
 
