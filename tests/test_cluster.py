@@ -2,7 +2,7 @@
 disk, a changed device count, a dead process of a multi-process job; and the
 config compatibility of a resumed workdir.
 
-The CLI runs reuse test_reliability's machinery and its uninterrupted
+The CLI runs use tests/helpers.py's machinery and conftest's uninterrupted
 reference run (16 steps, checkpoints every 3), so most of them cost one
 start-up each; the device-count and multi-process tests need their own
 reference runs (other shapes), kept as short as the checks allow.
@@ -29,13 +29,12 @@ from big_distill import train
 from big_distill import workdir as workdir_lib
 from big_distill.data import input as input_lib
 from big_distill.errors import WorkdirError
-from tests import test_multiprocess as mp
 from tests import tiny_config
-from tests.test_reliability import (  # pylint: disable=unused-import  (fixtures)
-    Cli, ReachedExpensiveWork, _tripwire, assert_same_as_reference, existing_run,
-    finished_steps, jax_cache, make_config, params_differences, read_params, reference,
-    resumed_step, run_arg, run_to_end, snapshot, train_rows, unfinished_saves,
-    wait_first_checkpoint)
+from tests.helpers import (MULTIPROCESS_ATOL, MULTIPROCESS_RTOL, Cli, ReachedExpensiveWork,
+                           assert_same_as_reference, existing_run, finished_steps, free_port,
+                           make_config, params_differences, read_params, resumed_step, run_arg,
+                           run_to_end, snapshot, train_rows, tripwire, unfinished_saves,
+                           wait_first_checkpoint)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,8 +186,8 @@ def test_lease_refuses_while_renewed_and_expires_when_its_holder_died(tmp_path, 
 
 def test_held_workdir_is_refused_before_expensive_work_writing_nothing(
     tmp_path, fashion_data_dir, monkeypatch, holder):
-  monkeypatch.setattr(train.ckpt_lib, "Checkpointer", _tripwire("the checkpointer"))
-  monkeypatch.setattr(input_lib, "make_train_dataset", _tripwire("the input pipeline"))
+  monkeypatch.setattr(train.ckpt_lib, "Checkpointer", tripwire("the checkpointer"))
+  monkeypatch.setattr(input_lib, "make_train_dataset", tripwire("the input pipeline"))
   teacher = tiny_config.write_teacher(tmp_path / "t.npz")
   config = make_config(run_arg(fashion_data_dir, teacher))
   workdir = existing_run(tmp_path / "w", config)
@@ -237,46 +236,6 @@ def test_second_launch_is_refused_and_the_first_finishes_as_if_alone(reference, 
 
 def _du(path) -> int:
   return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-  """mount(size_bytes) -> a tmpfs of that size; remount(size) grows it."""
-  mount = tmp_path / "disk"
-  mount.mkdir()
-  state = {"mounted": False}
-
-  def do(size, remount=False):
-    opts = f"{'remount,' if remount else ''}size={size}"
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mount)],
-                       capture_output=True, text=True)
-    if r.returncode and not remount:
-      pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
-    assert r.returncode == 0, r.stderr
-    state["mounted"] = True
-    return mount
-
-  yield do
-  if state["mounted"]:
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_only_late_callbacks_on_a_closed_loop_are_silenced():
-  """After a failed save, TensorStore's completions find orbax's loop closed."""
-  import asyncio  # pylint: disable=g-import-not-at-top
-  loop = asyncio.new_event_loop()
-  loop.close()
-  try:
-    loop.call_soon_threadsafe(print)
-  except RuntimeError as e:
-    caught = e
-  # As TensorStore reports it: called from C, the traceback starts in asyncio.
-  from_c = caught.__traceback__.tb_next
-  late = ckpt_lib._is_late_callback_on_closed_loop  # pylint: disable=protected-access
-  assert late(RuntimeError, caught, from_c)
-  assert not late(RuntimeError, caught, caught.__traceback__)  # A Python caller: a bug.
-  assert not late(RuntimeError, RuntimeError("other"), from_c)
-  assert not late(ValueError, caught, from_c)
 
 
 def test_disk_full_during_a_save_stops_clearly_and_resumes_after_space_is_freed(
@@ -343,7 +302,7 @@ def test_resume_on_2_and_8_devices_of_a_4_device_run(reference, tmp_path, jax_ca
     params = read_params(workdir)
     assert sorted(params) == sorted(ref_params)
     for k in params:
-      np.testing.assert_allclose(params[k], ref_params[k], rtol=mp.RTOL, atol=mp.ATOL,
+      np.testing.assert_allclose(params[k], ref_params[k], rtol=MULTIPROCESS_RTOL, atol=MULTIPROCESS_ATOL,
                                  err_msg=f"{devices} devices: {k}")
     ckpts = ckpt_lib.Checkpointer(str(workdir / "checkpoints"))
     try:
@@ -367,7 +326,7 @@ def _job(workdir, arg, tag, tmp_path):
   whose processes found their executables there failed to set up its gloo
   communicators (a 30 s key timeout), seen once under load.
   """
-  port = mp._free_port()  # pylint: disable=protected-access
+  port = free_port()
   cache = tmp_path / f"jax_cache.{tag}"
   env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
          parallel.PEER_TIMEOUT_ENV: str(PEER_TIMEOUT_S)}
