@@ -164,22 +164,33 @@ class Checkpointer:
 
   @contextlib.contextmanager
   def _disk_full_as_error(self):
+    """A failed save is a full disk when its errno says so or, for errors that
+    carry none (TensorStore's), when once its files are removed the
+    checkpoint does not fit (the check made before every save)."""
     try:
       yield
     except DiskFullError:
       raise
     except Exception as e:  # pylint: disable=broad-except  (re-raised unless the disk is full)
-      if not fileio.no_room(e, self.directory):
-        raise
+      if not fileio.is_disk_full(e):
+        self._remove_failed_save()
+        _, needed = self._in_flight or (None, None)
+        free = fileio.free_bytes(self.directory)
+        if free is None or not needed or free >= needed:
+          raise
       raise self._disk_full(written=True) from e
+
+  def _remove_failed_save(self) -> None:
+    """Removes what the failed save added to the directory (process 0 lists it)."""
+    for name in sorted(set(self._entries()) - self._before):
+      tf.io.gfile.rmtree(os.path.join(self.directory, name))
 
   def _disk_full(self, written: bool) -> DiskFullError:
     """The one-line error for a full disk; removes the failed save's files."""
     self._failed = True
     step, needed = self._in_flight or (None, None)
-    if written:  # What the failed save added to the directory (process 0 lists it).
-      for name in sorted(set(self._entries()) - self._before):
-        tf.io.gfile.rmtree(os.path.join(self.directory, name))
+    if written:
+      self._remove_failed_save()
     free = fileio.free_bytes(self.directory)
     free = f", {fileio.human_bytes(free)} free now" if free is not None else ""
     try:
