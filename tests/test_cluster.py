@@ -34,7 +34,7 @@ from tests.helpers import (MULTIPROCESS_ATOL, MULTIPROCESS_RTOL, Cli, ReachedExp
                            assert_same_as_reference, existing_run, finished_steps, free_port,
                            make_config, params_differences, read_params, resumed_step, run_arg,
                            run_to_end, snapshot, train_rows, tripwire, unfinished_saves,
-                           wait_first_checkpoint)
+                           wait_first_checkpoint, xla_flags)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,6 +182,65 @@ def test_lease_refuses_while_renewed_and_expires_when_its_holder_died(tmp_path, 
   time.sleep(lease + 0.5)
   lock = workdir_lib.WorkdirLock(str(tmp_path), lease_s=lease, mode="lease").acquire()
   lock.release()
+
+
+TWO_PROCESSES = """
+import json, os, sys, time
+from big_distill import errors, parallel, workdir
+port, index, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+parallel.initialize_distributed(f"localhost:{port}", 2, index, peer_timeout=120)
+for attempt in range(2):
+  try:
+    out = "held" if workdir.acquire(path).held else "not held"
+  except errors.WorkdirError as e:
+    out = str(e)
+  print("outcome:", json.dumps(out), flush=True)
+  while attempt == 0 and not os.path.exists(path + ".go"):
+    time.sleep(0.05)
+parallel.finished()
+"""
+
+
+def _outcomes(lines, n):
+  """The first `n` outcomes a TWO_PROCESSES process printed (gloo prints too)."""
+  out = []
+  for line in lines:
+    if line.startswith("outcome: "):
+      out.append(json.loads(line[len("outcome: "):]))
+      if len(out) == n:
+        break
+  return out + ["<no outcome>"] * (n - len(out))
+
+
+def test_every_process_of_a_job_gets_process_0s_lock_outcome(tmp_path, holder):
+  """Refused on every process while another run holds the workdir; then held
+  by process 0 alone (the others are the same run)."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  p = holder(workdir)
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", XLA_FLAGS=xla_flags(1))
+  port = free_port()
+  procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(port), str(i),
+                             str(workdir)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    first = [_outcomes(iter(proc.stdout.readline, ""), 1)[0] for proc in procs]
+    p.send_signal(signal.SIGKILL)  # The holder dies: the workdir is free.
+    p.wait()
+    Path(str(workdir) + ".go").touch()
+    outs = [proc.communicate(timeout=300) for proc in procs]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  for proc, (_, stderr) in zip(procs, outs):
+    assert proc.returncode == 0, stderr[-3000:]
+  for refused in first:
+    assert f"is in use by process {p.pid} on host {socket.gethostname()}" in refused, first
+  assert first[0] == first[1]
+  assert [_outcomes(out.splitlines(), 1) for out, _ in outs] == [["held"], ["not held"]], outs
 
 
 def test_held_workdir_is_refused_before_expensive_work_writing_nothing(
