@@ -10,8 +10,9 @@ A full disk is one clear error (`DiskFullError`), whoever hit it. It is told
 by the errno of an OSError anywhere in an exception's chain (`__cause__`,
 `__context__`) or, for libraries that report a failed write without one
 (TensorStore, TensorFlow: their errors carry the errno only in their text,
-which is not parsed here), by the file system itself having no room left
-(`no_room`).
+which is not parsed here), by the file system itself: `no_room` for small
+writes (metrics), checkpoint.py's own test for a checkpoint (does it still
+fit, once the failed save's files are removed).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import os
 import shutil
 from typing import IO, Iterator
 
-# A write failed on a file system with less free space than this: the disk is
-# full (a failed write of a full disk leaves it at 0, or within a block of it).
+# A small write (a metrics row) failed on a file system with less free space
+# than this: the disk is full (such a write leaves it at 0, or within a block).
 FULL_BELOW_BYTES = 1 << 20
 
 
