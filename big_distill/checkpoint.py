@@ -6,30 +6,36 @@ checkpoint that still cannot be read (a disk that lost files, a truncated copy)
 is reported, moved to `<directory>.unreadable/`, and the one before it is
 used; a workdir that has checkpoints is never silently restarted from scratch.
 
-A save that finds the disk full stops the run with `DiskFullError` (exit code
-DISK_FULL_EXIT_CODE), its partial files removed, the previous checkpoint kept.
+A full disk is found before a save starts: the checkpoint's size is known
+from the state's arrays, and a save that would not fit stops the run with
+`DiskFullError` (exit code DISK_FULL_EXIT_CODE) before orbax writes anything.
+A disk that still fills during a save (another writer took the space) stops
+the run the same way, the failed save's files removed, the previous
+checkpoint kept; orbax and TensorStore may log lines of their own then.
 Each checkpoint records the device and process counts it was written on, so
 that a resume on another cluster shape says so in the log; the arrays are
 restored straight into the new mesh's shardings.
+
+Everything goes through orbax's public API: the array handler that decides
+replica-parallel saving is this Checkpointer's own (its own type-handler
+registry), never orbax's process-wide one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import re
-import shutil
-import sys
 from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from big_distill import errors
+from big_distill import fileio
 
 
 class CheckpointError(errors.CheckpointError):
@@ -39,103 +45,24 @@ class CheckpointError(errors.CheckpointError):
 # Distinct from a crash (1), a user error (2), a non-finite loss (3) and a
 # preemption (143): sysexits.h's EX_IOERR. The job is fine; the disk is not.
 DISK_FULL_EXIT_CODE = 74
+DiskFullError = fileio.DiskFullError
+is_disk_full = fileio.is_disk_full
 
-
-class DiskFullError(OSError):
-  """The file system ran out of space while a checkpoint was written."""
-
-  def __init__(self, message: str):
-    super().__init__(errno.ENOSPC, message)
-    self.message = message
-
-  def __str__(self):
-    return self.message
-
-
-_NO_SPACE = re.compile(r"No space left on device|os_error_code='?28\b|ENOSPC|"
-                       r"Quota exceeded|EDQUOT")
-
-
-def is_disk_full(e: BaseException) -> bool:
-  """Whether `e` (or what caused it) is ENOSPC, as Python or tensorstore report it."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-      return True
-    if _NO_SPACE.search(str(e)):
-      return True
-    e = e.__cause__ or e.__context__
-  return False
-
-
-class _QuietDiskFull(logging.Filter):
-  """Drops the library reports of a full disk: DiskFullError reports it, once.
-
-  orbax logs the failed write (through absl), and asyncio logs each of the
-  save's other writes that failed the same way as "exception was never
-  retrieved" (orbax gathers them and stops at the first).
-  """
-
-  def filter(self, record):
-    if record.levelno < logging.ERROR:
-      return True
-    if "/orbax/" not in record.pathname and "/asyncio/" not in record.pathname:
-      return True
-    exc = record.exc_info[1] if record.exc_info else None
-    return not (_NO_SPACE.search(record.getMessage()) or (exc and is_disk_full(exc)))
-
-
-def _is_late_callback_on_closed_loop(exc_type, exc, tb) -> bool:
-  """A C library's completion callback that found its asyncio loop closed.
-
-  When a save fails, orbax's event loop stops at the first failed write while
-  TensorStore still finishes the others; their completions then call
-  `loop.call_soon_threadsafe` on the closed loop and TensorStore prints each
-  RuntimeError as unraisable. Recognised by the exact shape: the traceback starts in
-  asyncio's `call_soon_threadsafe` (called from C, so no Python caller) and
-  ends in `_check_closed`.
-  """
-  if exc_type is not RuntimeError or str(exc) != "Event loop is closed" or tb is None:
-    return False
-  frames = []
-  while tb is not None:
-    frames.append(tb.tb_frame.f_code)
-    tb = tb.tb_next
-  return (frames[0].co_name == "call_soon_threadsafe" and frames[-1].co_name == "_check_closed"
-          and all("asyncio" in f.co_filename for f in frames))
-
-
-def _quiet_orbax_disk_full() -> None:
-  for name in ("absl", "asyncio"):  # orbax logs through absl.logging.
-    logger = logging.getLogger(name)
-    if not any(isinstance(f, _QuietDiskFull) for f in logger.filters):
-      logger.addFilter(_QuietDiskFull())
-  hook = sys.unraisablehook
-  if getattr(hook, "_big_distill_quiet", False):
-    return
-
-  def unraisablehook(unraisable):
-    if _is_late_callback_on_closed_loop(unraisable.exc_type, unraisable.exc_value,
-                                        unraisable.exc_traceback):
-      return  # Harmless: the write it completes belongs to a save already reported.
-    hook(unraisable)
-
-  unraisablehook._big_distill_quiet = True  # pylint: disable=protected-access
-  sys.unraisablehook = unraisablehook
-
-
-def _human(n: float) -> str:
-  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-    if n < 1024 or unit == "TiB":
-      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-    n /= 1024
-  return f"{n} B"
+# What a checkpoint holds beyond its arrays' bytes (measured with orbax 0.12.8,
+# OCDBT, incompressible float32): up to ~0.8 KiB per array (its metadata and
+# index entries) and ~2 KiB per checkpoint, plus a block per file on disk.
+PER_ARRAY_BYTES = 1 << 10
+PER_CHECKPOINT_BYTES = 64 << 10
 
 
 def tree_bytes(tree: Any) -> int:
   """Bytes of a tree of (global) arrays: what one checkpoint of it holds, uncompressed."""
   return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def checkpoint_bytes(tree: Any) -> int:
+  """The space one checkpoint of `tree` needs on disk, at most (OCDBT may compress)."""
+  return tree_bytes(tree) + PER_ARRAY_BYTES * len(jax.tree.leaves(tree)) + PER_CHECKPOINT_BYTES
 
 
 def topology() -> dict[str, int]:
@@ -157,11 +84,19 @@ def _move_dir(src: str, dst: str) -> None:
   tf.io.gfile.rmtree(src)
 
 
-def _use_replica_parallel(on: bool) -> None:
-  handler = ocp.type_handlers.get_type_handler(jax.Array)
-  if getattr(handler, "_use_replica_parallel", None) != on:
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=on), override=True)
+def _type_handlers(replica_parallel: bool):
+  """orbax's standard handlers, in a registry of this Checkpointer's own.
+
+  `ArrayHandler(use_replica_parallel=...)` is how orbax's public API asks for
+  (or against) replica-parallel saving; giving it in a registry passed to
+  `PyTreeCheckpointHandler` leaves orbax's process-wide registry untouched.
+  """
+  th = ocp.type_handlers
+  return th.create_type_handler_registry(
+      (int, th.ScalarHandler()), (float, th.ScalarHandler()), (bytes, th.ScalarHandler()),
+      (np.number, th.ScalarHandler()), (np.ndarray, th.NumpyHandler()),
+      (jax.Array, th.ArrayHandler(use_replica_parallel=replica_parallel)),
+      (str, th.StringHandler()))
 
 
 class Checkpointer:
@@ -171,20 +106,22 @@ class Checkpointer:
                replica_parallel: bool = True):
     """`replica_parallel`: orbax's replica-parallel saving (`config.ckpt_replica_parallel`).
 
-    orbax reads it from its process-wide handler of jax.Arrays, so the newest
-    Checkpointer's choice holds for every save of this process.
+    With it, the replicas of a replicated array each write a slice of it
+    (which compiles slicing programs at the first save); without it, one
+    replica writes the whole array. Both restore the same.
     """
     self.directory = directory
-    _use_replica_parallel(replica_parallel)
-    self._in_flight: tuple[int, int] | None = None  # (step, bytes) of the async save.
+    self._in_flight: tuple[int, int] | None = None  # (step, bytes needed) of the save.
+    self._before: set[str] = set()  # The directory's entries when that save started.
     self._failed = False
-    _quiet_orbax_disk_full()
     # One pinned item handler: without it, a step directory that lost its
     # item makes the manager guess a multi-item layout and refuse every
-    # other (intact) step.
+    # other (intact) step. (It reads and writes what StandardCheckpointHandler
+    # does: checkpoints of either restore with the other.)
     self._mngr = ocp.CheckpointManager(
         directory,
-        item_handlers=ocp.StandardCheckpointHandler(),
+        item_handlers=ocp.PyTreeCheckpointHandler(
+            type_handler_registry=_type_handlers(replica_parallel)),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save,
             create=True, cleanup_tmp_directories=True))
@@ -196,57 +133,79 @@ class Checkpointer:
   def save(self, step: int, state: Any) -> None:
     """Starts an (asynchronous) save; the arrays are copied before it returns.
 
-    orbax reports a failed asynchronous save at the next save or wait; a full
-    disk then raises DiskFullError, naming the step whose save failed.
+    A save that the disk has no room for raises DiskFullError before anything
+    is written. orbax reports a failed asynchronous save at the next save or
+    wait; one that found the disk full then raises DiskFullError, naming the
+    step whose save failed.
     """
+    self.wait()  # orbax would wait for the previous save here too.
+    needed = checkpoint_bytes(state)
+    self._before = set(self._entries())
+    self._check_room(step, needed)
+    self._in_flight = (step, needed)
     with self._disk_full_as_error():
-      self._mngr.save(step, args=ocp.args.StandardSave(state), force=True,
+      self._mngr.save(step, args=ocp.args.PyTreeSave(state), force=True,
                       custom_metadata=topology())
-    self._in_flight = (step, tree_bytes(state))
+
+  def _entries(self) -> list[str]:
+    if jax.process_index() != 0 or not tf.io.gfile.isdir(self.directory):
+      return []
+    return [name.rstrip("/") for name in tf.io.gfile.listdir(self.directory)]
+
+  def _check_room(self, step: int, needed: int) -> None:
+    """Raises DiskFullError, on every process, if a checkpoint of `needed` bytes won't fit."""
+    free = fileio.free_bytes(self.directory)
+    fits = free is None or free >= needed
+    if jax.process_count() > 1:  # One decision: a process alone in a save would hang.
+      fits = bool(np.all(multihost_utils.process_allgather(np.int32(fits))))
+    if not fits:
+      self._in_flight = (step, needed)
+      raise self._disk_full(written=False)
 
   @contextlib.contextmanager
   def _disk_full_as_error(self):
+    """A failed save is a full disk when its errno says so or, for errors that
+    carry none (TensorStore's), when once its files are removed the
+    checkpoint does not fit (the check made before every save)."""
     try:
       yield
     except DiskFullError:
       raise
-    except Exception as e:  # pylint: disable=broad-except  (re-raised unless ENOSPC)
-      if not is_disk_full(e):
-        raise
-      raise self._disk_full(e) from e
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless the disk is full)
+      if not fileio.is_disk_full(e):
+        self._remove_failed_save()
+        _, needed = self._in_flight or (None, None)
+        free = fileio.free_bytes(self.directory)
+        if free is None or not needed or free >= needed:
+          raise
+      raise self._disk_full(written=True) from e
 
-  def _disk_full(self, e: BaseException) -> DiskFullError:
-    """The one-line error for a full disk; removes the failed save's partial files."""
+  def _remove_failed_save(self) -> None:
+    """Removes what the failed save added to the directory (process 0 lists it)."""
+    for name in sorted(set(self._entries()) - self._before):
+      tf.io.gfile.rmtree(os.path.join(self.directory, name))
+
+  def _disk_full(self, written: bool) -> DiskFullError:
+    """The one-line error for a full disk; removes the failed save's files."""
     self._failed = True
     step, needed = self._in_flight or (None, None)
-    m = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))
-    if m:
-      step = int(m[1])
-    partial = []
-    if jax.process_index() == 0 and tf.io.gfile.isdir(self.directory):
-      for name in tf.io.gfile.listdir(self.directory):
-        name = name.rstrip("/")
-        if ".orbax-checkpoint-tmp" in name and (step is None or name.startswith(f"{step}.")):
-          partial.append(os.path.join(self.directory, name))
-          tf.io.gfile.rmtree(partial[-1])
-    free = ""
-    if "://" not in self.directory:
-      try:
-        free = f", {_human(shutil.disk_usage(self.directory).free)} free now"
-      except OSError:
-        pass
+    if written:
+      self._remove_failed_save()
+    free = fileio.free_bytes(self.directory)
+    free = f", {fileio.human_bytes(free)} free now" if free is not None else ""
     try:
       kept = [s for s in self.steps() if step is None or s < step]
     except Exception:  # pylint: disable=broad-except
       kept = []
-    need = f" (it needs about {_human(needed)}{free})" if needed else ""
+    need = f" (it needs about {fileio.human_bytes(needed)}{free})" if needed else ""
     where = os.path.join(self.directory, str(step)) if step is not None else self.directory
     previous = (f"The previous checkpoint (step {kept[-1]}) and metrics.jsonl are intact"
                 if kept else "There is no earlier checkpoint; metrics.jsonl is intact")
+    done = "the partial save was removed" if written else "nothing of it was written"
     return DiskFullError(
         f"No space left on device while saving the checkpoint of step {step} to "
-        f"{where}{need}. {previous}; the partial save was removed. Free space on that "
-        "file system (or move the workdir), then rerun the same command to resume.")
+        f"{where}{need}. {previous}; {done}. Free space on that file system (or move "
+        "the workdir), then rerun the same command to resume.")
 
   def restore(self, target: Any) -> tuple[int, Any] | None:
     """Restores the newest readable checkpoint into `target`'s shardings.
@@ -262,7 +221,8 @@ class Checkpointer:
     errors = []
     for step in reversed(steps):
       try:
-        state = self._mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        state = self._mngr.restore(step, args=ocp.args.PyTreeRestore(
+            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))
       except Exception as e:  # orbax raises many kinds for a damaged step.
         msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         logging.error("Checkpoint at step %d in %s cannot be read (%s); "

@@ -191,7 +191,7 @@ class Writer:
     return out
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
-    """Writes one row; a full disk is a `checkpoint.DiskFullError` (one clear message)."""
+    """Writes one row; a full disk is a `fileio.DiskFullError` (one clear message)."""
     metrics = {k: float(v) for k, v in metrics.items()}
     try:
       self._clu.write_scalars(step, metrics)
@@ -205,12 +205,11 @@ class Writer:
         else:
           self._file.write(line)
           self._file.flush()
-    except Exception as e:  # pylint: disable=broad-except  (re-raised unless ENOSPC)
-      from big_distill import checkpoint  # pylint: disable=g-import-not-at-top  (orbax)
-      if not checkpoint.is_disk_full(e):
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless the disk is full)
+      if not fileio.no_room(e, self.path):
         raise
       self._disk_full = True
-      raise checkpoint.DiskFullError(
+      raise fileio.DiskFullError(
           f"No space left on device while writing the metrics of step {step} to "
           f"{os.path.dirname(self.path)} (metrics.jsonl, TensorBoard events). The checkpoints "
           "are intact, and so are the metrics up to the newest checkpoint (a resume drops "

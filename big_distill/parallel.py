@@ -31,6 +31,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from big_distill import compat
+
 BATCH_AXES = ("data", "fsdp")
 
 PEER_TIMEOUT_ENV = "BIG_DISTILL_PEER_TIMEOUT_S"
@@ -82,8 +84,7 @@ def initialize_distributed(coordinator_address: str | None = None,
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
   if jax.process_count() > 1:
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
-    _Watchdog.start(distributed.global_state.client, jax.process_index(),
+    _Watchdog.start(compat.coordination_client(), jax.process_index(),
                     jax.process_count(), timeout)
 
 

@@ -14,7 +14,6 @@ benchmark and evaluate), teachers, checkpoint, evaluators, the loop.
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 import signal
 import sys
@@ -316,19 +315,9 @@ def define_flags(values: flags.FlagValues | None = None) -> None:
   flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=values)
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter of orbax and TFDS (every save logs ~30 lines)."""
-
-  def filter(self, record):
-    noisy = ("/orbax/", "/tensorflow_datasets/")
-    return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
-
-
 def main(argv):
   del argv
   f = flags.FLAGS
-  for handler in std_logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
   if not f["config"].present:
     raise app.UsageError("Give --config=configs/X.py[:args] (and optionally --workdir=DIR).")
   workdir = f.workdir or config_lib.default_workdir(config_flags.get_config_filename(f["config"]))

@@ -37,6 +37,8 @@ import uuid
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import tensorflow as tf
 
 from big_distill import config_lib
@@ -51,7 +53,7 @@ LEASE_S = 120.0  # Object-store lease: a crashed holder's lock expires after thi
 # (a notebook, a test) takes over its own earlier, unreleased lock.
 _HELD: dict[str, "WorkdirLock"] = {}
 _HELD_GUARD = threading.Lock()
-_OUTCOMES = [0]  # Counts lock outcomes shared with the other processes.
+_OUTCOME_BYTES = 4096  # A refusal's message, as shared with the other processes.
 
 
 # ---- Config compatibility on resume ----------------------------------------
@@ -320,13 +322,11 @@ def acquire(workdir: str, lease_s: float = LEASE_S) -> WorkdirLock | _NotHeld:
 
 
 def _share_outcome(error: str) -> str:
-  """Process 0's outcome, on every process (through the coordination service)."""
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  client = distributed.global_state.client
-  _OUTCOMES[0] += 1
-  key = f"big_distill/workdir_lock/{_OUTCOMES[0]}"
-  if jax.process_index() == 0:
-    client.key_value_set(key, "refused:" + error if error else "ok")
-    return error
-  value = client.blocking_key_value_get(key, 30 * 60 * 1000)
-  return value[len("refused:"):] if value.startswith("refused:") else ""
+  """Process 0's outcome, on every process (a broadcast: every process calls it)."""
+  data = error.encode()[:_OUTCOME_BYTES]
+  text = np.zeros(_OUTCOME_BYTES, np.uint8)
+  text[:len(data)] = np.frombuffer(data, np.uint8)
+  shared = multihost_utils.broadcast_one_to_all(
+      {"length": np.int32(len(data)), "text": text})
+  n = int(shared["length"])
+  return np.asarray(shared["text"][:n], np.uint8).tobytes().decode(errors="ignore")

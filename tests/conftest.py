@@ -5,7 +5,10 @@ data set is prepared once, not once per worker.
 """
 
 import fcntl
+import json
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -98,3 +101,56 @@ def small_config():
     c.input.update(input_fields)
     return c
   return make
+
+
+# ---- Training runs shared by the CLI tests (tests/helpers.py runs them) ----------
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+  """One persistent compilation cache for every subprocess of the session."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  return str(_shared(tmp_path_factory, "reliability_jax_cache", lambda p: None))
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, fashion_data_dir, jax_cache):
+  """The uninterrupted CLI run (helpers.STEPS steps) every interrupted one is compared with."""
+  from tests import helpers, tiny_config  # pylint: disable=g-import-not-at-top
+
+  def build(path):
+    shutil.rmtree(path / "run", ignore_errors=True)
+    teacher = tiny_config.write_teacher(path / "teacher.npz")
+    cli = helpers.Cli(path / "run", helpers.run_arg(fashion_data_dir, teacher),
+                      log=path / "run.log", cache=jax_cache)
+    rc = cli.wait()
+    assert rc == 0, cli.tail()
+    (path / "reference.json").write_text(json.dumps({"teacher": teacher}))
+  ref = helpers.Reference(_shared(tmp_path_factory, "reliability_reference", build),
+                          fashion_data_dir)
+  assert sorted(ref.rows) == list(range(1, helpers.STEPS + 1))
+  assert helpers.finished_steps(ref.workdir) == [12, 15, 16]
+  return ref
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """mount(size_bytes) -> a tmpfs of that size; mount(size, remount=True) resizes it."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  state = {"mounted": False}
+
+  def do(size, remount=False):
+    opts = f"{'remount,' if remount else ''}size={size}"
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mount)],
+                       capture_output=True, text=True, check=False)
+    if r.returncode and not remount:
+      pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    state["mounted"] = True
+    return mount
+
+  yield do
+  if state["mounted"]:
+    subprocess.run(["umount", "-l", str(mount)], check=False)

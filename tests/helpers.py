@@ -1,16 +1,26 @@
 """What several test files share: the one random-teacher builder, a tiny model
-module, and running a command's main() on flags of its own."""
+module, running a command's main() on flags of its own, training runs of the
+CLI in subprocesses and what to read from their workdirs, jobs of several
+processes, and code run with several CPU devices."""
 
+import hashlib
+import json
 import os
+import re
+import socket
+import subprocess
 import sys
 import textwrap
+import time
 import types
+from pathlib import Path
 
 from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 
 def xla_flags(devices: int, fast_compile: bool = True) -> str:
@@ -111,3 +121,267 @@ def run_main(command, argv, monkeypatch):
   command.define_flags(values)
   values(argv)
   return command.main([])
+
+
+# ---- A fake run's metrics.jsonl (test_metrics, test_plot) ------------------------
+
+
+def write_run(path, epochs, teacher=0.89, evals=("test", "val"), extra_lines=(),
+              epoch_key="epoch"):
+  """A fake metrics.jsonl: 10 steps an epoch, evals every 5 epochs, killed mid-line."""
+  path.mkdir(parents=True)
+  with open(path / "metrics.jsonl", "w") as f:
+    for step in range(10, epochs * 10 + 1, 10):
+      epoch = step / 10
+      f.write(json.dumps({"step": step, epoch_key: epoch, "train/loss": 2.0 / epoch,
+                          "train/lr": 0.003}) + "\n")
+      if step % 50 == 0:
+        row = {"step": step, epoch_key: epoch}
+        for i, ev in enumerate(evals):
+          row.update({f"{ev}/student_top1": 0.8 * epoch / epochs - 0.01 * i,
+                      f"{ev}/t1_top1": teacher - 0.01 * i,
+                      f"{ev}/t1_kl": 1.0 / epoch, f"{ev}/t1_agree_top1": 0.9 * epoch / epochs})
+        f.write(json.dumps(row) + "\n")
+    for line in extra_lines:
+      f.write(line + "\n")
+    f.write('{"step": 999, "epoch": 99.9, "train/lo')  # No newline: killed here.
+
+
+# ---- Training runs through the CLI (test_reliability, test_cluster, test_precompute) ----
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "tests" / "tiny_config.py")
+STEPS, CKPT = 16, 3  # Checkpoints at 3, 6, ..., 15 and 16 (orbax keeps the newest 3).
+# How far a 2-process job and a 1-process job of as many devices part
+# (tests/test_multiprocess.py). Measured: 1e-7 relative, 1.5e-8 absolute.
+MULTIPROCESS_RTOL, MULTIPROCESS_ATOL = 1e-4, 1e-6
+
+
+def run_arg(data_dir, teacher, **changes):
+  args = dict(data_dir=data_dir, teacher=teacher, steps=STEPS, ckpt=CKPT, log=1,
+              evals="false", subset=0, split="train[:160]")  # 10 steps an epoch.
+  args.update(changes)
+  return ",".join(f"{k}={v}" for k, v in args.items())
+
+
+def make_config(arg, **fields):
+  """tests/tiny_config.py's config of `arg` (run_arg), with `fields` ("a.b": value) set."""
+  from tests import tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config.get_config(arg)
+  for path, value in fields.items():
+    *parents, leaf = path.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  config.lock()
+  return config
+
+
+# ---- The CLI in a subprocess ------------------------------------------------
+
+
+class Cli:
+  """`python -m big_distill.train` started in the background; output in a file."""
+
+  def __init__(self, workdir, arg, *flags, log, cache, devices=1, env=None):
+    self.log, self.workdir = Path(log), Path(workdir)
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices),
+               PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", **(env or {}))
+    cmd = [sys.executable, "-m", "big_distill.train", f"--config={CONFIG}:{arg}",
+           f"--workdir={workdir}", *flags]
+    with open(self.log, "w") as f:
+      self.proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                   cwd=REPO)
+
+  def wait(self, timeout=600) -> int:
+    return self.proc.wait(timeout=timeout)
+
+  @property
+  def output(self) -> str:
+    return self.log.read_text(errors="replace")
+
+  def tail(self, n=4000) -> str:
+    return self.output[-n:]
+
+
+def run_to_end(workdir, arg, *flags, log, cache, **kwargs) -> tuple[int, str]:
+  cli = Cli(workdir, arg, *flags, log=log, cache=cache, **kwargs)
+  try:
+    return cli.wait(), cli.output
+  finally:
+    if cli.proc.poll() is None:
+      cli.proc.kill()
+
+
+def finished_steps(workdir) -> list[int]:
+  """Steps of the finished checkpoints (orbax renames a save's tmp dir when done)."""
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def unfinished_saves(workdir) -> list[str]:
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(n for n in os.listdir(d) if not n.isdigit()) if os.path.isdir(d) else []
+
+
+def wait_first_checkpoint(cli: Cli, timeout=600) -> float:
+  """Polls the workdir for the first finished checkpoint; returns when it appeared."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if finished_steps(cli.workdir):
+      return time.monotonic()
+    if cli.proc.poll() is not None:
+      pytest.fail(f"The run exited ({cli.proc.returncode}) before its first checkpoint:\n"
+                  + cli.tail())
+    time.sleep(0.02)
+  cli.proc.kill()
+  pytest.fail("No checkpoint after %d s:\n%s" % (timeout, cli.tail()))
+
+
+def resumed_step(output) -> int | None:
+  m = re.search(r"Resumed from the checkpoint at step (\d+)", output)
+  return int(m[1]) if m else None
+
+
+def read_params(workdir) -> dict[str, np.ndarray]:
+  with np.load(os.path.join(workdir, "student.npz"), allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+def params_differences(a, b) -> list[str]:
+  """Arrays that are not bitwise equal (an empty list when all are)."""
+  if sorted(a) != sorted(b):
+    return [f"keys differ: {sorted(set(a) ^ set(b))[:5]}"]
+  return [k for k in sorted(a)
+          if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape
+          or a[k].tobytes() != b[k].tobytes()]
+
+
+def train_rows(workdir) -> dict[int, dict]:
+  """metrics.jsonl by step, without the progress/* timings; one row per step."""
+  rows = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      step = row.pop("step")
+      assert step not in rows, f"step {step} logged twice in {workdir}/metrics.jsonl"
+      rows[step] = {k: v for k, v in row.items() if not k.startswith("progress/")}
+  return rows
+
+
+def snapshot(root) -> dict[str, str]:
+  """Every file under `root` with its content hash."""
+  out = {}
+  for path in sorted(Path(root).rglob("*")):
+    if path.is_file():
+      out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return out
+
+
+class Reference:
+  """The uninterrupted run every interrupted one is compared with."""
+
+  def __init__(self, path, data_dir):
+    info = json.loads((path / "reference.json").read_text())
+    self.teacher = info["teacher"]
+    self.arg = run_arg(data_dir, self.teacher)
+    self.workdir = path / "run"
+    self.params = read_params(self.workdir)
+    self.rows = train_rows(self.workdir)
+
+
+def assert_same_as_reference(ref: Reference, workdir, what: str) -> None:
+  diff = params_differences(ref.params, read_params(workdir))
+  assert not diff, f"{what}: student.npz differs from the uninterrupted run in {diff[:5]}"
+  rows = train_rows(workdir)
+  assert sorted(rows) == sorted(ref.rows), f"{what}: logged steps {sorted(rows)}"
+  bad = [s for s in rows if rows[s] != ref.rows[s]]
+  assert not bad, (f"{what}: metrics differ at steps {bad}, e.g. step {bad[0]}: "
+                   f"{rows[bad[0]]} vs {ref.rows[bad[0]]}")
+
+
+class ReachedExpensiveWork(Exception):
+  pass
+
+
+def tripwire(what):
+  def fail(*args, **kwargs):
+    del args, kwargs
+    raise ReachedExpensiveWork(f"reached {what}: the error was not raised before it")
+  return fail
+
+
+def existing_run(workdir, config) -> Path:
+  """A workdir holding an earlier run of `config`: config.json, metrics, a checkpoint."""
+  workdir.mkdir(parents=True)
+  # As train.check_workdir writes it, so that rewriting it changes no byte.
+  resolved = json.loads(config.to_json_best_effort())
+  (workdir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+  (workdir / "metrics.jsonl").write_text(json.dumps({"step": 3, "train/loss": 1.5}) + "\n")
+  (workdir / "checkpoints" / "3").mkdir(parents=True)
+  (workdir / "checkpoints" / "3" / "state").write_bytes(b"earlier state")
+  return workdir
+
+
+
+# ---- Jobs of several processes ----------------------------------------------
+
+
+class JobFailed(AssertionError):
+  """A job exited non-zero or timed out (all jobs are killed then)."""
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def read_log(log, tail=None):
+  try:
+    text = Path(log).read_text(errors="replace")
+  except OSError as e:
+    return f"<{e}>"
+  return text[-tail:] if tail else text
+
+
+def wait_all(jobs, timeout):
+  """Waits for every (name, Popen, log); on a failure or timeout kills them all."""
+  deadline = time.monotonic() + timeout
+  failed = None
+  while failed is None and any(p.poll() is None for _, p, _ in jobs):
+    for name, p, _ in jobs:
+      if p.poll() not in (None, 0):
+        failed = f"{name} exited with {p.returncode}"
+    if time.monotonic() > deadline:
+      failed = f"timeout after {timeout}s"
+    time.sleep(0.5)
+  if failed is None and any(p.returncode != 0 for _, p, _ in jobs):
+    failed = "a job failed"
+  if failed:
+    for _, p, _ in jobs:
+      if p.poll() is None:
+        p.kill()
+    for _, p, _ in jobs:
+      p.wait()
+    report = "\n".join(f"===== {name} (exit {p.returncode}), log tail:\n{read_log(log, 3000)}"
+                       for name, p, log in jobs)
+    raise JobFailed(f"{failed}\n{report}")
+
+
+
+# ---- Several CPU devices --------------------------------------------------------
+
+
+def run_with_devices(n: int, code: str) -> dict:
+  """Runs `code` with n CPU devices; it prints one JSON object as its last line."""
+  env = dict(os.environ, XLA_FLAGS=xla_flags(n),
+             PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-4000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])

@@ -13,7 +13,8 @@ import pytest
 
 from big_distill import checkpoint as ckpt_lib
 from big_distill import errors
-from tests.test_parallel import run_with_devices
+from big_distill import fileio
+from tests.helpers import run_with_devices
 
 
 def make_state(seed=0):
@@ -121,51 +122,135 @@ def test_each_checkpoint_records_the_device_and_process_counts(saved, monkeypatc
   assert "the data stream goes on at step 5" in caplog.text
 
 
-@pytest.mark.parametrize("e,full", [
-    (OSError(errno.ENOSPC, "No space left on device"), True),
-    (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
-    (ValueError('RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database: Failed to write '
-                "49906 bytes to file 4: No space left on device [os_error_code='28']"), True),
-    (OSError(errno.EACCES, "Permission denied"), False),
-    (ValueError("RESOURCE_EXHAUSTED: out of memory"), False),
-    (ValueError("shape mismatch: 280 vs 28"), False)])
-def test_is_disk_full(e, full):
-  assert ckpt_lib.is_disk_full(e) is full
-  try:  # Also when it is the cause of another error.
-    try:
-      raise e
-    except Exception as inner:
-      raise RuntimeError("commit failed") from inner
-  except RuntimeError as outer:
-    assert ckpt_lib.is_disk_full(outer) is full
+def test_a_save_the_disk_has_no_room_for_is_refused_before_anything_is_written(
+    saved, monkeypatch):
+  state = make_state(5)
+  needed = ckpt_lib.checkpoint_bytes(state)
+  assert needed > ckpt_lib.tree_bytes(state)
+  before = sorted(os.listdir(saved))
+  ckpt = ckpt_lib.Checkpointer(str(saved), keep=3)
+  try:
+    monkeypatch.setattr(fileio, "free_bytes", lambda path: needed - 1)
+    with pytest.raises(ckpt_lib.DiskFullError) as e:
+      ckpt.save(5, state)
+    assert sorted(os.listdir(saved)) == before  # orbax was never asked.
+  finally:
+    ckpt.close()  # Does not raise the same failure a second time.
+  assert e.value.errno == errno.ENOSPC
+  assert str(e.value) == (
+      f"No space left on device while saving the checkpoint of step 5 to {saved / '5'} (it "
+      f"needs about {fileio.human_bytes(needed)}, {fileio.human_bytes(needed - 1)} free now). "
+      "The previous checkpoint (step 4) and metrics.jsonl are intact; nothing of it was "
+      "written. Free space on that file system (or move the workdir), then rerun the same "
+      "command to resume.")
+  monkeypatch.setattr(fileio, "free_bytes", lambda path: needed)  # Just enough: saved.
+  ckpt = ckpt_lib.Checkpointer(str(saved), keep=3)
+  try:
+    ckpt.save(5, state)
+    ckpt.wait()
+    assert ckpt.steps() == [3, 4, 5]
+  finally:
+    ckpt.close()
 
 
-def test_a_full_disk_at_save_is_one_error_and_removes_the_partial_save(saved, monkeypatch):
+def _fail_in_background(ckpt, monkeypatch, error, partial=None):
+  """As if the asynchronous save of step 5 had failed with `error` (after
+  writing `partial`): orbax reports it at the next save or wait."""
+  monkeypatch.setattr(ckpt._mngr, "save", lambda *a, **k: None)  # pylint: disable=protected-access
+  ckpt.save(5, make_state(5))
+
+  written = []
+
+  def fail(*args, **kwargs):
+    del args, kwargs
+    if partial is not None and not written:  # Once: orbax reports it again, writes nothing.
+      partial.mkdir()
+      (partial / "half").write_bytes(b"x" * 100)
+      written.append(partial)
+    raise error
+  monkeypatch.setattr(ckpt._mngr, "wait_until_finished", fail)  # pylint: disable=protected-access
+
+
+def test_a_full_disk_during_a_save_is_one_error_and_removes_the_partial_save(saved,
+                                                                            monkeypatch):
   ckpt = ckpt_lib.Checkpointer(str(saved), keep=3)
   partial = saved / "5.orbax-checkpoint-tmp"
-  state = make_state(5)
-
-  def fail(*args, **kwargs):  # What orbax reports at the save after a failed one.
-    partial.mkdir()
-    (partial / "half").write_bytes(b"x" * 100)
-    raise ValueError(f'RESOURCE_EXHAUSTED: Failed writing: "{partial}/d/1": No space left on '
+  # TensorStore's report: a ValueError that has the errno only in its text
+  # (not parsed): the file system with no room left tells it is a full disk.
+  error = ValueError(f'RESOURCE_EXHAUSTED: Failed writing: "{partial}/d/1": No space left on '
                      "device [os_error_code='28']")
-
   try:
-    # As if save(5) had started and failed in the background: orbax reports
-    # it at the next save.
-    ckpt._in_flight = (5, ckpt_lib.tree_bytes(state))  # pylint: disable=protected-access
-    monkeypatch.setattr(ckpt._mngr, "save", fail)  # pylint: disable=protected-access
+    _fail_in_background(ckpt, monkeypatch, error, partial)
+    monkeypatch.setattr(fileio, "free_bytes", lambda path: 0)
     with pytest.raises(ckpt_lib.DiskFullError) as e:
       ckpt.save(6, make_state(6))
   finally:
     ckpt.close()  # Does not raise the same failure a second time.
   msg = str(e.value)
-  assert e.value.errno == errno.ENOSPC
+  assert e.value.errno == errno.ENOSPC and e.value.__cause__ is error
+  needed = fileio.human_bytes(ckpt_lib.checkpoint_bytes(make_state(5)))
   assert msg.startswith(f"No space left on device while saving the checkpoint of step 5 to "
-                        f"{saved / '5'} (it needs about 836 B, ")
-  assert "The previous checkpoint (step 4) and metrics.jsonl are intact" in msg
+                        f"{saved / '5'} (it needs about {needed}, 0 B free now)")
+  assert ("The previous checkpoint (step 4) and metrics.jsonl are intact; the partial save "
+          "was removed") in msg
   assert not partial.exists()
+  assert sorted(os.listdir(saved)) == ["2", "3", "4"]
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.EACCES, "Permission denied"),
+    ValueError("RESOURCE_EXHAUSTED: out of memory"),
+    ValueError("RESOURCE_EXHAUSTED: No space left on device [os_error_code='28']")])
+def test_a_failed_save_on_a_disk_with_room_keeps_its_own_error(saved, monkeypatch, error):
+  """Not a full disk (whatever its text says): a bug or another fault, with its traceback."""
+  ckpt = ckpt_lib.Checkpointer(str(saved), keep=3)
+  try:
+    _fail_in_background(ckpt, monkeypatch, error)
+    with pytest.raises(type(error)) as e:
+      ckpt.wait()
+    assert e.value is error
+  finally:
+    monkeypatch.undo()
+    ckpt.close()
+
+
+def test_a_disk_that_fills_during_a_real_save_is_one_error(small_disk, monkeypatch):
+  """orbax and TensorStore really writing onto a full tmpfs (root only).
+
+  The check before the save is made to pass, as if another writer took the
+  space after it: the failure TensorStore reports (a ValueError, the errno
+  only in its text) is still a DiskFullError.
+  """
+  disk = small_disk(4 << 20)
+  ckpt = ckpt_lib.Checkpointer(str(disk / "ckpt"), keep=3)
+  big = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(2 << 20,)).astype(np.float32)),
+         "step": jnp.asarray(2, jnp.int32)}  # 8 MiB of incompressible floats.
+  try:
+    ckpt.save(1, make_state(1))
+    ckpt.wait()
+    real, asked = fileio.free_bytes, []
+
+    def room_at_first(path):  # The check before the save sees room; later, the truth.
+      asked.append(path)
+      return 1 << 40 if len(asked) == 1 else real(path)
+    monkeypatch.setattr(fileio, "free_bytes", room_at_first)
+    with pytest.raises(ckpt_lib.DiskFullError) as e:
+      ckpt.save(2, big)
+      ckpt.wait()
+  finally:
+    ckpt.close()
+  msg = str(e.value)
+  assert msg.startswith("No space left on device while saving the checkpoint of step 2 to "
+                        f"{disk / 'ckpt' / '2'}"), msg
+  assert ("The previous checkpoint (step 1) and metrics.jsonl are intact; the partial save "
+          "was removed") in msg, msg
+  assert sorted(os.listdir(disk / "ckpt")) == ["1"]
+  ckpt = ckpt_lib.Checkpointer(str(disk / "ckpt"))
+  try:
+    step, state = ckpt.restore(abstract(make_state()))
+  finally:
+    ckpt.close()
+  assert step == 1 and same(state, make_state(1))
 
 
 def test_tree_bytes():

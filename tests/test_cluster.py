@@ -2,7 +2,7 @@
 disk, a changed device count, a dead process of a multi-process job; and the
 config compatibility of a resumed workdir.
 
-The CLI runs reuse test_reliability's machinery and its uninterrupted
+The CLI runs use tests/helpers.py's machinery and conftest's uninterrupted
 reference run (16 steps, checkpoints every 3), so most of them cost one
 start-up each; the device-count and multi-process tests need their own
 reference runs (other shapes), kept as short as the checks allow.
@@ -29,13 +29,12 @@ from big_distill import train
 from big_distill import workdir as workdir_lib
 from big_distill.data import input as input_lib
 from big_distill.errors import WorkdirError
-from tests import test_multiprocess as mp
 from tests import tiny_config
-from tests.test_reliability import (  # pylint: disable=unused-import  (fixtures)
-    Cli, ReachedExpensiveWork, _tripwire, assert_same_as_reference, existing_run,
-    finished_steps, jax_cache, make_config, params_differences, read_params, reference,
-    resumed_step, run_arg, run_to_end, snapshot, train_rows, unfinished_saves,
-    wait_first_checkpoint)
+from tests.helpers import (MULTIPROCESS_ATOL, MULTIPROCESS_RTOL, Cli, ReachedExpensiveWork,
+                           assert_same_as_reference, existing_run, finished_steps, free_port,
+                           make_config, params_differences, read_params, resumed_step, run_arg,
+                           run_to_end, snapshot, train_rows, tripwire, unfinished_saves,
+                           wait_first_checkpoint, xla_flags)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,10 +184,69 @@ def test_lease_refuses_while_renewed_and_expires_when_its_holder_died(tmp_path, 
   lock.release()
 
 
+TWO_PROCESSES = """
+import json, os, sys, time
+from big_distill import errors, parallel, workdir
+port, index, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+parallel.initialize_distributed(f"localhost:{port}", 2, index, peer_timeout=120)
+for attempt in range(2):
+  try:
+    out = "held" if workdir.acquire(path).held else "not held"
+  except errors.WorkdirError as e:
+    out = str(e)
+  print("outcome:", json.dumps(out), flush=True)
+  while attempt == 0 and not os.path.exists(path + ".go"):
+    time.sleep(0.05)
+parallel.finished()
+"""
+
+
+def _outcomes(lines, n):
+  """The first `n` outcomes a TWO_PROCESSES process printed (gloo prints too)."""
+  out = []
+  for line in lines:
+    if line.startswith("outcome: "):
+      out.append(json.loads(line[len("outcome: "):]))
+      if len(out) == n:
+        break
+  return out + ["<no outcome>"] * (n - len(out))
+
+
+def test_every_process_of_a_job_gets_process_0s_lock_outcome(tmp_path, holder):
+  """Refused on every process while another run holds the workdir; then held
+  by process 0 alone (the others are the same run)."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  p = holder(workdir)
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", XLA_FLAGS=xla_flags(1))
+  port = free_port()
+  procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(port), str(i),
+                             str(workdir)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    first = [_outcomes(iter(proc.stdout.readline, ""), 1)[0] for proc in procs]
+    p.send_signal(signal.SIGKILL)  # The holder dies: the workdir is free.
+    p.wait()
+    Path(str(workdir) + ".go").touch()
+    outs = [proc.communicate(timeout=300) for proc in procs]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  for proc, (_, stderr) in zip(procs, outs):
+    assert proc.returncode == 0, stderr[-3000:]
+  for refused in first:
+    assert f"is in use by process {p.pid} on host {socket.gethostname()}" in refused, first
+  assert first[0] == first[1]
+  assert [_outcomes(out.splitlines(), 1) for out, _ in outs] == [["held"], ["not held"]], outs
+
+
 def test_held_workdir_is_refused_before_expensive_work_writing_nothing(
     tmp_path, fashion_data_dir, monkeypatch, holder):
-  monkeypatch.setattr(train.ckpt_lib, "Checkpointer", _tripwire("the checkpointer"))
-  monkeypatch.setattr(input_lib, "make_train_dataset", _tripwire("the input pipeline"))
+  monkeypatch.setattr(train.ckpt_lib, "Checkpointer", tripwire("the checkpointer"))
+  monkeypatch.setattr(input_lib, "make_train_dataset", tripwire("the input pipeline"))
   teacher = tiny_config.write_teacher(tmp_path / "t.npz")
   config = make_config(run_arg(fashion_data_dir, teacher))
   workdir = existing_run(tmp_path / "w", config)
@@ -237,46 +295,6 @@ def test_second_launch_is_refused_and_the_first_finishes_as_if_alone(reference, 
 
 def _du(path) -> int:
   return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-  """mount(size_bytes) -> a tmpfs of that size; remount(size) grows it."""
-  mount = tmp_path / "disk"
-  mount.mkdir()
-  state = {"mounted": False}
-
-  def do(size, remount=False):
-    opts = f"{'remount,' if remount else ''}size={size}"
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mount)],
-                       capture_output=True, text=True)
-    if r.returncode and not remount:
-      pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
-    assert r.returncode == 0, r.stderr
-    state["mounted"] = True
-    return mount
-
-  yield do
-  if state["mounted"]:
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_only_late_callbacks_on_a_closed_loop_are_silenced():
-  """After a failed save, TensorStore's completions find orbax's loop closed."""
-  import asyncio  # pylint: disable=g-import-not-at-top
-  loop = asyncio.new_event_loop()
-  loop.close()
-  try:
-    loop.call_soon_threadsafe(print)
-  except RuntimeError as e:
-    caught = e
-  # As TensorStore reports it: called from C, the traceback starts in asyncio.
-  from_c = caught.__traceback__.tb_next
-  late = ckpt_lib._is_late_callback_on_closed_loop  # pylint: disable=protected-access
-  assert late(RuntimeError, caught, from_c)
-  assert not late(RuntimeError, caught, caught.__traceback__)  # A Python caller: a bug.
-  assert not late(RuntimeError, RuntimeError("other"), from_c)
-  assert not late(ValueError, caught, from_c)
 
 
 def test_disk_full_during_a_save_stops_clearly_and_resumes_after_space_is_freed(
@@ -343,7 +361,7 @@ def test_resume_on_2_and_8_devices_of_a_4_device_run(reference, tmp_path, jax_ca
     params = read_params(workdir)
     assert sorted(params) == sorted(ref_params)
     for k in params:
-      np.testing.assert_allclose(params[k], ref_params[k], rtol=mp.RTOL, atol=mp.ATOL,
+      np.testing.assert_allclose(params[k], ref_params[k], rtol=MULTIPROCESS_RTOL, atol=MULTIPROCESS_ATOL,
                                  err_msg=f"{devices} devices: {k}")
     ckpts = ckpt_lib.Checkpointer(str(workdir / "checkpoints"))
     try:
@@ -367,7 +385,7 @@ def _job(workdir, arg, tag, tmp_path):
   whose processes found their executables there failed to set up its gloo
   communicators (a 30 s key timeout), seen once under load.
   """
-  port = mp._free_port()  # pylint: disable=protected-access
+  port = free_port()
   cache = tmp_path / f"jax_cache.{tag}"
   env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
          parallel.PEER_TIMEOUT_ENV: str(PEER_TIMEOUT_S)}

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from big_distill import metrics
-from tests.test_plot import _write_run
+from tests.helpers import write_run as _write_run
 
 
 @pytest.mark.parametrize("remote", [False, True])

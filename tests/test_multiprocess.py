@@ -21,10 +21,8 @@ gradient differences into lr-sized ones).
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -38,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "tests" / "tiny_config.py")
 STEPS, CKPT = 4, 2
 TIMEOUT = 900  # For the 3 jobs together; they take 2.5 (2 free cores) to 5 min, mostly compiling.
-RTOL, ATOL = 1e-4, 1e-6  # Measured: 1e-7 relative, 1.5e-8 absolute.
+RTOL, ATOL = helpers.MULTIPROCESS_RTOL, helpers.MULTIPROCESS_ATOL
 BF16_RTOL = 1e-2  # SGD momentum is kept in bfloat16: 1 ulp is up to 8e-3.
 
 MESHES = {
@@ -46,16 +44,6 @@ MESHES = {
     # Parameters sharded over the 4 devices, i.e. over both processes.
     "fsdp": ("fsdp=4", "--config.mesh.data=1", "{'data': 1, 'fsdp': 4}"),
 }
-
-
-class JobFailed(AssertionError):
-  """A job exited non-zero or timed out (all jobs are killed then)."""
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _start(workdir, arg, log, *flags, devices):
@@ -71,38 +59,6 @@ def _start(workdir, arg, log, *flags, devices):
          f"--workdir={workdir}", *flags]
   with open(log, "w") as f:
     return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-
-
-def _read(log, tail=None):
-  try:
-    text = Path(log).read_text(errors="replace")
-  except OSError as e:
-    return f"<{e}>"
-  return text[-tail:] if tail else text
-
-
-def _wait_all(jobs, timeout):
-  """Waits for every (name, Popen, log); on a failure or timeout kills them all."""
-  deadline = time.monotonic() + timeout
-  failed = None
-  while failed is None and any(p.poll() is None for _, p, _ in jobs):
-    for name, p, _ in jobs:
-      if p.poll() not in (None, 0):
-        failed = f"{name} exited with {p.returncode}"
-    if time.monotonic() > deadline:
-      failed = f"timeout after {timeout}s"
-    time.sleep(0.5)
-  if failed is None and any(p.returncode != 0 for _, p, _ in jobs):
-    failed = "a job failed"
-  if failed:
-    for _, p, _ in jobs:
-      if p.poll() is None:
-        p.kill()
-    for _, p, _ in jobs:
-      p.wait()
-    report = "\n".join(f"===== {name} (exit {p.returncode}), log tail:\n{_read(log, 3000)}"
-                       for name, p, log in jobs)
-    raise JobFailed(f"{failed}\n{report}")
 
 
 def _metrics(workdir):
@@ -138,7 +94,7 @@ def test_two_processes_match_one(tmp_path, fashion_data_dir, mesh):
          f"evals=false,split=train[:160],subset=0,res=64,teacher_res=64,optim=sgd,{fsdp_arg},"
          "replica_parallel=1")  # The trainer's default saving: replicas across processes.
   one, two = tmp_path / "one", tmp_path / "two"
-  port = _free_port()
+  port = helpers.free_port()
   jobs = []
   try:
     jobs.append(("1 process x 4 devices", _start(one, arg, tmp_path / "one.log", mesh_flag,
@@ -148,15 +104,15 @@ def test_two_processes_match_one(tmp_path, fashion_data_dir, mesh):
       jobs.append((f"process {i} of 2", _start(
           two, arg, log, mesh_flag, f"--coordinator_address=localhost:{port}",
           "--num_processes=2", f"--process_id={i}", devices=2), log))
-    _wait_all(jobs, TIMEOUT)
+    helpers.wait_all(jobs, TIMEOUT)
   finally:  # Also on an interrupt: no job outlives the test.
     for _, p, _ in jobs:
       if p.poll() is None:
         p.kill()
         p.wait()
-  assert f"mesh {mesh_text} over 4 devices (1 processes)" in _read(tmp_path / "one.log")
-  assert f"mesh {mesh_text} over 4 devices (2 processes)" in _read(tmp_path / "two.0.log")
-  assert "process 1 of 2, 2 local / 4 global devices" in _read(tmp_path / "two.1.log")
+  assert f"mesh {mesh_text} over 4 devices (1 processes)" in helpers.read_log(tmp_path / "one.log")
+  assert f"mesh {mesh_text} over 4 devices (2 processes)" in helpers.read_log(tmp_path / "two.0.log")
+  assert "process 1 of 2, 2 local / 4 global devices" in helpers.read_log(tmp_path / "two.1.log")
 
   # The trajectory, written by process 0 alone.
   rows1, rows2 = _metrics(one), _metrics(two)

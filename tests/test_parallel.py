@@ -4,13 +4,6 @@ The multi-device checks run in one subprocess with 8 fake CPU devices (the
 test process has one device and cannot change that once JAX started).
 """
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import jax
 import ml_collections as mlc
 import pytest
@@ -18,19 +11,8 @@ from jax.sharding import PartitionSpec as P
 
 from big_distill import parallel
 from big_distill.errors import ConfigError
-from tests import helpers
+from tests.helpers import run_with_devices
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_with_devices(n: int, code: str) -> dict:
-  """Runs `code` with n CPU devices; it prints one JSON object as its last line."""
-  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(n),
-             PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-  r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO,
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-4000:]
-  return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def test_fsdp_spec_shards_the_largest_divisible_axis_of_large_arrays():

@@ -32,10 +32,9 @@ from big_distill import train
 from big_distill.data import pp as pp_lib
 from tests import helpers
 from tests import tiny_config
-from tests.test_multiprocess import _free_port, _read, _wait_all
-from tests.test_reliability import (Cli, finished_steps, jax_cache, params_differences,  # pylint: disable=unused-import
-                                    read_params, resumed_step, run_to_end, train_rows,
-                                    wait_first_checkpoint)
+from tests.helpers import free_port as _free_port, read_log as _read, wait_all as _wait_all
+from tests.helpers import (Cli, finished_steps, params_differences, read_params, resumed_step,
+                           run_to_end, train_rows, wait_first_checkpoint)
 
 REPO = Path(__file__).resolve().parents[1]
 N = 40  # train[:40]: 5 batches of 8.

@@ -1,8 +1,8 @@
 """Reliability: exact resume after SIGKILL/SIGTERM, damaged checkpoints, clear
 early errors, non-finite losses.
 
-Training runs are the CLI in a subprocess, killed and restarted like a
-scheduler would. They share one persistent JAX compilation cache, so the tiny
+Training runs are the CLI in a subprocess (tests/helpers.py), killed and
+restarted like a scheduler would. They share one persistent JAX compilation cache, so the tiny
 model compiles once per session and the other runs pay only their start-up.
 The uninterrupted reference run is shared by all tests (and pytest-xdist
 workers). Errors that must come before any expensive work run `train.train`
@@ -11,7 +11,6 @@ first expensive things the trainer builds): reaching them fails the test.
 """
 
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -19,8 +18,6 @@ import pickle
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,177 +31,17 @@ from big_distill import errors
 from big_distill import train
 from big_distill.data import input as input_lib
 from big_distill.data import prepare
-from tests import helpers
 from tests import tiny_config
-from tests.conftest import _shared
+from tests.helpers import (CKPT, STEPS, Cli, ReachedExpensiveWork, Reference,
+                           assert_same_as_reference, existing_run, finished_steps, make_config,
+                           resumed_step, run_arg, run_to_end, snapshot, train_rows, tripwire,
+                           unfinished_saves, wait_first_checkpoint)
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "tests" / "tiny_config.py")
-STEPS, CKPT = 16, 3  # Checkpoints at 3, 6, ..., 15 and 16 (orbax keeps the newest 3).
 KILL_POINTS = 3
 KILL_SEED = 20240611
 
 
-def run_arg(data_dir, teacher, **changes):
-  args = dict(data_dir=data_dir, teacher=teacher, steps=STEPS, ckpt=CKPT, log=1,
-              evals="false", subset=0, split="train[:160]")  # 10 steps an epoch.
-  args.update(changes)
-  return ",".join(f"{k}={v}" for k, v in args.items())
-
-
-def make_config(arg, **fields):
-  config = tiny_config.get_config(arg)
-  for path, value in fields.items():
-    *parents, leaf = path.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  config.lock()
-  return config
-
-
-# ---- The CLI in a subprocess ------------------------------------------------
-
-
-class Cli:
-  """`python -m big_distill.train` started in the background; output in a file."""
-
-  def __init__(self, workdir, arg, *flags, log, cache, devices=1, env=None):
-    self.log, self.workdir = Path(log), Path(workdir)
-    env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(devices),
-               PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", **(env or {}))
-    cmd = [sys.executable, "-m", "big_distill.train", f"--config={CONFIG}:{arg}",
-           f"--workdir={workdir}", *flags]
-    with open(self.log, "w") as f:
-      self.proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                   cwd=REPO)
-
-  def wait(self, timeout=600) -> int:
-    return self.proc.wait(timeout=timeout)
-
-  @property
-  def output(self) -> str:
-    return self.log.read_text(errors="replace")
-
-  def tail(self, n=4000) -> str:
-    return self.output[-n:]
-
-
-def run_to_end(workdir, arg, *flags, log, cache, **kwargs) -> tuple[int, str]:
-  cli = Cli(workdir, arg, *flags, log=log, cache=cache, **kwargs)
-  try:
-    return cli.wait(), cli.output
-  finally:
-    if cli.proc.poll() is None:
-      cli.proc.kill()
-
-
-def finished_steps(workdir) -> list[int]:
-  """Steps of the finished checkpoints (orbax renames a save's tmp dir when done)."""
-  d = os.path.join(workdir, "checkpoints")
-  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
-
-
-def unfinished_saves(workdir) -> list[str]:
-  d = os.path.join(workdir, "checkpoints")
-  return sorted(n for n in os.listdir(d) if not n.isdigit()) if os.path.isdir(d) else []
-
-
-def wait_first_checkpoint(cli: Cli, timeout=600) -> float:
-  """Polls the workdir for the first finished checkpoint; returns when it appeared."""
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if finished_steps(cli.workdir):
-      return time.monotonic()
-    if cli.proc.poll() is not None:
-      pytest.fail(f"The run exited ({cli.proc.returncode}) before its first checkpoint:\n"
-                  + cli.tail())
-    time.sleep(0.02)
-  cli.proc.kill()
-  pytest.fail("No checkpoint after %d s:\n%s" % (timeout, cli.tail()))
-
-
-def resumed_step(output) -> int | None:
-  m = re.search(r"Resumed from the checkpoint at step (\d+)", output)
-  return int(m[1]) if m else None
-
-
-def read_params(workdir) -> dict[str, np.ndarray]:
-  with np.load(os.path.join(workdir, "student.npz"), allow_pickle=False) as f:
-    return {k: f[k] for k in f.files}
-
-
-def params_differences(a, b) -> list[str]:
-  """Arrays that are not bitwise equal (an empty list when all are)."""
-  if sorted(a) != sorted(b):
-    return [f"keys differ: {sorted(set(a) ^ set(b))[:5]}"]
-  return [k for k in sorted(a)
-          if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape
-          or a[k].tobytes() != b[k].tobytes()]
-
-
-def train_rows(workdir) -> dict[int, dict]:
-  """metrics.jsonl by step, without the progress/* timings; one row per step."""
-  rows = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      step = row.pop("step")
-      assert step not in rows, f"step {step} logged twice in {workdir}/metrics.jsonl"
-      rows[step] = {k: v for k, v in row.items() if not k.startswith("progress/")}
-  return rows
-
-
-def snapshot(root) -> dict[str, str]:
-  """Every file under `root` with its content hash."""
-  out = {}
-  for path in sorted(Path(root).rglob("*")):
-    if path.is_file():
-      out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-  return out
-
-
-# ---- Shared runs ------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def jax_cache(tmp_path_factory):
-  """One persistent compilation cache for every subprocess of the session."""
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return os.environ["JAX_COMPILATION_CACHE_DIR"]
-  return str(_shared(tmp_path_factory, "reliability_jax_cache", lambda p: None))
-
-
-class Reference:
-  """The uninterrupted run every interrupted one is compared with."""
-
-  def __init__(self, path, data_dir):
-    info = json.loads((path / "reference.json").read_text())
-    self.teacher = info["teacher"]
-    self.arg = run_arg(data_dir, self.teacher)
-    self.workdir = path / "run"
-    self.params = read_params(self.workdir)
-    self.rows = train_rows(self.workdir)
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory, fashion_data_dir, jax_cache):
-  def build(path):
-    shutil.rmtree(path / "run", ignore_errors=True)
-    teacher = tiny_config.write_teacher(path / "teacher.npz")
-    cli = Cli(path / "run", run_arg(fashion_data_dir, teacher), log=path / "run.log",
-              cache=jax_cache)
-    rc = cli.wait()
-    assert rc == 0, cli.tail()
-    (path / "reference.json").write_text(json.dumps({"teacher": teacher}))
-  ref = Reference(_shared(tmp_path_factory, "reliability_reference", build), fashion_data_dir)
-  assert sorted(ref.rows) == list(range(1, STEPS + 1))
-  assert finished_steps(ref.workdir) == [12, 15, 16]
-  return ref
+# ---- Shared runs (the `reference` run is conftest's) ----------------------------
 
 
 def copy_run(ref: Reference, dest, steps=None) -> Path:
@@ -214,16 +51,6 @@ def copy_run(ref: Reference, dest, steps=None) -> Path:
     if steps is not None and s not in steps:
       shutil.rmtree(dest / "checkpoints" / str(s))
   return dest
-
-
-def assert_same_as_reference(ref: Reference, workdir, what: str) -> None:
-  diff = params_differences(ref.params, read_params(workdir))
-  assert not diff, f"{what}: student.npz differs from the uninterrupted run in {diff[:5]}"
-  rows = train_rows(workdir)
-  assert sorted(rows) == sorted(ref.rows), f"{what}: logged steps {sorted(rows)}"
-  bad = [s for s in rows if rows[s] != ref.rows[s]]
-  assert not bad, (f"{what}: metrics differ at steps {bad}, e.g. step {bad[0]}: "
-                   f"{rows[bad[0]]} vs {ref.rows[bad[0]]}")
 
 
 # ---- 1. Exact resume after SIGKILL and SIGTERM -------------------------------
@@ -375,7 +202,7 @@ def test_no_readable_checkpoint_is_a_clear_error_not_a_fresh_start(reference, tm
   for s in finished_steps(workdir):
     damage(workdir / "checkpoints" / str(s), "truncate")
   before = snapshot(workdir)
-  monkeypatch.setattr(input_lib, "make_train_dataset", _tripwire("the input pipeline"))
+  monkeypatch.setattr(input_lib, "make_train_dataset", tripwire("the input pipeline"))
   with pytest.raises(ckpt_lib.CheckpointError) as e:
     train.train(make_config(reference.arg), str(workdir))
   msg = str(e.value)
@@ -401,22 +228,11 @@ def test_rerun_over_a_damaged_newest_checkpoint_finishes_exactly(reference, tmp_
 # ---- 3. Clear errors before any expensive work --------------------------------
 
 
-class ReachedExpensiveWork(Exception):
-  pass
-
-
-def _tripwire(what):
-  def fail(*args, **kwargs):
-    del args, kwargs
-    raise ReachedExpensiveWork(f"reached {what}: the error was not raised before it")
-  return fail
-
-
 @pytest.fixture
 def refuse(monkeypatch, caplog):
   """refuse(config, workdir, errors, pattern): train() fails fast, workdir intact."""
-  monkeypatch.setattr(train.ckpt_lib, "Checkpointer", _tripwire("the checkpointer"))
-  monkeypatch.setattr(input_lib, "make_train_dataset", _tripwire("the input pipeline"))
+  monkeypatch.setattr(train.ckpt_lib, "Checkpointer", tripwire("the checkpointer"))
+  monkeypatch.setattr(input_lib, "make_train_dataset", tripwire("the input pipeline"))
 
   def run(config, workdir, errors, pattern):
     workdir = Path(workdir)
@@ -431,18 +247,6 @@ def refuse(monkeypatch, caplog):
       assert snapshot(workdir) == before, "the refused run changed the workdir"
     return str(e.value)
   return run
-
-
-def existing_run(workdir, config) -> Path:
-  """A workdir holding an earlier run of `config`: config.json, metrics, a checkpoint."""
-  workdir.mkdir(parents=True)
-  # As train.check_workdir writes it, so that rewriting it changes no byte.
-  resolved = json.loads(config.to_json_best_effort())
-  (workdir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
-  (workdir / "metrics.jsonl").write_text(json.dumps({"step": 3, "train/loss": 1.5}) + "\n")
-  (workdir / "checkpoints" / "3").mkdir(parents=True)
-  (workdir / "checkpoints" / "3" / "state").write_bytes(b"earlier state")
-  return workdir
 
 
 @pytest.fixture(scope="module")
