@@ -10,14 +10,9 @@ WORKDIR by default, printing each path. The logic is big_distill.plotting.plot.
 """
 
 import argparse
-import os
 import sys
 
-try:
-  from big_distill import plotting
-except ImportError:  # Run from a checkout that is not pip-installed.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from big_distill import plotting  # pylint: disable=g-import-not-at-top
+from big_distill import plotting  # pip install -e . (or PYTHONPATH=the checkout)
 
 
 def main(argv=None) -> int:

@@ -41,10 +41,10 @@ import sys
 import time
 from pathlib import Path
 
+from big_distill import sweep  # pip install -e . (or PYTHONPATH=the checkout)
+from big_distill.errors import UserError
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from big_distill import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
-from big_distill.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DISTILL = "configs/fmnist_distill.py"
 TEACHER = "configs/fmnist_teacher.py"
