@@ -20,7 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+
+from big_distill import sweep
 
 
 def xla_flags(devices: int, fast_compile: bool = True) -> str:
@@ -385,3 +388,46 @@ def run_with_devices(n: int, code: str) -> dict:
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-4000:]
   return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---- Shared by test_shampoo and test_optim ------------------------------
+
+def conv_tree():
+  """A tiny conv net's parameters (test_shampoo, test_optim)."""
+  rng = np.random.default_rng(3)
+  f = lambda *s: jnp.asarray(rng.normal(size=s) * 0.3, jnp.float32)
+  return {"conv": {"kernel": f(3, 3, 2, 4)},
+          "gn": {"scale": jnp.ones((4,)), "bias": jnp.zeros((4,))},
+          "head": {"kernel": f(4, 3), "bias": jnp.zeros((3,))}}
+
+
+def conv_loss(params):
+  """Its loss on fixed data: every parameter has a gradient."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(8, 5, 5, 2)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, size=8))
+  h = jax.lax.conv_general_dilated(x, params["conv"]["kernel"], (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  h = jax.nn.relu(h * params["gn"]["scale"] + params["gn"]["bias"]).mean((1, 2))
+  logits = h @ params["head"]["kernel"] + params["head"]["bias"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+# ---- Shared by test_sweep and test_replicate ------------------------------
+
+def sweep_cell(root, fields, rows, done=True, wall=10.0):
+  """A finished (or `done=False`: killed) sweep cell under `root` with these metric rows."""
+  cell = sweep.Cell("cfg.py", fields, {}, sorted(fields))
+  wd = root / cell.name
+  wd.mkdir(parents=True)
+  (wd / sweep.CELL_FILE).write_text(json.dumps(
+      {"name": cell.name, "args": fields, "overrides": {}, "swept": sorted(fields),
+       "command": f"python -m big_distill.train --workdir={wd}", "wall_s": wall,
+       "device": "cpu x1"}))
+  with open(wd / "metrics.jsonl", "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+    f.write('{"step": 99, "val/stu')  # A killed run's torn line.
+  if done:
+    (wd / "student.npz").write_bytes(b"x")
+  return wd

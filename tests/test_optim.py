@@ -10,8 +10,8 @@ import pytest
 
 from big_distill import config_lib, optim
 from big_distill.errors import ConfigError
-from tests.test_shampoo import conv_loss as _loss
-from tests.test_shampoo import conv_tree as _params
+from tests.helpers import conv_loss as _loss
+from tests.helpers import conv_tree as _params
 
 # config.optim fields that optim.py reads and config_lib.base() is to gain
 # (with these defaults: today's Shampoo).

@@ -14,7 +14,7 @@ import pytest
 
 from big_distill import demo
 from big_distill import sweep
-from tests.test_sweep import _cell
+from tests.helpers import sweep_cell as _cell
 
 REPO = Path(__file__).resolve().parents[1]
 

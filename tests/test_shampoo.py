@@ -110,29 +110,8 @@ def test_before_start_it_is_adam():
 
 # ---- Schedule of the roots, robustness -------------------------------------
 
-def conv_tree():
-  """A tiny conv net's parameters (also used by test_optim)."""
-  rng = np.random.default_rng(3)
-  f = lambda *s: jnp.asarray(rng.normal(size=s) * 0.3, jnp.float32)
-  return {"conv": {"kernel": f(3, 3, 2, 4)},
-          "gn": {"scale": jnp.ones((4,)), "bias": jnp.zeros((4,))},
-          "head": {"kernel": f(4, 3), "bias": jnp.zeros((3,))}}
-
-
-def conv_loss(params):
-  """Its loss on fixed data: every parameter has a gradient."""
-  rng = np.random.default_rng(4)
-  x = jnp.asarray(rng.normal(size=(8, 5, 5, 2)), jnp.float32)
-  y = jnp.asarray(rng.integers(0, 3, size=8))
-  h = jax.lax.conv_general_dilated(x, params["conv"]["kernel"], (1, 1), "SAME",
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  h = jax.nn.relu(h * params["gn"]["scale"] + params["gn"]["bias"]).mean((1, 2))
-  logits = h @ params["head"]["kernel"] + params["head"]["bias"]
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
 def test_conv_tree_under_jit_fixed_shapes_and_root_schedule():
-  params = conv_tree()
+  params = helpers.conv_tree()
   tx = optax.chain(shampoo.scale_by_shampoo(block_size=8, precond_every=3,
                                             start_preconditioning=2,
                                             mu_dtype="bfloat16"),
@@ -143,7 +122,7 @@ def test_conv_tree_under_jit_fixed_shapes_and_root_schedule():
 
   @jax.jit
   def step(params, state):
-    loss, g = jax.value_and_grad(conv_loss)(params)
+    loss, g = jax.value_and_grad(helpers.conv_loss)(params)
     u, state = tx.update(g, state, params)
     return optax.apply_updates(params, u), state, loss
 

@@ -15,6 +15,7 @@ import pytest
 from big_distill import sweep
 from big_distill import sweep_launch
 from big_distill.errors import ConfigError
+from tests.helpers import sweep_cell
 
 CONFIG = '''
 from big_distill import config_lib
@@ -230,23 +231,6 @@ def test_slurm_array_file(config_file, tmp_path):
 
 # ---- Collect -----------------------------------------------------------------
 
-def _cell(root, fields, rows, done=True, wall=10.0):
-  cell = sweep.Cell("cfg.py", fields, {}, sorted(fields))
-  wd = root / cell.name
-  wd.mkdir(parents=True)
-  (wd / sweep.CELL_FILE).write_text(json.dumps(
-      {"name": cell.name, "args": fields, "overrides": {}, "swept": sorted(fields),
-       "command": f"python -m big_distill.train --workdir={wd}", "wall_s": wall,
-       "device": "cpu x1"}))
-  with open(wd / "metrics.jsonl", "w") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")
-    f.write('{"step": 99, "val/stu')  # A killed run's torn line.
-  if done:
-    (wd / "student.npz").write_bytes(b"x")
-  return wd
-
-
 def _rows(val, test, val_mid=None):
   return [{"step": 5, "train/t1_loss": 1.0},
           {"step": 5, "val/student_top1": val_mid if val_mid is not None else val - 0.1,
@@ -264,9 +248,9 @@ def swept(tmp_path):
           ("fixed", "0.001"): ((0.50, 0.50), (0.51, 0.52)), ("fixed", "0.01"): ((0.40, 0.44), (0.41, 0.42))}
   for (arm, lr), (v, t) in vals.items():
     for seed in (0, 1):
-      _cell(root, {"arm": arm, "lr": lr, "seed": str(seed)}, _rows(v[seed], t[seed],
+      sweep_cell(root, {"arm": arm, "lr": lr, "seed": str(seed)}, _rows(v[seed], t[seed],
                                                                     val_mid=0.99 if seed else None))
-  _cell(root, {"arm": "fm", "lr": "0.03", "seed": "0"}, _rows(0.9, 0.9), done=False)
+  sweep_cell(root, {"arm": "fm", "lr": "0.03", "seed": "0"}, _rows(0.9, 0.9), done=False)
   (root / "not_a_cell").mkdir()
   return root
 
@@ -316,8 +300,8 @@ def test_collect_flags_a_cell_whose_final_evaluations_are_missing(tmp_path, caps
   """Killed after its last checkpoint and before its last evaluations, under the old
   trainer, a cell's 'final' validation is an earlier step's: collect says so."""
   root = tmp_path / "r"
-  _cell(root, {"lr": "0.01"}, _rows(0.7, 0.8))  # Evaluated at its last step (10).
-  _cell(root, {"lr": "0.03"}, [{"step": 5, "val/student_top1": 0.75},
+  sweep_cell(root, {"lr": "0.01"}, _rows(0.7, 0.8))  # Evaluated at its last step (10).
+  sweep_cell(root, {"lr": "0.03"}, [{"step": 5, "val/student_top1": 0.75},
                                {"step": 10, "train/t1_loss": 0.4}])
   s = sweep.collect(str(root), str(tmp_path / "out"), select_metric="val/student_top1")
   assert s["stale"] == {"lr=0.03": {"val/student_top1": 5}}
