@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from big_distill import plotting
+from tests.helpers import write_run as _write_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
@@ -26,27 +27,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NASTY_ARGS = ["--config=configs/flowers_r50.py:variant=fast",
               "--config.input.pp=decode|resize(128) it's \"$HOME\" `id` a&b \\n",
               "--config.lr=0.01"]
-
-
-def _write_run(path, epochs, teacher=0.89, evals=("test", "val"), extra_lines=(),
-               epoch_key="epoch"):
-  """A fake metrics.jsonl: 10 steps an epoch, evals every 5 epochs, killed mid-line."""
-  path.mkdir(parents=True)
-  with open(path / "metrics.jsonl", "w") as f:
-    for step in range(10, epochs * 10 + 1, 10):
-      epoch = step / 10
-      f.write(json.dumps({"step": step, epoch_key: epoch, "train/loss": 2.0 / epoch,
-                          "train/lr": 0.003}) + "\n")
-      if step % 50 == 0:
-        row = {"step": step, epoch_key: epoch}
-        for i, ev in enumerate(evals):
-          row.update({f"{ev}/student_top1": 0.8 * epoch / epochs - 0.01 * i,
-                      f"{ev}/t1_top1": teacher - 0.01 * i,
-                      f"{ev}/t1_kl": 1.0 / epoch, f"{ev}/t1_agree_top1": 0.9 * epoch / epochs})
-        f.write(json.dumps(row) + "\n")
-    for line in extra_lines:
-      f.write(line + "\n")
-    f.write('{"step": 999, "epoch": 99.9, "train/lo')  # No newline: killed here.
 
 
 @pytest.fixture
