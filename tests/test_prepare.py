@@ -1,5 +1,6 @@
 """Offline preparation: Fashion-MNIST from the Debian files, scikit-learn's digits, image folders."""
 
+import hashlib
 import os
 
 import numpy as np
@@ -19,6 +20,26 @@ def test_fashion_mnist_reads_through_tfds(fashion_data_dir):
   ex = next(iter(tfds.as_numpy(builder.as_dataset(split="test[:100]").batch(100))))
   assert ex["image"].shape == (100, 28, 28, 1) and ex["image"].max() > 200
   assert set(ex["label"]) == set(range(10))
+
+
+# sha256 of each split's decoded images and labels, in the order TFDS reads
+# them, as TFDS' own FashionMNIST builder (4.9.10) writes them from these files.
+FASHION_MNIST_CONTENT = {
+    "train": "8602da88b50fe05b5ff4ca22b1a27857ff6a889eac184656e78f172fc78a2123",
+    "test": "0eb01c98b3af234f61cafe3dd2febcf34f6df075d874863a5920428590b27216",
+}
+
+
+def test_fashion_mnist_is_tfds_own_data_set(fashion_data_dir):
+  """Written with TFDS' public AdhocBuilder: TFDS' images and labels, in TFDS' order."""
+  builder = tfds.builder("fashion_mnist", data_dir=fashion_data_dir)
+  for split, sha in FASHION_MNIST_CONTENT.items():
+    h = hashlib.sha256()
+    for batch in tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000,
+                                                  shuffle_files=False)):
+      h.update(batch["image"].tobytes())
+      h.update(batch["label"].astype(np.int64).tobytes())
+    assert h.hexdigest() == sha, split
 
 
 def test_fashion_mnist_again_is_a_no_op(fashion_data_dir, capsys):

@@ -22,9 +22,11 @@ omitted: $TFDS_DATA_DIR or ~/tensorflow_datasets), read in a config with
     config.input.data.data_dir = "DIR"        # the same --data_dir
 
 Fashion-MNIST: the Debian package holds the four .gz files TFDS would fetch
-(recompressed, so their checksums differ from the ones TFDS registers); TFDS'
-own FashionMNIST builder writes the data set, its download manager replaced by
-one that hands it these local files.
+(recompressed, so their checksums differ from the ones TFDS registers, and
+TFDS' download would refuse them). They are read here, and written as TFDS'
+`fashion_mnist` (its registered name, version and features; the examples
+keyed as TFDS' builder keys them, so in the same order) with TFDS' public
+`AdhocBuilder`.
 
 Digits (`sklearn_digits`): the images of `sklearn.datasets.load_digits`, a
 copy of the UCI optical-recognition test set, as one split 'train' of 1,797
@@ -38,12 +40,12 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import tensorflow_datasets as tfds
 
@@ -68,44 +70,33 @@ def command(name: str, data_dir: str | None = None) -> str:
   return f"{_MODULE} folder --path=YOUR_IMAGE_DIR --name={name}{dd}"
 
 
-class _LocalFiles:
-  """Stands in for tfds' DownloadManager when the files are already on disk.
-
-  Builders call `download_and_extract({key: url})`; this returns, for each URL,
-  the file of the same name in `src_dir`, gunzipped into `work_dir` as tfds'
-  own extraction would.
-  """
-
-  downloaded_size = 0
-
-  def __init__(self, src_dir: str | None, work_dir: str):
-    self.src_dir, self.work_dir = src_dir, work_dir
-
-  def download_and_extract(self, urls: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for key, url in urls.items():
-      name = os.path.basename(url)
-      src = os.path.join(self.src_dir, name)
-      dst = os.path.join(self.work_dir, name.removesuffix(".gz"))
-      with (gzip.open(src) if name.endswith(".gz") else open(src, "rb")) as f, \
-           open(dst, "wb") as g:
-        shutil.copyfileobj(f, g)
-      out[key] = dst
-    return out
-
-
-def _build_offline(builder: tfds.core.DatasetBuilder, src_dir: str | None = None):
-  """Runs `builder.download_and_prepare` with the files of `src_dir`, offline.
-
-  tfds' own download manager is bypassed: it would check the registered
-  checksums (which recompressed local copies do not match) and, in tfds 4.9.10,
-  needs the undeclared package importlib_resources to find them.
-  """
-  with tempfile.TemporaryDirectory() as work_dir:
-    builder._make_download_manager = lambda **_: _LocalFiles(src_dir, work_dir)  # pylint: disable=protected-access
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+def _build(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """Writes `builder`'s data set from the examples it holds: nothing to download."""
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
+
+
+def _read_idx(path: str, header_ints: int, shape: tuple[int, ...]) -> "np.ndarray":
+  """The uint8 array of a gzipped IDX file (MNIST's format: big-endian int32 header)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with gzip.open(path) as f:
+    header = np.frombuffer(f.read(4 * header_ints), ">i4")
+    data = np.frombuffer(f.read(), np.uint8)
+  n = int(header[1])
+  if data.size != n * math.prod(shape):
+    raise ValueError(f"{path}: {data.size} bytes of data, expected {n} x {shape}.")
+  return data.reshape(n, *shape)
+
+
+def _fashion_mnist_split(src_dir: str, prefix: str) -> list[tuple[int, dict]]:
+  """The examples of one split, keyed by their index in the files, as TFDS keys them."""
+  images = _read_idx(os.path.join(src_dir, f"{prefix}-images-idx3-ubyte.gz"), 4, (28, 28, 1))
+  labels = _read_idx(os.path.join(src_dir, f"{prefix}-labels-idx1-ubyte.gz"), 2, ())
+  if len(images) != len(labels):
+    raise ValueError(f"{src_dir}: {len(images)} {prefix} images but {len(labels)} labels.")
+  return [(i, {"image": image, "label": int(label)})
+          for i, (image, label) in enumerate(zip(images, labels))]
 
 
 def _ensure_fashion_mnist_files(src_dir: str) -> None:
@@ -129,13 +120,26 @@ def _ensure_fashion_mnist_files(src_dir: str) -> None:
 
 def prepare_fashion_mnist(data_dir: str | None = None, *,
                           src_dir: str = FASHION_MNIST_DIR) -> tfds.core.DatasetBuilder:
-  """Writes TFDS' fashion_mnist to `data_dir` from the Debian package's files."""
-  builder = tfds.builder("fashion_mnist", data_dir=data_dir)
-  if builder.is_prepared():
-    print(f"fashion_mnist is already prepared in {builder.data_dir}.")
-    return builder
+  """Writes TFDS' fashion_mnist to `data_dir` from the Debian package's files.
+
+  The data set is TFDS' own: its name, version and features (read from TFDS'
+  registered builder), its splits, and its examples keyed by their index in
+  the files, so that TFDS orders them as its own download would. It is read
+  back with `tfds.builder("fashion_mnist", data_dir=...)`.
+  """
+  registered = tfds.builder("fashion_mnist", data_dir=data_dir)
+  if registered.is_prepared():
+    print(f"fashion_mnist is already prepared in {registered.data_dir}.")
+    return registered
   _ensure_fashion_mnist_files(src_dir)
-  return _build_offline(builder, src_dir)
+  info = registered.info
+  _build(tfds.dataset_builders.AdhocBuilder(
+      name=registered.name, version=str(info.version), data_dir=data_dir,
+      features=info.features,
+      split_datasets={"train": _fashion_mnist_split(src_dir, "train"),
+                      "test": _fashion_mnist_split(src_dir, "t10k")},
+      description=info.description, homepage=info.homepage, citation=info.citation))
+  return tfds.builder("fashion_mnist", data_dir=data_dir)
 
 
 def digits_arrays() -> tuple["np.ndarray", "np.ndarray"]:
@@ -171,7 +175,7 @@ def prepare_digits(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   if builder.is_prepared():
     print(f"{DIGITS_NAME} is already prepared in {builder.data_dir}.")
     return builder
-  return _build_offline(builder)
+  return _build(builder)
 
 
 def _folder_examples(path: str) -> tuple[list[str], dict[str, list]]:
@@ -226,7 +230,7 @@ def prepare_folder(path: str, name: str, data_dir: str | None = None, *,
     raise FileExistsError(
         f"{name} {version} is already prepared in {builder.data_dir}. Delete that "
         "folder to rebuild it, or give a new --version.")
-  _build_offline(builder)
+  _build(builder)
   print(f"Wrote {name}: {len(classes)} classes, "
         + ", ".join(f"{s}={len(e)}" for s, e in examples.items())
         + f", in {builder.data_dir}.")
