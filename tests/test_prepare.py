@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from big_distill import errors
 from big_distill.data import prepare
 from tests.conftest import FOLDER_CLASSES, FOLDER_NAME, FOLDER_SPLITS
 
@@ -81,15 +82,56 @@ def test_folder_errors(tmp_path, folder_data_dir):
 
 
 def test_folder_cli(tmp_path, capsys):
-  (tmp_path / "imgs" / "train" / "a").mkdir(parents=True)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.io.write_file(str(tmp_path / "imgs" / "train" / "a" / "x.JPG"),
-                   tf.io.encode_jpeg(np.zeros((5, 6, 3), np.uint8)))
+  for c in ("a", "b"):  # Two classes: one is an error (test_bad_folders_are_one_error).
+    (tmp_path / "imgs" / "train" / c).mkdir(parents=True)
+    tf.io.write_file(str(tmp_path / "imgs" / "train" / c / "x.JPG"),
+                     tf.io.encode_jpeg(np.zeros((5, 6, 3), np.uint8)))
   prepare.main(["folder", f"--path={tmp_path / 'imgs'}", "--name=cli_data",
                 f"--data_dir={tmp_path / 'tfds'}"])
   assert "config.input.data.name = 'cli_data'" in capsys.readouterr().out
   builder = tfds.builder("cli_data", data_dir=str(tmp_path / "tfds"))
-  assert builder.info.splits["train"].num_examples == 1
+  assert builder.info.splits["train"].num_examples == 2
+
+
+def _png(path, value=0):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tf.io.write_file(str(path), tf.io.encode_png(np.full((4, 4, 3), value, np.uint8)))
+
+
+@pytest.mark.parametrize("files,match", [
+    # Images directly in a split folder: no class subfolders.
+    (["train/1.png", "train/2.png"], r"/train has no class subfolders \(it holds images, "
+                                     r"e.g. 1.png, directly\)"),
+    # Images directly in DIR: no split folders either.
+    (["1.png"], r"holds images \(e.g. 1.png\) directly, without split and class subfolders"),
+    # A split with a class another split lacks.
+    (["train/cat/1.png", "train/dog/2.png", "test/cat/3.png", "test/owl/4.png"],
+     r"Split 'test' of .* lacks the class folder\(s\) \['dog'\], which split\(s\) \['train'\] "
+     r"have: every split needs the same classes \(add test/dog/"),
+    # One class.
+    (["train/cat/1.png", "test/cat/2.png"], r"has one class \('cat'\): a classifier needs at "
+                                            "least two class folders"),
+    # An image that does not decode, named.
+    (["train/cat/1.png", "train/dog/broken.png!"], r"/train/dog/broken.png does not decode "
+                                                   "as an image: replace or delete it"),
+])
+def test_bad_folders_are_one_error_before_anything_is_written(tmp_path, files, match):
+  """`!`: a file whose bytes are no image."""
+  for f in files:
+    if f.endswith("!"):
+      (tmp_path / "imgs" / f[:-1]).parent.mkdir(parents=True, exist_ok=True)
+      (tmp_path / "imgs" / f[:-1]).write_bytes(b"not a png")
+    else:
+      _png(tmp_path / "imgs" / f)
+  with pytest.raises(errors.DataError, match=match):
+    prepare.prepare_folder(str(tmp_path / "imgs"), "bad_data", str(tmp_path / "tfds"))
+  with pytest.raises(SystemExit) as e:  # The command: one `error:` line.
+    prepare.main(["folder", f"--path={tmp_path / 'imgs'}", "--name=bad_data",
+                  f"--data_dir={tmp_path / 'tfds'}"])
+  assert str(e.value.code).startswith("error: ") and len(str(e.value.code).splitlines()) == 1
+  assert not (tmp_path / "tfds").exists()  # Nothing written.
 
 
 def test_command():

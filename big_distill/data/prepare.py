@@ -49,6 +49,8 @@ import sys
 
 import tensorflow_datasets as tfds
 
+from big_distill import errors
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -178,28 +180,78 @@ def prepare_digits(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   return _build(builder)
 
 
+def _decodes(file: str) -> bool:
+  """Whether the image file decodes (TFDS would fail on it while writing, naming no file)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+    return False
+  return True
+
+
 def _folder_examples(path: str) -> tuple[list[str], dict[str, list]]:
-  """Reads DIR/<split>/<class>/<image>: the class names and each split's examples."""
+  """Reads DIR/<split>/<class>/<image>: the class names and each split's examples.
+
+  Bad folders are a DataError before anything is written: a split without
+  class subfolders, a class that some split lacks, a single class, and an
+  image that does not decode (named).
+  """
+  layout = ("Expected DIR/<split>/<class>/<image>, e.g. DIR/train/roses/1.jpg and "
+            "DIR/test/tulips/7.jpg.")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"--path {path!r} is not a folder.")
+  no_images = FileNotFoundError(
+      f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}/<split>/<class>/. {layout}")
+
+  def images_in(folder):
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+
+  if images_in(path):
+    raise errors.DataError(f"{path} holds images (e.g. {images_in(path)[0]}) directly, without "
+                           f"split and class subfolders. {layout}")
   splits = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-  classes = sorted({c for s in splits for c in os.listdir(os.path.join(path, s))
-                    if os.path.isdir(os.path.join(path, s, c))})
+  by_split = {s: sorted(c for c in os.listdir(os.path.join(path, s))
+                        if os.path.isdir(os.path.join(path, s, c))) for s in splits}
+  for split, names in list(by_split.items()):
+    if not names and images_in(os.path.join(path, split)):
+      raise errors.DataError(
+          f"{os.path.join(path, split)} has no class subfolders (it holds images, e.g. "
+          f"{images_in(os.path.join(path, split))[0]}, directly): put each class's images "
+          f"in a folder named after the class. {layout}")
+    if not names:
+      del by_split[split]  # An empty folder: not a split.
+  splits = sorted(by_split)
+  classes = sorted({c for names in by_split.values() for c in names})
+  for split, names in by_split.items():
+    lacking = [c for c in classes if c not in names]
+    if lacking:
+      having = [s for s in splits if lacking[0] in by_split[s]]
+      raise errors.DataError(
+          f"Split {split!r} of {path} lacks the class folder(s) {lacking}, which split(s) "
+          f"{having} have: every split needs the same classes (add {split}/{lacking[0]}/ "
+          "with its images, or remove the class from the other splits).")
+  if len(classes) == 1:
+    raise errors.DataError(f"{path} has one class ({classes[0]!r}): a classifier needs at "
+                           f"least two class folders. {layout}")
+  if not classes:
+    raise no_images
   examples = {}
   for split in splits:
     examples[split] = []
     for c in classes:
       cdir = os.path.join(path, split, c)
-      for f in sorted(os.listdir(cdir)) if os.path.isdir(cdir) else []:
+      for f in sorted(os.listdir(cdir)):
         if f.lower().endswith(IMAGE_EXTENSIONS):
+          file = os.path.join(cdir, f)
+          if not _decodes(file):
+            raise errors.DataError(f"{file} does not decode as an image: replace or delete "
+                                   "it, then prepare again.")
           rel = f"{c}/{f}"
-          examples[split].append((rel, {"image": os.path.join(cdir, f), "label": c,
-                                        "file_name": rel}))
+          examples[split].append((rel, {"image": file, "label": c, "file_name": rel}))
   examples = {s: ex for s, ex in examples.items() if ex}
   if not examples:
-    raise FileNotFoundError(
-        f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}/<split>/<class>/. "
-        "Expected e.g. DIR/train/roses/1.jpg, DIR/test/tulips/7.jpg.")
+    raise no_images
   return classes, examples
 
 
@@ -273,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
       builder = prepare_folder(args.path, args.name, args.data_dir, version=args.version)
     else:
       builder = prepare_tfds(args.dataset, args.data_dir, args.manual_dir)
-  except (FileNotFoundError, FileExistsError, ValueError, ModuleNotFoundError) as e:
+  except (errors.UserError, FileNotFoundError, FileExistsError, ValueError,
+          ModuleNotFoundError) as e:
     sys.exit(f"error: {e}")
   dd = f'"{args.data_dir}"' if args.data_dir else "None  # TFDS default"
   print(f"Ready: config.input.data.name = {builder.name!r}; "
