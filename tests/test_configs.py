@@ -266,3 +266,83 @@ def test_command_line_loads_and_locks_the_config():
   assert config.student_res == 160 and config.t2_init == "gs://b/t2.npz"
   with pytest.raises((flags.Error, AttributeError), match="t3_init"):
     _parse_command_line(f"--config={path}", "--config.t3_init=x")
+
+
+# ---- Any data set by name (configs/teachers/custom.py, configs/custom_r50.py) --
+
+
+def _custom(name, folder_data_dir, extra=""):
+  return get_config(name, f"data=bd_test_images,data_dir={folder_data_dir}{extra}")
+
+
+def test_custom_configs_read_the_data_set_from_its_metadata(folder_data_dir):
+  """The image-folder fixture: 3 classes, train (24) and test (23), 48x40 images."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from big_distill import config_lib  # pylint: disable=g-import-not-at-top
+  train_size = tfds.builder("bd_test_images", data_dir=folder_data_dir).info.splits[
+      "train[:90%]"].num_examples
+  teacher = _custom("teachers.custom", folder_data_dir)
+  student = _custom("custom_r50", folder_data_dir)
+  for c in (teacher, student):
+    config_lib.check_required(c)
+    assert c.num_classes == 3
+    # No validation split: the last 10% of train is held out; test for the end.
+    assert c.input.data.split == "train[:90%]"
+    assert {n: e.data.split for n, e in c.evals.items() if n.endswith("val")} == {
+        n: "train[90%:]" for n in c.evals if n.endswith("val")}
+    assert all(e.data.split == "test" and e.log_steps == -1
+               for n, e in c.evals.items() if n.endswith("test"))
+    assert all(e.data.data_dir == folder_data_dir for e in c.evals.values())
+  # BiT-HyperRule: under 20k images, 500 steps, warm-up 100, no mixup; images
+  # under 96px: resized to 160, 128px crops. From BiT-M R152x2.
+  assert (teacher.total_steps, teacher.schedule.warmup_steps, teacher.mixup.p) == (500, 100, 0)
+  assert teacher.input.pp == "decode|resize(160)" and teacher.student_res == 128
+  assert teacher.student_init == "gs://bit_models/BiT-M-R152x2.npz" and not teacher.teachers
+  # The student: Flowers' fast budget in images seen, the teacher's resolution,
+  # the teacher run's default workdir.
+  assert student.total_epochs == pytest.approx(10_000 * 1020 / train_size)
+  assert (student.lr, student.wd, student.distill.t) == (0.003, 3e-4, 10.0)
+  assert (student.student_res, student.t1_res, student.mixup.p) == (128, 128, 1.0)
+  assert student.t1_init == config_lib.default_workdir(
+      f"configs/teachers/custom.py:data=bd_test_images,data_dir={folder_data_dir}")
+  long = _custom("custom_r50", folder_data_dir, ",variant=long,student=mobilenet_v3")
+  assert long.total_epochs == pytest.approx(1_000_000 * 1020 / train_size)
+  assert long.student_name == "mobilenet_v3"
+
+
+def test_custom_schedules_scale_with_the_data_set():
+  from big_distill.configs import custom  # pylint: disable=g-import-not-at-top
+  assert custom.hyperrule(1020) == (500, 100, 0.0)
+  assert custom.hyperrule(68_175) == (10_000, 500, 0.1)
+  assert custom.hyperrule(1_281_167) == (20_000, 500, 0.1)
+  assert custom.hyperrule_res((48, 40)) == (160, 128)
+  assert custom.hyperrule_res((500, 375)) == (512, 480)
+
+
+def test_custom_data_mistakes_are_clear_errors(tmp_path):
+  with pytest.raises(errors.ConfigError, match="data=NAME is required"):
+    get_config("custom_r50")
+  with pytest.raises(errors.DataError, match=r"data=my_photos: no data set of that name is "
+                     r"prepared in .*Prepare it first \(python -m big_distill.data.prepare "
+                     r"folder --path=YOUR_IMAGE_DIR --name=my_photos --data_dir="):
+    get_config("teachers.custom", f"data=my_photos,data_dir={tmp_path}")
+  with pytest.raises(errors.ConfigError, match="Unknown variant='slow'"):
+    get_config("custom_r50", "data=x,variant=slow")
+
+
+def test_custom_runlocal_teacher_then_student(folder_data_dir, tmp_path, monkeypatch):
+  """The walk-through at runlocal size: fine-tune the teacher, distil it (in-process)."""
+  monkeypatch.chdir(tmp_path)  # The student finds the teacher's default workdir.
+  teacher = _custom("teachers.custom", folder_data_dir, ",runlocal")
+  assert teacher.student_init is None  # runlocal: from scratch, no download.
+  from big_distill import config_lib  # pylint: disable=g-import-not-at-top
+  teacher_dir = config_lib.default_workdir(
+      f"configs/teachers/custom.py:data=bd_test_images,data_dir={folder_data_dir},runlocal")
+  train.train(teacher, teacher_dir)
+  student = _custom("custom_r50", folder_data_dir, ",runlocal")
+  assert student.t1_init == teacher_dir
+  train.train(student, str(tmp_path / "student"))
+  _, last = read_metrics(str(tmp_path / "student"))
+  assert math.isfinite(last["val/student_top1"]) and math.isfinite(last["dist_val/t1_kl"])
+  params = bit.read_npz(str(tmp_path / "student" / "student.npz"))
+  assert params["resnet/head/conv2d/kernel"].shape[-1] == 3
