@@ -25,6 +25,7 @@ reports, on Flowers102 from a 97.8% teacher: 92.8% test top-1 (`fast`),
 95.5% (`medium`), 96.9% (`long`), and 77.5% after 1,000 epochs: patience
 pays. Watch `val/student_top1` and `dist_val/t1_agree_top1`.
 
+`:lr=` replaces the variant's learning rate (a sweep's axis).
 `:runlocal`: tiny models, 3 steps, on CPU; its teacher is
 configs/teachers/custom.py:data=NAME,runlocal's workdir.
 """
@@ -42,7 +43,7 @@ VARIANTS = dict(fast=(10_000, 0.003, 3e-4, 10.0), medium=(100_000, 0.001, 1e-4, 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, data="", data_dir="", variant="fast", student="bit",
-                           teacher_res=0, runlocal=False)
+                           teacher_res=0, lr=0.0, runlocal=False)
   if a.variant not in VARIANTS:
     raise errors.ConfigError(f"Unknown variant={a.variant!r}; known: {', '.join(VARIANTS)}.")
   d = custom.data(a.data, a.data_dir or None)
@@ -96,7 +97,7 @@ def get_config(arg=None):
   # decay, warm-up then cosine decay.
   c.optim.name = "adam"
   c.optim.mu_dtype = "bfloat16"
-  c.lr, c.wd = lr, wd
+  c.lr, c.wd = a.lr or lr, wd  # `:lr=`: another lr (e.g. swept); 0: the variant's.
   c.grad_clip_norm = 1.0
   c.schedule.decay_type = "cosine"
   c.schedule.warmup_steps = 1500

@@ -9,6 +9,7 @@ settings (big_vision configs/proj/distill), not from the
 configs.
 """
 
+import json
 import math
 import os
 
@@ -16,11 +17,14 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from big_distill import config_lib
 from big_distill import errors
+from big_distill import evaluate
 from big_distill import setup
 from big_distill import train
 from big_distill.data import input as input_lib
 from big_distill.models import bit
+from tests import helpers
 from tests.helpers import fast_compiles  # pylint: disable=unused-import  (autouse)
 from tests.helpers import get_config
 from tests.helpers import mock_data
@@ -278,7 +282,6 @@ def _custom(name, folder_data_dir, extra=""):
 def test_custom_configs_read_the_data_set_from_its_metadata(folder_data_dir):
   """The image-folder fixture: 3 classes, train (24) and test (23), 48x40 images."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from big_distill import config_lib  # pylint: disable=g-import-not-at-top
   train_size = tfds.builder("bd_test_images", data_dir=folder_data_dir).info.splits[
       "train[:90%]"].num_examples
   teacher = _custom("teachers.custom", folder_data_dir)
@@ -330,19 +333,27 @@ def test_custom_data_mistakes_are_clear_errors(tmp_path):
     get_config("custom_r50", "data=x,variant=slow")
 
 
-def test_custom_runlocal_teacher_then_student(folder_data_dir, tmp_path, monkeypatch):
-  """The walk-through at runlocal size: fine-tune the teacher, distil it (in-process)."""
-  monkeypatch.chdir(tmp_path)  # The student finds the teacher's default workdir.
-  teacher = _custom("teachers.custom", folder_data_dir, ",runlocal")
-  assert teacher.student_init is None  # runlocal: from scratch, no download.
-  from big_distill import config_lib  # pylint: disable=g-import-not-at-top
-  teacher_dir = config_lib.default_workdir(
-      f"configs/teachers/custom.py:data=bd_test_images,data_dir={folder_data_dir},runlocal")
-  train.train(teacher, teacher_dir)
-  student = _custom("custom_r50", folder_data_dir, ",runlocal")
-  assert student.t1_init == teacher_dir
-  train.train(student, str(tmp_path / "student"))
-  _, last = read_metrics(str(tmp_path / "student"))
-  assert math.isfinite(last["val/student_top1"]) and math.isfinite(last["dist_val/t1_kl"])
-  params = bit.read_npz(str(tmp_path / "student" / "student.npz"))
+def test_custom_runlocal_walk_through(folder_data_dir, tmp_path, monkeypatch, capsys):
+  """README's "Distil on your own images" at runlocal size, through the commands'
+  main(): fine-tune the teacher, check it, distil it, evaluate the student."""
+  monkeypatch.chdir(tmp_path)  # Default workdirs: ./workdirs/...; the student finds the teacher.
+  data = f"data=bd_test_images,data_dir={folder_data_dir},runlocal"
+  teacher_config = f"--config={helpers.REPO}/configs/teachers/custom.py:{data}"
+  student_config = f"--config={helpers.REPO}/configs/custom_r50.py:{data}"
+  teacher_dir = config_lib.default_workdir(teacher_config.removeprefix("--config="))
+  student_dir = config_lib.default_workdir(student_config.removeprefix("--config="))
+
+  def metrics(*argv):
+    capsys.readouterr()
+    helpers.run_main(evaluate, ["evaluate", *argv], monkeypatch)
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"]
+
+  helpers.run_main(train, ["train", teacher_config], monkeypatch)
+  assert os.path.exists(os.path.join(teacher_dir, "student.npz"))
+  assert math.isfinite(metrics(teacher_config, f"--init={teacher_dir}")["val/student_top1"])
+  helpers.run_main(train, ["train", student_config], monkeypatch)  # t1_init: teacher_dir.
+  got = metrics(student_config, f"--init={student_dir}")
+  assert math.isfinite(got["val/student_top1"]) and math.isfinite(got["dist_val/t1_kl"])
+  params = bit.read_npz(os.path.join(student_dir, "student.npz"))
   assert params["resnet/head/conv2d/kernel"].shape[-1] == 3
+

@@ -79,8 +79,9 @@ def data(name: str, data_dir: str | None) -> Data:
     train, val = "train", "validation"
   else:
     train, val = "train[:90%]", "train[90%:]"
-    logging.info("%s has no validation split: the last 10%% of train (%s) is held out for "
-                 "selection; training reads %s.", name, val, train)
+    # A warning, so that it shows: the config is read before absl sets up INFO logging.
+    logging.warning("%s has no validation split: the last 10%% of train (%s) is held out for "
+                    "selection; training reads %s.", name, val, train)
   test = "test" if "test" in splits else val
   image = info.features["image"].shape[:2]
   if None in image:  # Images of varying size: the first training image's.
