@@ -89,6 +89,7 @@ def config_diff(old: dict, new: dict, ignore=("allow_config_change",)) -> list[s
   defaults = _json(config_lib.base())
   eval_default = _json(config_lib.eval_config())
   old = _migrated(old)
+  ignore = (*ignore, *config_lib.unused_teacher_fields(old, new))  # Never read: no difference.
   out = []
 
   def walk(a, b, path):

@@ -1,1 +1,4 @@
-"""Experiment configs: `--config=configs/<name>.py[:args]`, run from the repository root."""
+"""Experiment configs: `--config=configs/<name>.py[:args]` (or any path to them).
+
+What they share is in the package: big_distill/configs/.
+"""

@@ -21,24 +21,14 @@ fmnist_distill.py's (arm, images, epochs, lr, seed, runlocal, ...).
 Results: docs/results.md ("Issue 13's rows"), tables in docs/results/mobilenet/.
 """
 
-from big_distill import config_lib
-from configs import fmnist_distill
+from big_distill.configs import fmnist
 
 OWN = dict(norm="group", mnv3_width=0.25, variant="small")
 
 
-def split_arg(arg, own):
-  """(this config's arguments, the rest: fmnist_distill's) of `arg`."""
-  mine, rest = [], []
-  for part in (arg or "").split(","):
-    if part.strip():
-      (mine if part.partition("=")[0].strip() in own else rest).append(part)
-  return config_lib.parse_arg(",".join(mine), **own), ",".join(rest)
-
-
 def get_config(arg=None):
-  a, rest = split_arg(arg, OWN)
-  c = fmnist_distill.get_config(rest)
+  a, rest = fmnist.split_arg(arg, OWN)
+  c = fmnist.distill(rest)  # configs/fmnist_distill.py's config.
   c.student_name = "mobilenet_v3"
   c.student = dict(variant=a.variant, width=a.mnv3_width, norm=a.norm, small_input=True)
   return c

@@ -39,22 +39,21 @@ the student trained on.
 Results: docs/results.md ("Issue 13's rows"), tables in docs/results/other_images/.
 """
 
-from configs import fmnist_distill
-from configs import fmnist_mobilenet
-from configs import fmnist_teacher
+from big_distill import errors
+from big_distill.configs import fmnist
 
 OWN = dict(source="digits")
 # source -> (TFDS name, split, the classes of its images used; None: all).
 HELD_OUT = (0, 2, 4, 6, 8)
 SOURCES = {"digits": ("sklearn_digits", "train", None),
-           "fmnist_other": ("fashion_mnist", fmnist_teacher.TRAIN_SPLIT, (1, 3, 5, 7, 9))}
+           "fmnist_other": ("fashion_mnist", fmnist.TRAIN_SPLIT, (1, 3, 5, 7, 9))}
 
 
 def get_config(arg=None):
-  a, rest = fmnist_mobilenet.split_arg(arg, OWN)
+  a, rest = fmnist.split_arg(arg, OWN)
   if a.source not in SOURCES:
-    raise ValueError(f"source={a.source!r}: one of {', '.join(SOURCES)}.")
-  c = fmnist_distill.get_config(rest)
+    raise errors.ConfigError(f"source={a.source!r}: one of {', '.join(SOURCES)}.")
+  c = fmnist.distill(rest)  # configs/fmnist_distill.py's config.
   name, split, classes = SOURCES[a.source]
   # Same subset size, steps and pp (decode|grayscale_to_rgb|resize(32)) as the
   # in-domain student; only the images change.
@@ -68,7 +67,7 @@ def get_config(arg=None):
     # The held-out classes' test images alone (all of them: 1,000 per class).
     # (runlocal's test split is its first 64 images: one of each held-out class.)
     test = c.evals.test.data
-    e = fmnist_teacher.classification_eval(test.split, -1, test.data_dir)
+    e = fmnist.classification_eval(test.split, -1, test.data_dir)
     e.data.balanced_subset = len(HELD_OUT) * (1000 if test.split == "test" else 1)
     e.data.classes = HELD_OUT
     e.batch_size = c.evals.test.batch_size

@@ -21,52 +21,28 @@ GPU job, not measured here.
 """
 
 from big_distill import config_lib
-
-TRAIN_PP = "decode|grayscale_to_rgb|resize(32)"
-RANDOM_VIEW = "inception_crop(32, area_min=40)|flip_lr"
-EVAL_PP = "decode|grayscale_to_rgb|resize(32)|value_range(-1, 1)"
-
-
-def data(split: str, data_dir: str | None = None):
-  d = config_lib.data_config()
-  d.name, d.split, d.data_dir = "fashion_mnist", split, data_dir or None
-  return d
-
-
-def classification_eval(split: str, every_steps: int, data_dir=None, kind="classification"):
-  e = config_lib.eval_config()
-  e.type = kind
-  e.data = data(split, data_dir)
-  e.pp = EVAL_PP
-  e.batch_size = 500
-  e.cache_raw = True
-  e.log_steps = every_steps
-  return e
-
-
-# The miniature's splits (docs/results.md): every model trains on TRAIN_SPLIT
-# or a subset of it; VAL_SPLIT is the only data any selection looks at; the
-# test split is read for the final table.
-TRAIN_SPLIT = "train[:50000]"
-VAL_SPLIT = "train[50000:]"
+from big_distill.configs import fmnist
+from big_distill.configs.fmnist import data  # The miniature's data (also big_distill.demo's).
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, epochs=2.0, width=0.25, depth=26, data_dir="",
-                           batch=128, lr=0.003, split=TRAIN_SPLIT, runlocal=False)
+                           batch=128, lr=0.003, split=fmnist.TRAIN_SPLIT, runlocal=False)
   c = config_lib.base()
   c.input.data = data("train[:1000]" if a.runlocal else a.split, a.data_dir)
   c.input.cache = "encoded"  # 50,000 28x28 PNGs: ~17 MB.
   c.input.batch_size = 16 if a.runlocal else a.batch
   c.input.shuffle_buffer_size = 10_000
-  c.input.pp = TRAIN_PP
-  c.input.pp_random = RANDOM_VIEW
+  c.input.pp = fmnist.TRAIN_PP
+  c.input.pp_random = fmnist.RANDOM_VIEW
   c.input.pp_fixed = "resize(32)"
   c.input.pp_post = "value_range(-1, 1)"
 
   c.num_classes = 10
-  c.teachers = ()
+  c.teachers = ()  # Trained with labels: no teacher.
+  c.student_name = "bit"
   c.student = dict(depth=a.depth, width=a.width)
+  c.student_init = None  # From scratch.
   c.student_res = 32
   c.mixup.p = 0.2  # A little mixup, as BiT-HyperRule for data sets this size.
   c.distill.label_weight = 1.0
@@ -80,11 +56,11 @@ def get_config(arg=None):
   c.ckpt_steps = 500
 
   # Validation ten times during training; the test split only once, at the end.
-  c.evals.val = classification_eval("train[50000:50064]" if a.runlocal else VAL_SPLIT,
+  c.evals.val = fmnist.classification_eval("train[50000:50064]" if a.runlocal else fmnist.VAL_SPLIT,
                                     1, a.data_dir)
   c.evals.val.log_steps = None
   c.evals.val.log_epochs = c.total_epochs / 10
-  c.evals.test = classification_eval("test[:64]" if a.runlocal else "test", -1, a.data_dir)
+  c.evals.test = fmnist.classification_eval("test[:64]" if a.runlocal else "test", -1, a.data_dir)
   for e in c.evals.values():
     e.batch_size = 16 if a.runlocal else 500
   return c

@@ -61,7 +61,7 @@ WORKDIR/metrics.jsonl.
 
 from big_distill import config_lib
 from big_distill.errors import ConfigError
-from configs import common
+from big_distill.configs import common
 
 VARIANTS = ("large", "small")
 NORMS = ("group", "batch")

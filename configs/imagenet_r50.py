@@ -38,7 +38,7 @@ workdirs as `--config.t1_init=` and `--config.t2_init=`, with
 `--config.t1.stem_pool_pad=zeros --config.t2.stem_pool_pad=zeros` (BiT's
 padding, which that fine-tuning keeps). imagenet2012 needs its manual
 download (see `python -m big_distill.data.prepare imagenet2012`). Laptop
-check, tiny models and 3 steps (configs/common.py):
+check, tiny models and 3 steps (big_distill/configs/common.py):
 
     python -m big_distill.train --config=configs/teachers/imagenet.py:res=224,runlocal \
         --workdir=$PWD/workdirs/teachers/imagenet_local_224
@@ -64,7 +64,7 @@ Logs: WORKDIR/metrics.jsonl.
 """
 
 from big_distill import config_lib
-from configs import common
+from big_distill.configs import common
 
 
 def get_config(arg=None):

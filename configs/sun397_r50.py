@@ -31,7 +31,7 @@ To distill a teacher of one's own instead, fine-tune it with
 configs/teachers/sun397.py and pass its workdir (or student.npz) as
 `--config.t1_init=`, with `--config.t1.stem_pool_pad=zeros` (BiT's padding,
 which that fine-tuning keeps). Try everything on a laptop first (tiny models,
-3 steps; configs/common.py):
+3 steps; big_distill/configs/common.py):
 
     python -m big_distill.train --config=configs/teachers/sun397.py:runlocal \
         --workdir=$PWD/workdirs/teachers/sun397_local
@@ -43,7 +43,7 @@ steps) ~1 h, `medium` (148,688 steps) ~10 h, `long` (446,063 steps) ~1.2 days
 on a v2-8.
 
 The paper's fixed-teacher baselines (Section 3.1.1) replace function matching
-with `:fixed=rs|cc|ic_ens` (configs/common.py FIXED has each one's views).
+with `:fixed=rs|cc|ic_ens` (big_distill/configs/common.py FIXED has each one's views).
 Before training, one pass computes the teacher's outputs per image (ic_ens:
 1,000 teacher forwards per image) into WORKDIR/teacher_outputs.npz; a rerun
 reads them back.
@@ -58,7 +58,7 @@ files in WORKDIR.
 
 from big_distill import config_lib
 from big_distill import errors
-from configs import common
+from big_distill.configs import common
 
 # The released settings (big_vision configs/proj/distill/README.md; the paper's
 # Section 3.2): epochs, learning rate, weight decay, temperature.

@@ -3,6 +3,7 @@ module, running a command's main() on flags of its own, training runs of the
 CLI in subprocesses and what to read from their workdirs, jobs of several
 processes, and code run with several CPU devices."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,15 +15,19 @@ import textwrap
 import time
 import types
 from pathlib import Path
+from unittest import mock
 
 from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import optax
 import pytest
+import tensorflow_datasets as tfds
 
+from big_distill import config_lib
 from big_distill import sweep
 
 
@@ -431,3 +436,116 @@ def sweep_cell(root, fields, rows, done=True, wall=10.0):
   if done:
     (wd / "student.npz").write_bytes(b"x")
   return wd
+# ---- The paper configs' tests (test_configs, test_mobilenet_train) ------------
+# Mock TFDS data over the real split sizes, random BiT checkpoints, cheaper
+# compiles, and the configs loaded by path.
+
+
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# TFDS split sizes (the TFDS catalog), independent of configs/.
+SPLITS = {
+    "oxford_flowers102": dict(train=1020, validation=1020, test=6149),
+    "oxford_iiit_pet": dict(train=3680, test=3669),
+    "food101": dict(train=75750, validation=25250),
+    "sun397": dict(train=76128, validation=10875, test=21750),
+    "imagenet2012": dict(train=1281167, validation=50000, test=100000),
+}
+MOCK_EXAMPLES = 16
+
+
+def get_config(name, arg=None):
+  """configs/<name>.py's config (`teachers.pets`: configs/teachers/pets.py), loaded by
+  its path as the commands load it; unlocked, for tests that change it."""
+  path = os.path.join(REPO, "configs", *name.split(".")) + ".py"
+  return config_lib.load_config(path + (f":{arg}" if arg is not None else ""), lock=False)
+
+
+def write_metadata(root):
+  """Makes `root` a data_dir holding only metadata: the real split sizes."""
+  for name, splits in SPLITS.items():
+    builder = tfds.builder(name, data_dir=str(root))
+    builder.data_path.mkdir(parents=True, exist_ok=True)
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(
+            name=split, shard_lengths=[n], num_bytes=0,
+            filename_template=tfds.core.ShardedFileTemplate(
+                data_dir=builder.data_path, dataset_name=builder.name, split=split,
+                filetype_suffix="tfrecord"))
+        for split, n in splits.items()]))
+    builder.info.write_to_directory(builder.data_dir)
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def tfds_metadata(tmp_path_factory):
+  return write_metadata(tmp_path_factory.mktemp("tfds_metadata"))
+
+
+class _NoFakeFs:
+  """Stands in for TFDS's fake file system (see `mock_data`)."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    return False
+
+  def add_file(self, path, content=None):
+    del path, content
+
+
+@contextlib.contextmanager
+def mock_data(metadata_dir):
+  """TFDS mock data over `metadata_dir`, without TFDS's fake file system.
+
+  mock_data swaps in a fake file system while a data set is opened, for
+  data_dirs that do not exist; ours does. Left in, the fake would also catch
+  the files that orbax writes from its thread while an evaluation starts.
+  """
+  with mock.patch("tensorflow_datasets.testing.test_utils.MockFs", _NoFakeFs), \
+       tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, data_dir=metadata_dir):
+    yield
+
+
+def write_checkpoint(model_kwargs, num_classes, path):
+  """A random BiT `.npz` (nonzero head), made without compiling anything."""
+  return write_random_bit(path, num_classes, **model_kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles(tmp_path_factory):
+  """Makes compiling, which is most of a runlocal run's time, cheaper here.
+
+  The evaluators of one run compile the same step for different splits: the
+  persistent cache turns the repeats into cache hits. The 'unsafe_rbg' PRNG
+  makes the models' initialization cheaper to compile, and 3 steps do not
+  repay XLA's optimizations (they halve the compile time). All is restored
+  afterwards, for the other test modules of this process.
+  """
+  settings = {
+      "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+      "jax_persistent_cache_min_compile_time_secs": 0.0,
+      "jax_persistent_cache_min_entry_size_bytes": -1,
+      "jax_default_prng_impl": "unsafe_rbg",
+      "jax_disable_most_optimizations": True,
+  }
+  old = {k: jax.config.values[k] for k in settings}
+  for k, v in settings.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+  yield
+  for k, v in old.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  last = {}
+  for row in rows:
+    last.update(row)
+  return rows, last

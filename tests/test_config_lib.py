@@ -1,5 +1,9 @@
 """config_lib.py: config arguments, durations in any unit, the base config."""
 
+import json
+import os
+from pathlib import Path
+import subprocess
 import sys
 
 from absl import flags
@@ -9,6 +13,9 @@ import pytest
 
 from big_distill import config_lib
 from big_distill import errors
+from big_distill import workdir as workdir_lib
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_parse_arg_types_and_bare_words():
@@ -90,6 +97,95 @@ def test_base_config_is_locked_against_typos():
   assert all(f"log_{u}" in e for u in ("steps", "epochs", "examples"))
 
 
+# ---- Fields without a default ----------------------------------------------------
+
+
+def test_base_leaves_the_data_and_model_fields_unset():
+  c = config_lib.base()
+  c.evals.val = config_lib.eval_config()
+  unset = config_lib.missing(c)
+  assert set(unset) == {
+      "num_classes", "input.data.name", "input.data.split", "input.pp_random",
+      "input.pp_fixed", "input.pp_post", "student_name", "student", "student_res",
+      "t1_name", "t1", "t1_res", "t1_init",
+      "evals.val.data.name", "evals.val.data.split", "evals.val.pp"}
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.check_required(c)
+  message = str(e.value)
+  assert len(message.splitlines()) == 1
+  for field, what in unset.items():  # Each one, and what to set there.
+    assert f"config.{field} ({what})" in message
+  assert "e.g. 102" in message and "e.g. dict(depth=50, width=1.0)" in message
+
+
+def test_a_run_without_teachers_needs_no_teacher_fields():
+  c = config_lib.base()
+  c.teachers = ()
+  c.num_classes, c.student_name, c.student, c.student_res = 10, "bit", dict(depth=26), 32
+  c.input.data.name, c.input.data.split = "fashion_mnist", "train"
+  c.input.pp_random = c.input.pp_fixed = c.input.pp_post = "resize(32)"
+  assert config_lib.missing(c) == {}
+  c.input.pp_post = ""  # Empty is unset too.
+  assert list(config_lib.missing(c)) == ["input.pp_post"]
+
+
+def test_every_config_sets_its_fields():
+  for path in sorted((REPO / "configs").rglob("*.py")):
+    if path.name != "__init__.py" and not path.name.startswith("custom"):  # data=: test_configs.
+      for arg in ("", ":runlocal"):
+        config_lib.check_required(config_lib.load_config(f"{path}{arg}"), f"{path}{arg}")
+
+
+def test_resuming_a_run_recorded_when_base_gave_t1_flowers_teacher():
+  """A run without teachers recorded t1_name='bit', t1=R152x2, t1_res=128 (base()'s
+  old defaults); the same config now leaves them unset: no difference."""
+  new = config_lib.load_config(f"{REPO}/configs/fmnist_teacher.py:runlocal")
+  new_json = json.loads(new.to_json_best_effort())
+  old = {**new_json, "t1_name": "bit", "t1": {"depth": 152, "width": 2.0}, "t1_res": 128}
+  assert workdir_lib.config_diff(old, new_json) == []
+  # A run that has the teacher still compares its fields.
+  assert workdir_lib.config_diff({**old, "teachers": ["t1"]}, {**new_json, "teachers": ["t1"]})
+
+
+def test_a_config_loads_from_any_working_directory(tmp_path):
+  """By absolute path, with big_distill installed and the repository not on the path."""
+  site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+  site.mkdir()
+  elsewhere.mkdir()
+  (site / "big_distill").symlink_to(REPO / "big_distill")
+  code = f"""
+import sys
+from absl import flags
+from ml_collections import config_flags
+from big_distill import config_lib
+configs = {str(REPO / "configs")!r}
+for arg in ("flowers_r50.py:fixed=cc,runlocal", "teachers/pets.py", "fmnist_teacher.py",
+            "fmnist_other_images.py:source=digits,runlocal", "fmnist_mobilenet.py"):
+  config_lib.check_required(config_lib.load_config(f"{{configs}}/{{arg}}"))
+# As a command reads --config=.
+config_flags.DEFINE_config_file("config")
+config_lib.flags_parser("cmd")(["cmd", f"--config={{configs}}/flowers_r50.py:runlocal"])
+assert "configs" not in sys.modules, sys.modules["configs"]
+print(flags.FLAGS.config.num_classes, flags.FLAGS.config.t1_init)
+"""
+  env = {**os.environ, "PYTHONPATH": str(site)}
+  out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env,
+                       capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == ["102", "workdirs/teachers/flowers_local/student.npz"]
+  # The configs that a command imports as `configs.X` (from the repository root)
+  # are no longer needed for that: no config imports the `configs` package.
+  for path in (REPO / "configs").rglob("*.py"):
+    assert "from configs" not in path.read_text() and "import configs" not in path.read_text()
+
+
+def test_load_config_errors():
+  with pytest.raises(errors.ConfigError, match="no such file"):
+    config_lib.load_config("configs/no_such_config.py")
+  with pytest.raises(errors.ConfigError, match="Unknown variant='slow'"):
+    config_lib.load_config(f"{REPO}/configs/flowers_r50.py:variant=slow")
+
+
 # ---- The commands' flag parsing -------------------------------------------------
 
 
@@ -131,3 +227,27 @@ def test_unknown_override_names_the_field(parse):
   err = parse("--config.lrr=1")
   assert "big_distill.cmd: error: unknown config field in --config.lrr=1" in err
   assert 'Did you mean "lr"' in err
+
+
+def test_unset_fields_are_one_error_before_anything_runs(parse):
+  err = parse("--config.num_classes=3")
+  assert err.startswith("big_distill.cmd: error: --config=") and "a_config.py leaves 12 field(s)" in err
+  assert "config.input.pp_random (" in err and "config.t1_init (" in err
+  assert "config.num_classes" not in err  # Set on the command line.
+
+
+def test_data_error_of_the_config_file_is_its_own_message(tmp_path, monkeypatch, capsys):
+  """A UserError that is no ValueError reaches flags_parser unwrapped."""
+  path = tmp_path / "data_config.py"
+  path.write_text("from big_distill import errors\n\n"
+                  "def get_config(arg=None):\n"
+                  "  raise errors.DataError('Data set my_data is not prepared in /x.')\n")
+  argv = ["cmd", f"--config={path}"]
+  monkeypatch.setattr(sys, "argv", argv)
+  values = flags.FlagValues()
+  monkeypatch.setattr(flags, "FLAGS", values)
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  with pytest.raises(SystemExit):
+    config_lib.flags_parser("big_distill.cmd")(argv)
+  assert capsys.readouterr().err == ("big_distill.cmd: error: Data set my_data is not prepared "
+                                     "in /x.\n")

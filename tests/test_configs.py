@@ -9,37 +9,28 @@ settings (big_vision configs/proj/distill), not from the
 configs.
 """
 
-import contextlib
-import importlib
 import json
 import math
 import os
-from unittest import mock
 
-import jax
-from jax.experimental.compilation_cache import compilation_cache
-import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from absl import flags
 from ml_collections import config_flags
 
+from big_distill import config_lib
 from big_distill import errors
+from big_distill import evaluate
 from big_distill import setup
 from big_distill import train
 from big_distill.data import input as input_lib
 from big_distill.models import bit
 from tests import helpers
-
-# TFDS split sizes (the TFDS catalog), independent of configs/.
-SPLITS = {
-    "oxford_flowers102": dict(train=1020, validation=1020, test=6149),
-    "oxford_iiit_pet": dict(train=3680, test=3669),
-    "food101": dict(train=75750, validation=25250),
-    "sun397": dict(train=76128, validation=10875, test=21750),
-    "imagenet2012": dict(train=1281167, validation=50000, test=100000),
-}
-MOCK_EXAMPLES = 16
+from tests.helpers import fast_compiles  # pylint: disable=unused-import  (autouse)
+from tests.helpers import get_config
+from tests.helpers import mock_data
+from tests.helpers import read_metrics
+from tests.helpers import tfds_metadata  # pylint: disable=unused-import  (fixture)
+from tests.helpers import write_checkpoint
 
 # The released settings (big_vision configs/proj/distill): (epochs, lr, weight decay, temperature).
 RELEASED = {
@@ -67,101 +58,6 @@ RELEASED_TEACHER = {"flowers": "flowers128", "pets": "pet128", "food101": "food1
 DISTILL = [f"{d}_r50" for d in SMALL] + ["imagenet_r50"]
 TEACHERS = [f"teachers.{d}" for d in SMALL] + ["teachers.imagenet"]
 BIT_M_CLASSES = 21843
-
-
-def get_config(name, arg=None):
-  return importlib.import_module(f"configs.{name}").get_config(arg)
-
-
-# ---- Fixtures: mock data, checkpoints, compile caching -----------------------
-
-
-def write_metadata(root):
-  """Makes `root` a data_dir holding only metadata: the real split sizes."""
-  for name, splits in SPLITS.items():
-    builder = tfds.builder(name, data_dir=str(root))
-    builder.data_path.mkdir(parents=True, exist_ok=True)
-    builder.info.set_splits(tfds.core.SplitDict([
-        tfds.core.SplitInfo(
-            name=split, shard_lengths=[n], num_bytes=0,
-            filename_template=tfds.core.ShardedFileTemplate(
-                data_dir=builder.data_path, dataset_name=builder.name, split=split,
-                filetype_suffix="tfrecord"))
-        for split, n in splits.items()]))
-    builder.info.write_to_directory(builder.data_dir)
-  return str(root)
-
-
-@pytest.fixture(scope="module")
-def tfds_metadata(tmp_path_factory):
-  return write_metadata(tmp_path_factory.mktemp("tfds_metadata"))
-
-
-class _NoFakeFs:
-  """Stands in for TFDS's fake file system (see `mock_data`)."""
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc_info):
-    return False
-
-  def add_file(self, path, content=None):
-    del path, content
-
-
-@contextlib.contextmanager
-def mock_data(metadata_dir):
-  """TFDS mock data over `metadata_dir`, without TFDS's fake file system.
-
-  mock_data swaps in a fake file system while a data set is opened, for
-  data_dirs that do not exist; ours does. Left in, the fake would also catch
-  the files that orbax writes from its thread while an evaluation starts.
-  """
-  with mock.patch("tensorflow_datasets.testing.test_utils.MockFs", _NoFakeFs), \
-       tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, data_dir=metadata_dir):
-    yield
-
-
-def write_checkpoint(model_kwargs, num_classes, path):
-  """A random BiT `.npz` (nonzero head), made without compiling anything."""
-  return helpers.write_random_bit(path, num_classes, **model_kwargs)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles(tmp_path_factory):
-  """Makes compiling, which is most of a runlocal run's time, cheaper here.
-
-  The evaluators of one run compile the same step for different splits: the
-  persistent cache turns the repeats into cache hits. The 'unsafe_rbg' PRNG
-  makes the models' initialization cheaper to compile, and 3 steps do not
-  repay XLA's optimizations (they halve the compile time). All is restored
-  afterwards, for the other test modules of this process.
-  """
-  settings = {
-      "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-      "jax_persistent_cache_min_compile_time_secs": 0.0,
-      "jax_persistent_cache_min_entry_size_bytes": -1,
-      "jax_default_prng_impl": "unsafe_rbg",
-      "jax_disable_most_optimizations": True,
-  }
-  old = {k: jax.config.values[k] for k in settings}
-  for k, v in settings.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  last = {}
-  for row in rows:
-    last.update(row)
-  return rows, last
 
 
 # ---- Every config runs -------------------------------------------------------
@@ -374,3 +270,90 @@ def test_command_line_loads_and_locks_the_config():
   assert config.student_res == 160 and config.t2_init == "gs://b/t2.npz"
   with pytest.raises((flags.Error, AttributeError), match="t3_init"):
     _parse_command_line(f"--config={path}", "--config.t3_init=x")
+
+
+# ---- Any data set by name (configs/teachers/custom.py, configs/custom_r50.py) --
+
+
+def _custom(name, folder_data_dir, extra=""):
+  return get_config(name, f"data=bd_test_images,data_dir={folder_data_dir}{extra}")
+
+
+def test_custom_configs_read_the_data_set_from_its_metadata(folder_data_dir):
+  """The image-folder fixture: 3 classes, train (24) and test (23), 48x40 images."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  train_size = tfds.builder("bd_test_images", data_dir=folder_data_dir).info.splits[
+      "train[:90%]"].num_examples
+  teacher = _custom("teachers.custom", folder_data_dir)
+  student = _custom("custom_r50", folder_data_dir)
+  for c in (teacher, student):
+    config_lib.check_required(c)
+    assert c.num_classes == 3
+    # No validation split: the last 10% of train is held out; test for the end.
+    assert c.input.data.split == "train[:90%]"
+    assert {n: e.data.split for n, e in c.evals.items() if n.endswith("val")} == {
+        n: "train[90%:]" for n in c.evals if n.endswith("val")}
+    assert all(e.data.split == "test" and e.log_steps == -1
+               for n, e in c.evals.items() if n.endswith("test"))
+    assert all(e.data.data_dir == folder_data_dir for e in c.evals.values())
+  # BiT-HyperRule: under 20k images, 500 steps, warm-up 100, no mixup; images
+  # under 96px: resized to 160, 128px crops. From BiT-M R152x2.
+  assert (teacher.total_steps, teacher.schedule.warmup_steps, teacher.mixup.p) == (500, 100, 0)
+  assert teacher.input.pp == "decode|resize(160)" and teacher.student_res == 128
+  assert teacher.student_init == "gs://bit_models/BiT-M-R152x2.npz" and not teacher.teachers
+  # The student: Flowers' fast budget in images seen, the teacher's resolution,
+  # the teacher run's default workdir.
+  assert student.total_epochs == pytest.approx(10_000 * 1020 / train_size)
+  assert (student.lr, student.wd, student.distill.t) == (0.003, 3e-4, 10.0)
+  assert (student.student_res, student.t1_res, student.mixup.p) == (128, 128, 1.0)
+  assert student.t1_init == config_lib.default_workdir(
+      f"configs/teachers/custom.py:data=bd_test_images,data_dir={folder_data_dir}")
+  long = _custom("custom_r50", folder_data_dir, ",variant=long,student=mobilenet_v3")
+  assert long.total_epochs == pytest.approx(1_000_000 * 1020 / train_size)
+  assert long.student_name == "mobilenet_v3"
+
+
+def test_custom_schedules_scale_with_the_data_set():
+  from big_distill.configs import custom  # pylint: disable=g-import-not-at-top
+  assert custom.hyperrule(1020) == (500, 100, 0.0)
+  assert custom.hyperrule(68_175) == (10_000, 500, 0.1)
+  assert custom.hyperrule(1_281_167) == (20_000, 500, 0.1)
+  assert custom.hyperrule_res((48, 40)) == (160, 128)
+  assert custom.hyperrule_res((500, 375)) == (512, 480)
+
+
+def test_custom_data_mistakes_are_clear_errors(tmp_path):
+  with pytest.raises(errors.ConfigError, match="data=NAME is required"):
+    get_config("custom_r50")
+  with pytest.raises(errors.DataError, match=r"data=my_photos: no data set of that name is "
+                     r"prepared in .*Prepare it first \(python -m big_distill.data.prepare "
+                     r"folder --path=YOUR_IMAGE_DIR --name=my_photos --data_dir="):
+    get_config("teachers.custom", f"data=my_photos,data_dir={tmp_path}")
+  with pytest.raises(errors.ConfigError, match="Unknown variant='slow'"):
+    get_config("custom_r50", "data=x,variant=slow")
+
+
+def test_custom_runlocal_walk_through(folder_data_dir, tmp_path, monkeypatch, capsys):
+  """README's "Distil on your own images" at runlocal size, through the commands'
+  main(): fine-tune the teacher, check it, distil it, evaluate the student."""
+  monkeypatch.chdir(tmp_path)  # Default workdirs: ./workdirs/...; the student finds the teacher.
+  data = f"data=bd_test_images,data_dir={folder_data_dir},runlocal"
+  teacher_config = f"--config={helpers.REPO}/configs/teachers/custom.py:{data}"
+  student_config = f"--config={helpers.REPO}/configs/custom_r50.py:{data}"
+  teacher_dir = config_lib.default_workdir(teacher_config.removeprefix("--config="))
+  student_dir = config_lib.default_workdir(student_config.removeprefix("--config="))
+
+  def metrics(*argv):
+    capsys.readouterr()
+    helpers.run_main(evaluate, ["evaluate", *argv], monkeypatch)
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"]
+
+  helpers.run_main(train, ["train", teacher_config], monkeypatch)
+  assert os.path.exists(os.path.join(teacher_dir, "student.npz"))
+  assert math.isfinite(metrics(teacher_config, f"--init={teacher_dir}")["val/student_top1"])
+  helpers.run_main(train, ["train", student_config], monkeypatch)  # t1_init: teacher_dir.
+  got = metrics(student_config, f"--init={student_dir}")
+  assert math.isfinite(got["val/student_top1"]) and math.isfinite(got["dist_val/t1_kl"])
+  params = bit.read_npz(os.path.join(student_dir, "student.npz"))
+  assert params["resnet/head/conv2d/kernel"].shape[-1] == 3
+

@@ -18,12 +18,12 @@ from big_distill import setup
 from big_distill import train
 from big_distill.models import mobilenet_v3
 from tests import helpers
-from tests.test_configs import fast_compiles  # pylint: disable=unused-import  (autouse)
-from tests.test_configs import get_config
-from tests.test_configs import mock_data
-from tests.test_configs import read_metrics
-from tests.test_configs import tfds_metadata  # pylint: disable=unused-import  (fixture)
-from tests.test_configs import write_checkpoint
+from tests.helpers import fast_compiles  # pylint: disable=unused-import  (autouse)
+from tests.helpers import get_config
+from tests.helpers import mock_data
+from tests.helpers import read_metrics
+from tests.helpers import tfds_metadata  # pylint: disable=unused-import  (fixture)
+from tests.helpers import write_checkpoint
 
 OTHER_IMAGES = "labels of the training data are ignored"
 

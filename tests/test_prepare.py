@@ -1,11 +1,13 @@
 """Offline preparation: Fashion-MNIST from the Debian files, scikit-learn's digits, image folders."""
 
+import hashlib
 import os
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from big_distill import errors
 from big_distill.data import prepare
 from tests.conftest import FOLDER_CLASSES, FOLDER_NAME, FOLDER_SPLITS
 
@@ -19,6 +21,26 @@ def test_fashion_mnist_reads_through_tfds(fashion_data_dir):
   ex = next(iter(tfds.as_numpy(builder.as_dataset(split="test[:100]").batch(100))))
   assert ex["image"].shape == (100, 28, 28, 1) and ex["image"].max() > 200
   assert set(ex["label"]) == set(range(10))
+
+
+# sha256 of each split's decoded images and labels, in the order TFDS reads
+# them, as TFDS' own FashionMNIST builder (4.9.10) writes them from these files.
+FASHION_MNIST_CONTENT = {
+    "train": "8602da88b50fe05b5ff4ca22b1a27857ff6a889eac184656e78f172fc78a2123",
+    "test": "0eb01c98b3af234f61cafe3dd2febcf34f6df075d874863a5920428590b27216",
+}
+
+
+def test_fashion_mnist_is_tfds_own_data_set(fashion_data_dir):
+  """Written with TFDS' public AdhocBuilder: TFDS' images and labels, in TFDS' order."""
+  builder = tfds.builder("fashion_mnist", data_dir=fashion_data_dir)
+  for split, sha in FASHION_MNIST_CONTENT.items():
+    h = hashlib.sha256()
+    for batch in tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000,
+                                                  shuffle_files=False)):
+      h.update(batch["image"].tobytes())
+      h.update(batch["label"].astype(np.int64).tobytes())
+    assert h.hexdigest() == sha, split
 
 
 def test_fashion_mnist_again_is_a_no_op(fashion_data_dir, capsys):
@@ -60,15 +82,56 @@ def test_folder_errors(tmp_path, folder_data_dir):
 
 
 def test_folder_cli(tmp_path, capsys):
-  (tmp_path / "imgs" / "train" / "a").mkdir(parents=True)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.io.write_file(str(tmp_path / "imgs" / "train" / "a" / "x.JPG"),
-                   tf.io.encode_jpeg(np.zeros((5, 6, 3), np.uint8)))
+  for c in ("a", "b"):  # Two classes: one is an error (test_bad_folders_are_one_error).
+    (tmp_path / "imgs" / "train" / c).mkdir(parents=True)
+    tf.io.write_file(str(tmp_path / "imgs" / "train" / c / "x.JPG"),
+                     tf.io.encode_jpeg(np.zeros((5, 6, 3), np.uint8)))
   prepare.main(["folder", f"--path={tmp_path / 'imgs'}", "--name=cli_data",
                 f"--data_dir={tmp_path / 'tfds'}"])
   assert "config.input.data.name = 'cli_data'" in capsys.readouterr().out
   builder = tfds.builder("cli_data", data_dir=str(tmp_path / "tfds"))
-  assert builder.info.splits["train"].num_examples == 1
+  assert builder.info.splits["train"].num_examples == 2
+
+
+def _png(path, value=0):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tf.io.write_file(str(path), tf.io.encode_png(np.full((4, 4, 3), value, np.uint8)))
+
+
+@pytest.mark.parametrize("files,match", [
+    # Images directly in a split folder: no class subfolders.
+    (["train/1.png", "train/2.png"], r"/train has no class subfolders \(it holds images, "
+                                     r"e.g. 1.png, directly\)"),
+    # Images directly in DIR: no split folders either.
+    (["1.png"], r"holds images \(e.g. 1.png\) directly, without split and class subfolders"),
+    # A split with a class another split lacks.
+    (["train/cat/1.png", "train/dog/2.png", "test/cat/3.png", "test/owl/4.png"],
+     r"Split 'test' of .* lacks the class folder\(s\) \['dog'\], which split\(s\) \['train'\] "
+     r"have: every split needs the same classes \(add test/dog/"),
+    # One class.
+    (["train/cat/1.png", "test/cat/2.png"], r"has one class \('cat'\): a classifier needs at "
+                                            "least two class folders"),
+    # An image that does not decode, named.
+    (["train/cat/1.png", "train/dog/broken.png!"], r"/train/dog/broken.png does not decode "
+                                                   "as an image: replace or delete it"),
+])
+def test_bad_folders_are_one_error_before_anything_is_written(tmp_path, files, match):
+  """`!`: a file whose bytes are no image."""
+  for f in files:
+    if f.endswith("!"):
+      (tmp_path / "imgs" / f[:-1]).parent.mkdir(parents=True, exist_ok=True)
+      (tmp_path / "imgs" / f[:-1]).write_bytes(b"not a png")
+    else:
+      _png(tmp_path / "imgs" / f)
+  with pytest.raises(errors.DataError, match=match):
+    prepare.prepare_folder(str(tmp_path / "imgs"), "bad_data", str(tmp_path / "tfds"))
+  with pytest.raises(SystemExit) as e:  # The command: one `error:` line.
+    prepare.main(["folder", f"--path={tmp_path / 'imgs'}", "--name=bad_data",
+                  f"--data_dir={tmp_path / 'tfds'}"])
+  assert str(e.value.code).startswith("error: ") and len(str(e.value.code).splitlines()) == 1
+  assert not (tmp_path / "tfds").exists()  # Nothing written.
 
 
 def test_command():

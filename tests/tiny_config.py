@@ -30,11 +30,13 @@ def get_config(arg=None):
   c.input.pp_fixed = "central_crop(24)"
   c.input.pp_post = "value_range(-1, 1)"
   c.num_classes = 10
+  c.student_name = "bit"
   c.student = dict(depth=26, width=0.125)
   c.student_res = a.res
   c.student_init = a.student_init or None
   if a.teacher:
     c.teachers = ("t1",)
+    c.t1_name = "bit"
     c.t1 = dict(depth=26, width=0.125)
     c.t1_res = a.teacher_res
     c.t1_init = a.teacher

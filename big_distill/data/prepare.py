@@ -22,9 +22,11 @@ omitted: $TFDS_DATA_DIR or ~/tensorflow_datasets), read in a config with
     config.input.data.data_dir = "DIR"        # the same --data_dir
 
 Fashion-MNIST: the Debian package holds the four .gz files TFDS would fetch
-(recompressed, so their checksums differ from the ones TFDS registers); TFDS'
-own FashionMNIST builder writes the data set, its download manager replaced by
-one that hands it these local files.
+(recompressed, so their checksums differ from the ones TFDS registers, and
+TFDS' download would refuse them). They are read here, and written as TFDS'
+`fashion_mnist` (its registered name, version and features; the examples
+keyed as TFDS' builder keys them, so in the same order) with TFDS' public
+`AdhocBuilder`.
 
 Digits (`sklearn_digits`): the images of `sklearn.datasets.load_digits`, a
 copy of the UCI optical-recognition test set, as one split 'train' of 1,797
@@ -38,14 +40,16 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import tensorflow_datasets as tfds
+
+from big_distill import errors
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
@@ -68,44 +72,33 @@ def command(name: str, data_dir: str | None = None) -> str:
   return f"{_MODULE} folder --path=YOUR_IMAGE_DIR --name={name}{dd}"
 
 
-class _LocalFiles:
-  """Stands in for tfds' DownloadManager when the files are already on disk.
-
-  Builders call `download_and_extract({key: url})`; this returns, for each URL,
-  the file of the same name in `src_dir`, gunzipped into `work_dir` as tfds'
-  own extraction would.
-  """
-
-  downloaded_size = 0
-
-  def __init__(self, src_dir: str | None, work_dir: str):
-    self.src_dir, self.work_dir = src_dir, work_dir
-
-  def download_and_extract(self, urls: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for key, url in urls.items():
-      name = os.path.basename(url)
-      src = os.path.join(self.src_dir, name)
-      dst = os.path.join(self.work_dir, name.removesuffix(".gz"))
-      with (gzip.open(src) if name.endswith(".gz") else open(src, "rb")) as f, \
-           open(dst, "wb") as g:
-        shutil.copyfileobj(f, g)
-      out[key] = dst
-    return out
-
-
-def _build_offline(builder: tfds.core.DatasetBuilder, src_dir: str | None = None):
-  """Runs `builder.download_and_prepare` with the files of `src_dir`, offline.
-
-  tfds' own download manager is bypassed: it would check the registered
-  checksums (which recompressed local copies do not match) and, in tfds 4.9.10,
-  needs the undeclared package importlib_resources to find them.
-  """
-  with tempfile.TemporaryDirectory() as work_dir:
-    builder._make_download_manager = lambda **_: _LocalFiles(src_dir, work_dir)  # pylint: disable=protected-access
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+def _build(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """Writes `builder`'s data set from the examples it holds: nothing to download."""
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
+
+
+def _read_idx(path: str, header_ints: int, shape: tuple[int, ...]) -> "np.ndarray":
+  """The uint8 array of a gzipped IDX file (MNIST's format: big-endian int32 header)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with gzip.open(path) as f:
+    header = np.frombuffer(f.read(4 * header_ints), ">i4")
+    data = np.frombuffer(f.read(), np.uint8)
+  n = int(header[1])
+  if data.size != n * math.prod(shape):
+    raise ValueError(f"{path}: {data.size} bytes of data, expected {n} x {shape}.")
+  return data.reshape(n, *shape)
+
+
+def _fashion_mnist_split(src_dir: str, prefix: str) -> list[tuple[int, dict]]:
+  """The examples of one split, keyed by their index in the files, as TFDS keys them."""
+  images = _read_idx(os.path.join(src_dir, f"{prefix}-images-idx3-ubyte.gz"), 4, (28, 28, 1))
+  labels = _read_idx(os.path.join(src_dir, f"{prefix}-labels-idx1-ubyte.gz"), 2, ())
+  if len(images) != len(labels):
+    raise ValueError(f"{src_dir}: {len(images)} {prefix} images but {len(labels)} labels.")
+  return [(i, {"image": image, "label": int(label)})
+          for i, (image, label) in enumerate(zip(images, labels))]
 
 
 def _ensure_fashion_mnist_files(src_dir: str) -> None:
@@ -129,13 +122,26 @@ def _ensure_fashion_mnist_files(src_dir: str) -> None:
 
 def prepare_fashion_mnist(data_dir: str | None = None, *,
                           src_dir: str = FASHION_MNIST_DIR) -> tfds.core.DatasetBuilder:
-  """Writes TFDS' fashion_mnist to `data_dir` from the Debian package's files."""
-  builder = tfds.builder("fashion_mnist", data_dir=data_dir)
-  if builder.is_prepared():
-    print(f"fashion_mnist is already prepared in {builder.data_dir}.")
-    return builder
+  """Writes TFDS' fashion_mnist to `data_dir` from the Debian package's files.
+
+  The data set is TFDS' own: its name, version and features (read from TFDS'
+  registered builder), its splits, and its examples keyed by their index in
+  the files, so that TFDS orders them as its own download would. It is read
+  back with `tfds.builder("fashion_mnist", data_dir=...)`.
+  """
+  registered = tfds.builder("fashion_mnist", data_dir=data_dir)
+  if registered.is_prepared():
+    print(f"fashion_mnist is already prepared in {registered.data_dir}.")
+    return registered
   _ensure_fashion_mnist_files(src_dir)
-  return _build_offline(builder, src_dir)
+  info = registered.info
+  _build(tfds.dataset_builders.AdhocBuilder(
+      name=registered.name, version=str(info.version), data_dir=data_dir,
+      features=info.features,
+      split_datasets={"train": _fashion_mnist_split(src_dir, "train"),
+                      "test": _fashion_mnist_split(src_dir, "t10k")},
+      description=info.description, homepage=info.homepage, citation=info.citation))
+  return tfds.builder("fashion_mnist", data_dir=data_dir)
 
 
 def digits_arrays() -> tuple["np.ndarray", "np.ndarray"]:
@@ -171,31 +177,81 @@ def prepare_digits(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   if builder.is_prepared():
     print(f"{DIGITS_NAME} is already prepared in {builder.data_dir}.")
     return builder
-  return _build_offline(builder)
+  return _build(builder)
+
+
+def _decodes(file: str) -> bool:
+  """Whether the image file decodes (TFDS would fail on it while writing, naming no file)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+    return False
+  return True
 
 
 def _folder_examples(path: str) -> tuple[list[str], dict[str, list]]:
-  """Reads DIR/<split>/<class>/<image>: the class names and each split's examples."""
+  """Reads DIR/<split>/<class>/<image>: the class names and each split's examples.
+
+  Bad folders are a DataError before anything is written: a split without
+  class subfolders, a class that some split lacks, a single class, and an
+  image that does not decode (named).
+  """
+  layout = ("Expected DIR/<split>/<class>/<image>, e.g. DIR/train/roses/1.jpg and "
+            "DIR/test/tulips/7.jpg.")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"--path {path!r} is not a folder.")
+  no_images = FileNotFoundError(
+      f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}/<split>/<class>/. {layout}")
+
+  def images_in(folder):
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+
+  if images_in(path):
+    raise errors.DataError(f"{path} holds images (e.g. {images_in(path)[0]}) directly, without "
+                           f"split and class subfolders. {layout}")
   splits = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-  classes = sorted({c for s in splits for c in os.listdir(os.path.join(path, s))
-                    if os.path.isdir(os.path.join(path, s, c))})
+  by_split = {s: sorted(c for c in os.listdir(os.path.join(path, s))
+                        if os.path.isdir(os.path.join(path, s, c))) for s in splits}
+  for split, names in list(by_split.items()):
+    if not names and images_in(os.path.join(path, split)):
+      raise errors.DataError(
+          f"{os.path.join(path, split)} has no class subfolders (it holds images, e.g. "
+          f"{images_in(os.path.join(path, split))[0]}, directly): put each class's images "
+          f"in a folder named after the class. {layout}")
+    if not names:
+      del by_split[split]  # An empty folder: not a split.
+  splits = sorted(by_split)
+  classes = sorted({c for names in by_split.values() for c in names})
+  for split, names in by_split.items():
+    lacking = [c for c in classes if c not in names]
+    if lacking:
+      having = [s for s in splits if lacking[0] in by_split[s]]
+      raise errors.DataError(
+          f"Split {split!r} of {path} lacks the class folder(s) {lacking}, which split(s) "
+          f"{having} have: every split needs the same classes (add {split}/{lacking[0]}/ "
+          "with its images, or remove the class from the other splits).")
+  if len(classes) == 1:
+    raise errors.DataError(f"{path} has one class ({classes[0]!r}): a classifier needs at "
+                           f"least two class folders. {layout}")
+  if not classes:
+    raise no_images
   examples = {}
   for split in splits:
     examples[split] = []
     for c in classes:
       cdir = os.path.join(path, split, c)
-      for f in sorted(os.listdir(cdir)) if os.path.isdir(cdir) else []:
+      for f in sorted(os.listdir(cdir)):
         if f.lower().endswith(IMAGE_EXTENSIONS):
+          file = os.path.join(cdir, f)
+          if not _decodes(file):
+            raise errors.DataError(f"{file} does not decode as an image: replace or delete "
+                                   "it, then prepare again.")
           rel = f"{c}/{f}"
-          examples[split].append((rel, {"image": os.path.join(cdir, f), "label": c,
-                                        "file_name": rel}))
+          examples[split].append((rel, {"image": file, "label": c, "file_name": rel}))
   examples = {s: ex for s, ex in examples.items() if ex}
   if not examples:
-    raise FileNotFoundError(
-        f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}/<split>/<class>/. "
-        "Expected e.g. DIR/train/roses/1.jpg, DIR/test/tulips/7.jpg.")
+    raise no_images
   return classes, examples
 
 
@@ -226,7 +282,7 @@ def prepare_folder(path: str, name: str, data_dir: str | None = None, *,
     raise FileExistsError(
         f"{name} {version} is already prepared in {builder.data_dir}. Delete that "
         "folder to rebuild it, or give a new --version.")
-  _build_offline(builder)
+  _build(builder)
   print(f"Wrote {name}: {len(classes)} classes, "
         + ", ".join(f"{s}={len(e)}" for s, e in examples.items())
         + f", in {builder.data_dir}.")
@@ -269,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
       builder = prepare_folder(args.path, args.name, args.data_dir, version=args.version)
     else:
       builder = prepare_tfds(args.dataset, args.data_dir, args.manual_dir)
-  except (FileNotFoundError, FileExistsError, ValueError, ModuleNotFoundError) as e:
+  except (errors.UserError, FileNotFoundError, FileExistsError, ValueError,
+          ModuleNotFoundError) as e:
     sys.exit(f"error: {e}")
   dd = f'"{args.data_dir}"' if args.data_dir else "None  # TFDS default"
   print(f"Ready: config.input.data.name = {builder.name!r}; "

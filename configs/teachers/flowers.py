@@ -29,7 +29,7 @@ WORKDIR/metrics.jsonl.
 
 from big_distill import config_lib
 from big_distill import errors
-from configs import common
+from big_distill.configs import common
 
 
 def get_config(arg=None):

@@ -2,9 +2,8 @@
 
 Everything else (preprocessing, models, distillation, optimizer, schedule,
 evaluators) is written out in each config file, which is the record of its
-experiment. Run the configs from the repository root (`python -m
-big_distill.train` puts the current folder on the path, so `configs.common`
-imports).
+experiment. It lives in the installed package, so that the config files,
+loaded by path, import it from any working directory.
 
 The pipeline, per data set NAME: configs/NAME_r50.py distills a BiT-M
 R152x2 teacher fine-tuned on NAME into a BiT R50x1 trained from scratch. The
