@@ -128,6 +128,16 @@ def unused_teacher_fields(old: dict, new: dict) -> tuple[str, ...]:
   return tuple(f"{t}{s}" for t in sorted(names - listed) for s in ("", "_name", "_res", "_init"))
 
 
+def load_config_module(path: str):
+  """The config file at `path` as a module, loaded by its path (not by `sys.path`)."""
+  spec = importlib.util.spec_from_file_location(
+      "big_distill_config_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0]),
+      path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def load_config(config_arg: str, lock: bool = True) -> Any:
   """The config of `PATH[:ARG]`: the file's `get_config(ARG)`, as `--config=` gives it.
 
@@ -139,11 +149,7 @@ def load_config(config_arg: str, lock: bool = True) -> Any:
   if not os.path.isfile(path):
     raise errors.ConfigError(f"--config={config_arg}: no such file {path!r} (relative paths "
                              f"are from {os.getcwd()}).")
-  spec = importlib.util.spec_from_file_location(
-      "big_distill_config_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0]),
-      path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_config_module(path)
   config = module.get_config(arg) if colon else module.get_config()
   if lock and isinstance(config, mlc.ConfigDict):
     config.lock()

@@ -103,13 +103,11 @@ def demo(root: Path, scale: float = 1.0, data_dir: str = "", runlocal: bool = Fa
   from big_distill import metrics  # pylint: disable=g-import-not-at-top
   from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
   from big_distill.data import prepare  # pylint: disable=g-import-not-at-top
-  from big_distill import sweep  # pylint: disable=g-import-not-at-top
-  # The teacher's config file, loaded by its path (as the trainer loads it).
-  fmnist_teacher = sweep.load_config_file(str(REPO / "configs" / "fmnist_teacher.py"))
+  from big_distill.configs import fmnist  # pylint: disable=g-import-not-at-top
 
   start = time.time()
   try:
-    input_lib.check_prepared(fmnist_teacher.data("train", data_dir or None))
+    input_lib.check_prepared(fmnist.data("train", data_dir or None))
   except input_lib.DataNotPreparedError:
     print("Preparing Fashion-MNIST ...", flush=True)
     prepare.prepare_fashion_mnist(data_dir or None)

@@ -40,7 +40,6 @@ argument or field is one error line naming the cell.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import os
 import re
@@ -48,6 +47,7 @@ import shlex
 import sys
 from typing import Any, Sequence
 
+from big_distill import config_lib
 from big_distill.errors import ConfigError, UserError
 # The launcher, the SLURM writer and the collector live in their own modules;
 # their public names are importable from here too (scripts and tests use them).
@@ -158,23 +158,6 @@ def expand(config_spec: str, grids: Sequence[str]) -> list[Cell]:
 
 # ---- Checking every cell's config up front ---------------------------------
 
-def load_config_file(path: str):
-  """The module of the config file at `path`, loaded by its path (as the trainer's
-  --config flag loads it), without touching `sys.path`.
-
-  A config file imports what it shares from installed packages
-  (`big_distill.config_lib`, ...). Relative paths are from the working
-  directory, as on the trainer's command line.
-  """
-  if not os.path.exists(path):
-    raise ConfigError(f"--config={path}: no such file (relative paths are from "
-                      f"{os.getcwd()}).")
-  spec = importlib.util.spec_from_file_location("_big_distill_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _convert(value: str, old: Any, where: str):
   if isinstance(old, bool):
     if value.lower() not in ("true", "false", "1", "0"):
@@ -200,7 +183,10 @@ def check_cells(cells: Sequence[Cell], passthrough: Sequence[str]) -> None:
     fixed[name] = value
   for cell in cells:
     if cell.config_path not in modules:
-      modules[cell.config_path] = load_config_file(cell.config_path)
+      if not os.path.exists(cell.config_path):
+        raise ConfigError(f"--config={cell.config_path}: no such file (relative paths are from "
+                          f"{os.getcwd()}).")
+      modules[cell.config_path] = config_lib.load_config_module(cell.config_path)
     arg = ",".join(f"{k}={v}" for k, v in cell.args.items())
     try:
       config = modules[cell.config_path].get_config(arg or None)
