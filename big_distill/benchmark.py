@@ -6,7 +6,10 @@ r"""Step time, FLOPs and MFU of a config's train step, on synthetic data.
 Prints one JSON line. The step is the one `train.py` runs, built by the same
 `big_distill.setup` functions (update function, shardings, donation);
 teachers are random (with a random, nonzero head), so no checkpoint and no
-data set is needed. Other modes:
+data set is needed. A fixed-teacher config (`config.distill.fixed`) is timed
+on its own step: the batch carries random precomputed teacher outputs, the
+step has no teacher forward (`"teacher_outputs": "precomputed"`, teacher FLOPs
+0), so its figures read beside function matching's (`"forward"`). Other modes:
 
     --eval        the evaluation forward (student and teachers) on an eval batch;
     --input       the input pipeline alone, on the config's real data
@@ -190,12 +193,22 @@ def device_peak(dtype: str) -> tuple[float | None, str]:
 
 def synthetic_batch(config: mlc.ConfigDict, res: dict[str, int], batch_size: int,
                     seed: int = 0) -> dict[str, Any]:
-  """A batch of docs/DESIGN.md's shape: images in [-1, 1] and labels."""
+  """A batch of docs/DESIGN.md's shape: images in [-1, 1] and labels.
+
+  With fixed teachers (`config.distill.fixed`) the batch also carries their
+  precomputed outputs, `"teacher_logits"` {teacher: f32[b, K]}, as the
+  training stream does (`precompute.with_targets`).
+  """
   rng = np.random.default_rng(seed)
   images = {name: rng.uniform(-1, 1, (batch_size, r, r, 3)).astype(np.float32)
             for name, r in res.items()}
-  return {"image": images,
-          "label": rng.integers(0, config.num_classes, batch_size).astype(np.int32)}
+  batch = {"image": images,
+           "label": rng.integers(0, config.num_classes, batch_size).astype(np.int32)}
+  if config.distill.fixed:
+    batch["teacher_logits"] = {
+        t: rng.normal(0, 1, (batch_size, config.num_classes)).astype(np.float32)
+        for t in config.teachers}
+  return batch
 
 
 def init_key(seed: int) -> jax.Array:
@@ -219,6 +232,17 @@ class Setup:
   @property
   def models(self) -> setup.Models:
     return self.train.models
+
+  @property
+  def fixed(self) -> bool:
+    """Whether the step reads precomputed teacher outputs (no teacher forward)."""
+    return bool(self.config.distill.fixed)
+
+  @property
+  def step_teacher_shape(self) -> Any:
+    """The train step's teachers: none with fixed teachers (it reads their
+    precomputed outputs from the batch, and never their weights)."""
+    return {} if self.fixed else self.teacher_shape
 
   def init_teachers(self) -> Any:
     return setup.random_teachers(self.config, self.models, self.train.mesh,
@@ -307,8 +331,8 @@ def _compile(jitted, *args, lowered_only: bool = False) -> dict[str, Any]:
 
 def flop_split(s: Setup, lowered_only: bool = False) -> dict[str, float]:
   """FLOPs of the teachers' forward and the student's forward+backward alone."""
-  out = {"teacher_forward": 0.0}
-  if s.models.teachers:
+  out = {"teacher_forward": 0.0}  # Fixed teachers: computed once, not in the step.
+  if s.models.teachers and not s.fixed:
     out["teacher_forward"] = flops(teacher_forward(s), s.teacher_shape, s.batch_shape["image"],
                                    lowered_only=lowered_only)
   logits = {t: jax.ShapeDtypeStruct((s.batch_size, s.config.num_classes), jnp.float32)
@@ -413,7 +437,8 @@ def run_train(config: mlc.ConfigDict, *, steps: int, warmup: int, flops_only: bo
   """The train step's figures (see the module docstring)."""
   s = build(config)
   out = _header(config, "flops_only" if flops_only else "train", s.batch_size)
-  out.update(_compile(s.train.train_step, s.train.state, s.teacher_shape, s.batch_shape,
+  out["teacher_outputs"] = "precomputed" if s.fixed else "forward"
+  out.update(_compile(s.train.train_step, s.train.state, s.step_teacher_shape, s.batch_shape,
                       lowered_only=lowered_only))
   split = flop_split(s, lowered_only)
   out["flops"] = {**split, "other": out["flops_per_step"] - sum(split.values())}
@@ -424,7 +449,8 @@ def run_train(config: mlc.ConfigDict, *, steps: int, warmup: int, flops_only: bo
     return out
 
   batch = jax.device_put(synthetic_batch(config, s.models.res, s.batch_size), s.batch_sharding)
-  args = (s.train.init_state(init_key(config.seed)), s.init_teachers(), batch)
+  teachers = {} if s.fixed else s.init_teachers()
+  args = (s.train.init_state(init_key(config.seed)), teachers, batch)
   out.update(time_steps(s.train.train_step, lambda a, o: (o[0], a[1], a[2]), args,
                         steps=steps, warmup=warmup))
   _rates(out, config.compute_dtype)

@@ -86,6 +86,33 @@ def test_flops_only_lowered_with_projection(run_cli, config_file):
   assert p["step_time_s"] == pytest.approx(out["flops_per_step"] / (0.45 * 989.4e12))
 
 
+FIXED = ("--config.distill.fixed=cc", "--config.distill.views=fixed", "--config.mixup.p=0",
+         "--config.input.cache=encoded")
+
+
+def test_fixed_teacher_step_beside_function_matching(run_cli, config_file):
+  """The fixed-teacher step (precomputed outputs in the batch, no teacher
+  forward) is benchmarked like function matching's: same keys, its FLOPs the
+  student's share alone."""
+  funmatch = json.loads(run_cli(f"--config={config_file}", "--flops_only",
+                                "--lowered_only")[0])
+  fixed = json.loads(run_cli(f"--config={config_file}", "--flops_only", "--lowered_only",
+                             *FIXED)[0])
+  assert set(funmatch) == set(fixed)
+  assert funmatch["teacher_outputs"] == "forward"
+  assert fixed["teacher_outputs"] == "precomputed"
+  assert fixed["flops"]["teacher_forward"] == 0.0 < funmatch["flops"]["teacher_forward"]
+  assert fixed["flops"]["student_forward_backward"] > 0
+  assert 0 < fixed["flops_per_step"] < funmatch["flops_per_step"]
+
+
+def test_fixed_teacher_step_runs(run_cli, config_file):
+  out = json.loads(run_cli(f"--config={config_file}", "--steps=2", "--warmup=1", *FIXED)[0])
+  assert TRAIN_KEYS <= set(out)
+  assert out["teacher_outputs"] == "precomputed" and out["images_per_s"] > 0
+  assert out["recompiles_after_first_call"] == 0
+
+
 def _load_config(path):
   spec = importlib.util.spec_from_file_location("tiny_cnn_config", path)
   module = importlib.util.module_from_spec(spec)
