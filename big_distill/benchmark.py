@@ -57,10 +57,15 @@ import ml_collections as mlc
 from ml_collections import config_flags
 import numpy as np
 
+from big_distill import checks
 from big_distill import config_lib
 from big_distill import errors
+from big_distill import feeding
+from big_distill import model_set
 from big_distill import parallel
+from big_distill import plan
 from big_distill import setup
+from big_distill import weights
 from big_distill.data import input as input_lib
 from big_distill.data import throughput
 
@@ -218,6 +223,25 @@ def init_key(seed: int) -> jax.Array:
   return jax.random.key(seed, impl="unsafe_rbg")
 
 
+def abstract_teachers(config: mlc.ConfigDict, models: model_set.Models, mesh) -> dict[str, Any]:
+  """The teachers' parameters as `load_teachers` places them, as ShapeDtypeStructs."""
+  shapes = {t: model_set.weight_shapes(models, t) for t in models.teachers}
+  sharding = parallel.param_shardings(mesh, shapes, config.fsdp_min_size)
+  dtype = jnp.dtype(config.compute_dtype)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh),
+                      shapes, sharding)
+
+
+def random_teachers(config: mlc.ConfigDict, models: model_set.Models, mesh, key) -> dict[str, Any]:
+  """Random teachers, sharded and cast as `load_teachers` puts real ones."""
+  def init():
+    return {t: weights.random_params(m, models.res[t], jax.random.fold_in(key, i + 1),
+                             jnp.dtype(config.compute_dtype))
+            for i, (t, m) in enumerate(models.teachers.items())}
+  sharding = jax.tree.map(lambda s: s.sharding, abstract_teachers(config, models, mesh))
+  return jax.jit(init, out_shardings=sharding)()
+
+
 @dataclasses.dataclass
 class Setup:
   """The trainer's set-up, with the abstract (shape, dtype, sharding) arguments
@@ -230,7 +254,7 @@ class Setup:
   batch_shape: Any          # abstract, with shardings
 
   @property
-  def models(self) -> setup.Models:
+  def models(self) -> model_set.Models:
     return self.train.models
 
   @property
@@ -245,7 +269,7 @@ class Setup:
     return {} if self.fixed else self.teacher_shape
 
   def init_teachers(self) -> Any:
-    return setup.random_teachers(self.config, self.models, self.train.mesh,
+    return random_teachers(self.config, self.models, self.train.mesh,
                                  init_key(self.config.seed))
 
 
@@ -257,17 +281,17 @@ def build(config: mlc.ConfigDict, batch_size: int | None = None) -> Setup:
   """
   if config.input.cache == "device":
     config = _with(config, **{"input.cache": "none"})
-  setup.check_config(config)
-  models = setup.build_models(config)
+  checks.check_config(config)
+  models = model_set.build_models(config)
   batch_size = batch_size or config.input.batch_size
-  mesh = setup.make_mesh(config, batch_size)
+  mesh = plan.make_mesh(config, batch_size)
   s = setup.build(config, models, mesh, total_steps=_SCHEDULE_STEPS, warmup_steps=0)
   batch_sharding = parallel.batch_sharding(mesh)
   batch_shape = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
       synthetic_batch(config, models.res, batch_size))
   return Setup(config=config, train=s, batch_size=batch_size, batch_sharding=batch_sharding,
-               teacher_shape=setup.abstract_teachers(config, models, mesh),
+               teacher_shape=abstract_teachers(config, models, mesh),
                batch_shape=batch_shape)
 
 
@@ -496,9 +520,9 @@ def _with(config: mlc.ConfigDict, **fields) -> mlc.ConfigDict:
 def device_batch_time(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, Any]:
   """The device cache's batch making alone, timed on the devices (no host work)."""
   from big_distill.data import device as device_data  # pylint: disable=g-import-not-at-top
-  mesh = setup.make_mesh(config)
+  mesh = plan.make_mesh(config)
   start = time.perf_counter()
-  data = setup.prepare_train_data(config, mesh)
+  data = feeding.prepare_train_data(config, mesh)
   prepare_s = time.perf_counter() - start
   make = jax.jit(device_data.batch_fn(config), out_shardings=parallel.batch_sharding(mesh))
   # The same step each call: the work does not depend on which step it is.

@@ -35,20 +35,19 @@ from big_distill import errors
 from big_distill import fileio
 from big_distill import metrics as metrics_lib
 from big_distill import parallel
+from big_distill import checks
+from big_distill import feeding
+from big_distill import model_set
+from big_distill import plan
 from big_distill import precompute
 from big_distill import setup
+from big_distill import weights
 from big_distill import workdir as workdir_lib
 
 gfile = tf.io.gfile
 
-# Older callers import these from here; they live in errors.py and setup.py.
+# Older callers import it from here; it lives in errors.py.
 ConfigError = errors.ConfigError
-Models = setup.Models
-build_models = setup.build_models
-check_config = setup.check_config
-make_predict = setup.make_predict
-model_module = setup.model_module
-resolve_init = setup.resolve_init
 
 
 # ---- Checks of the workdir ---------------------------------------------------
@@ -122,7 +121,7 @@ def export_student(workdir: str, config: mlc.ConfigDict, state, mesh) -> None:
   params = parallel.to_host(setup.student_weights(state), mesh)  # Collective: every process.
   if jax.process_index() == 0:
     path = os.path.join(workdir, "student.npz")
-    setup.model_module(config.student_name).save(params, path)
+    model_set.model_module(config.student_name).save(params, path)
     logging.info("Wrote %s.", path)
 
 
@@ -168,7 +167,7 @@ class _TrainLog:
   for this one's loss does not leave the accelerator idle.
   """
 
-  def __init__(self, writer, progress, d: setup.Durations):
+  def __init__(self, writer, progress, d: plan.Durations):
     self.writer, self.progress, self.d = writer, progress, d
     self.last: dict[str, float] = writer.logged()  # For the NaN message, also after a resume.
     self.pending = None  # (step, metrics on device).
@@ -205,26 +204,26 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   # ---- Checks that cost nothing: config, data, files, workdir -----------
   if "://" not in workdir:
     workdir = os.path.abspath(workdir)  # orbax wants absolute paths.
-  setup.check_config(config)
-  models = setup.build_models(config)
-  setup.check_data(config)
-  setup.check_inits(config)
+  checks.check_config(config)
+  models = model_set.build_models(config)
+  checks.check_data(config)
+  checks.check_inits(config)
   check_workdir(workdir, config)
 
   # ---- Mesh, durations and the update step (abstract: nothing allocated) -
-  mesh = setup.make_mesh(config)
+  mesh = plan.make_mesh(config)
   logging.info("mesh %s over %d devices (%d processes).", dict(mesh.shape),
                jax.device_count(), jax.process_count())
-  d = setup.durations(config)
+  d = plan.durations(config)
   s = setup.build(config, models, mesh, total_steps=d.total, warmup_steps=d.warmup)
   shardings = jax.tree.leaves(s.state_sharding["params"])
   logging.info("Student: %d of %d parameter arrays sharded over fsdp.",
                sum(sh.spec != jax.sharding.PartitionSpec() for sh in shardings), len(shardings))
 
   # ---- Teachers and the student's start, checked before any compile -----
-  teacher_params = setup.load_teachers(config, models, mesh)
-  student_init = setup.load_student_init(config, models)
-  train_data = setup.prepare_train_data(config, mesh)  # Decoded / device caches.
+  teacher_params = weights.load_teachers(config, models, mesh)
+  student_init = weights.load_student_init(config, models)
+  train_data = feeding.prepare_train_data(config, mesh)  # Decoded / device caches.
   lock = workdir_lib.acquire(workdir)  # A second launch on this workdir stops here.
   record_config(workdir, config)  # Every check passed: the workdir is this config's.
 
@@ -236,14 +235,14 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   # ---- Initial state, or the checkpoint; evaluators ---------------------
   ckpt = open_checkpointer(workdir, config)
   first_step, state = restore_or_init(ckpt, s, student_init)
-  evaluators = setup.make_evaluators(config, models, mesh)
+  evaluators = feeding.make_evaluators(config, models, mesh)
 
   # ---- Train loop -------------------------------------------------------
   writer = metrics_lib.Writer(workdir, resume_step=first_step)
   log = _TrainLog(writer, metrics_lib.Progress(d.total, config.input.batch_size,
                                                d.steps_per_epoch, first_step), d)
   preemption = _Preemption()
-  batches = setup.train_batches(config, mesh, first_step, train_data, tables)
+  batches = feeding.train_batches(config, mesh, first_step, train_data, tables)
   profiling = False
   step = first_step
   try:

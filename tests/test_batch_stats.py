@@ -24,7 +24,12 @@ import numpy as np
 import pytest
 
 from big_distill import errors
+from big_distill import benchmark
+from big_distill import checks
+from big_distill import model_set
+from big_distill import plan
 from big_distill import setup
+from big_distill import weights
 from big_distill.data import input as input_lib
 from tests import helpers
 from tests import tiny_config
@@ -46,12 +51,12 @@ def _config(module, arg):
 class Built:
   def __init__(self, config):
     self.config = config
-    self.models = setup.build_models(config)
-    self.mesh = setup.make_mesh(config)
-    d = setup.durations(config)
+    self.models = model_set.build_models(config)
+    self.mesh = plan.make_mesh(config)
+    d = plan.durations(config)
     self.s = setup.build(config, self.models, self.mesh, total_steps=d.total,
                          warmup_steps=d.warmup)
-    self.teachers = setup.load_teachers(config, self.models, self.mesh)
+    self.teachers = weights.load_teachers(config, self.models, self.mesh)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +77,7 @@ def bn(tmp_path_factory, fashion_data_dir):
 def test_bn_student_state_carries_batch_stats_outside_the_optimizer(bn):
   assert bn.models.with_stats == {"student"}
   assert set(bn.s.state) == {"params", "opt", "step", "batch_stats"}
-  shapes = setup.variable_shapes(bn.models.student, bn.models.res["student"])
+  shapes = model_set.variable_shapes(bn.models.student, bn.models.res["student"])
   assert (jax.tree.structure(bn.s.state["batch_stats"])
           == jax.tree.structure(shapes["batch_stats"]))
   # The optimizer sees the params only: its state is tx.init(params)'s.
@@ -128,7 +133,7 @@ def test_student_init_keeps_batch_stats(bn, tmp_path):
   host = jax.device_get(setup.student_weights(bn.state1))
   path = str(tmp_path / "student.npz")
   mobilenet_v3.save(host, path)
-  loaded = setup.load_weights(bn.config, "student", bn.models.student, path)
+  loaded = weights.load_weights(bn.config, "student", bn.models.student, path)
   state = setup.with_params(bn.s, jax.tree.map(jnp.copy, bn.state0), loaded)
   for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(setup.student_weights(state))):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
@@ -137,7 +142,7 @@ def test_student_init_keeps_batch_stats(bn, tmp_path):
 
 def test_a_teacher_with_batch_stats_runs_in_inference_mode(bn):
   student = bn.models.student
-  models = setup.Models(student=student, teachers={"t1": student},
+  models = model_set.Models(student=student, teachers={"t1": student},
                         res={"student": 16, "t1": 16}, with_stats=frozenset({"student", "t1"}))
   weights = setup.student_weights(bn.state1)
   images = {"t1": bn.batch["image"]["student"]}
@@ -149,9 +154,9 @@ def test_a_teacher_with_batch_stats_runs_in_inference_mode(bn):
 def test_bit_student_state_is_unchanged(fashion_data_dir, tmp_path):
   teacher = tiny_config.write_teacher(tmp_path / "teacher.npz")
   config = _config(tiny_config, f"data_dir={fashion_data_dir},teacher={teacher},evals=false")
-  models = setup.build_models(config)
+  models = model_set.build_models(config)
   assert models.with_stats == frozenset()
-  s = setup.build(config, models, setup.make_mesh(config), total_steps=4, warmup_steps=1)
+  s = setup.build(config, models, plan.make_mesh(config), total_steps=4, warmup_steps=1)
   assert set(s.state) == {"params", "opt", "step"}
 
 
@@ -225,9 +230,9 @@ def test_check_num_classes_accepts_another_data_sets_images(fashion_data_dir, fo
                                                             caplog):
   c = _foreign_config(fashion_data_dir, folder_data_dir)
   assert input_lib.num_classes(c.input.data) == 3 != c.num_classes
-  assert not setup.training_labels_are_the_tasks(c)
+  assert not checks.training_labels_are_the_tasks(c)
   with caplog.at_level(logging.INFO):
-    setup.check_num_classes(c)
+    checks.check_num_classes(c)
   lines = [r.getMessage() for r in caplog.records if "labels of the training data" in
            r.getMessage()]
   assert len(lines) == 1 and "bd_test_images" in lines[0] and "fashion_mnist" in lines[0]
@@ -236,28 +241,28 @@ def test_check_num_classes_accepts_another_data_sets_images(fashion_data_dir, fo
 def test_check_num_classes_refuses_a_wrong_count_on_the_tasks_own_data(fashion_data_dir):
   c = tiny_config.get_config(f"data_dir={fashion_data_dir},teacher=t.npz")
   c.num_classes = 7
-  assert setup.training_labels_are_the_tasks(c)
+  assert checks.training_labels_are_the_tasks(c)
   with pytest.raises(errors.ConfigError, match=r"num_classes=7.*config.input.data .*10 classes"):
-    setup.check_num_classes(c)
+    checks.check_num_classes(c)
 
 
 def test_supervised_run_on_another_data_sets_images_is_refused(fashion_data_dir,
                                                                folder_data_dir):
   c = _foreign_config(fashion_data_dir, folder_data_dir, teachers=())
   with pytest.raises(errors.ConfigError, match="without teachers"):
-    setup.check_num_classes(c)
+    checks.check_num_classes(c)
 
 
 def test_the_step_ignores_another_data_sets_labels(fashion_data_dir, folder_data_dir):
   c = _foreign_config(fashion_data_dir, folder_data_dir)
   c.distill.label_weight = 1.0  # Even when asked for: these labels are not the task's.
-  models = setup.build_models(c)
-  mesh = setup.make_mesh(c)
+  models = model_set.build_models(c)
+  mesh = plan.make_mesh(c)
   s = setup.build(c, models, mesh, total_steps=2, warmup_steps=1)
   batch = {"image": {k: jax.ShapeDtypeStruct((16, r, r, 3), jnp.float32)
                      for k, r in models.res.items()},
            "label": jax.ShapeDtypeStruct((16,), jnp.int32)}
-  teachers = setup.abstract_teachers(c, models, mesh)
+  teachers = benchmark.abstract_teachers(c, models, mesh)
   _, metrics = jax.eval_shape(s.train_step, s.state, teachers, batch)
   assert "train/t1_loss" in metrics and "train/label_loss" not in metrics
   c.input.data.name = "fashion_mnist"  # The task's own images: their labels count.

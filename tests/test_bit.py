@@ -420,14 +420,14 @@ def _get(tree, path):
 def test_the_trainer_runs_teachers_frozen_and_students_not(tmp_path):
   """setup builds BiT teachers with kernels standardized once at load (the
   step has no per-step standardization of teacher kernels), students as usual."""
-  from big_distill import setup  # pylint: disable=g-import-not-at-top
+  from big_distill import model_set, plan, weights  # pylint: disable=g-import-not-at-top
   from tests import tiny_config  # pylint: disable=g-import-not-at-top
   teacher = tiny_config.write_teacher(tmp_path / "t.npz")
   config = tiny_config.get_config(f"teacher={teacher}")
-  models = setup.build_models(config)
+  models = model_set.build_models(config)
   assert models.teachers["t1"].kernels_standardized
   assert not models.student.kernels_standardized
-  params = setup.load_teachers(config, models, setup.make_mesh(config))["t1"]
+  params = weights.load_teachers(config, models, plan.make_mesh(config))["t1"]
   kernel = np.asarray(params["block1_unit01"]["conv_a"]["kernel"], np.float64)
   axes = tuple(range(kernel.ndim - 1))  # Standardized once: mean 0, variance 1.
   np.testing.assert_allclose(kernel.mean(axes), 0, atol=1e-5)
