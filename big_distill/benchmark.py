@@ -60,14 +60,16 @@ import numpy as np
 from big_distill import checks
 from big_distill import config_lib
 from big_distill import errors
-from big_distill import feeding
+from big_distill import input_modes
 from big_distill import model_set
 from big_distill import parallel
 from big_distill import plan
 from big_distill import setup
 from big_distill import weights
-from big_distill.data import input as input_lib
-from big_distill.data import throughput
+
+# The input pipeline (TensorFlow) is imported by `--input` alone: the step on
+# synthetic batches runs where TensorFlow is not installed (an accelerator
+# image), and `--input` there says it was skipped.
 
 
 def define_flags(values: flags.FlagValues | None = None) -> None:
@@ -95,7 +97,7 @@ def define_flags(values: flags.FlagValues | None = None) -> None:
   flags.DEFINE_float("demand", None, "With --input: the images/s the train step consumes "
                      "(e.g. measured on the accelerator); default: time the config's step "
                      "here for a few steps.", flag_values=values)
-  flags.DEFINE_list("cache_modes", list(input_lib.CACHE_MODES), "With --input: the "
+  flags.DEFINE_list("cache_modes", list(input_modes.CACHE_MODES), "With --input: the "
                     "config.input.cache modes to measure.", flag_values=values)
 
 # Dense (no sparsity) peak FLOP/s per JAX device, by device kind (the first
@@ -281,7 +283,7 @@ def build(config: mlc.ConfigDict, batch_size: int | None = None) -> Setup:
   """
   if config.input.cache == "device":
     config = _with(config, **{"input.cache": "none"})
-  checks.check_config(config)
+  checks.check_step_config(config)  # The step's: no data is read (nor pp strings).
   models = model_set.build_models(config)
   batch_size = batch_size or config.input.batch_size
   mesh = plan.make_mesh(config, batch_size)
@@ -301,7 +303,7 @@ def teacher_forward(s: Setup) -> Callable:
 
 
 def student_forward_backward(s: Setup) -> Callable:
-  """`(params, images, teacher_logits, labels) -> ((loss, aux), grads)`: the
+  """`(params, others, images, teacher_logits, labels) -> ((loss, aux), grads)`: the
   student's share of the step, the step's own loss function."""
   return jax.jit(jax.value_and_grad(setup.make_loss(s.config, s.models), has_aux=True))
 
@@ -363,8 +365,10 @@ def flop_split(s: Setup, lowered_only: bool = False) -> dict[str, float]:
             for t in s.models.teachers}
   # As the step calls it: one-hot (mixed) labels, the student's image only.
   labels = jax.ShapeDtypeStruct((s.batch_size, s.config.num_classes), jnp.float32)
+  variables = s.train.state["variables"]
+  others = {k: v for k, v in variables.items() if k != "params"}
   out["student_forward_backward"] = flops(
-      student_forward_backward(s), s.train.state["params"],
+      student_forward_backward(s), variables["params"], others,
       {"student": s.batch_shape["image"]["student"]}, logits, labels,
       lowered_only=lowered_only)
   return out
@@ -494,13 +498,14 @@ def run_eval(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, An
   which = ("student", *s.models.teachers)
   step = jax.jit(lambda sp, tp, images: predict(sp, tp, images, which),
                  in_shardings=(None, None, s.batch_sharding))
-  out.update(_compile(step, s.train.state["params"], s.teacher_shape, s.batch_shape["image"]))
+  out.update(_compile(step, s.train.state["variables"], s.teacher_shape,
+                      s.batch_shape["image"]))
   teacher = flops(teacher_forward(s), s.teacher_shape, s.batch_shape["image"]) \
       if s.models.teachers else 0.0
   out["flops"] = {"teacher_forward": teacher, "student_forward": out["flops_per_step"] - teacher}
 
   batch = jax.device_put(synthetic_batch(config, s.models.res, batch_size), s.batch_sharding)
-  args = (s.train.init_state(init_key(config.seed))["params"], s.init_teachers(),
+  args = (setup.student_weights(s.train.init_state(init_key(config.seed))), s.init_teachers(),
           batch["image"])
   out.update(time_steps(step, lambda a, o: a, args, steps=steps, warmup=warmup))
   _rates(out, config.compute_dtype)
@@ -519,7 +524,10 @@ def _with(config: mlc.ConfigDict, **fields) -> mlc.ConfigDict:
 
 def device_batch_time(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, Any]:
   """The device cache's batch making alone, timed on the devices (no host work)."""
-  from big_distill.data import device as device_data  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from big_distill import feeding
+  from big_distill.data import device as device_data
+  # pylint: enable=g-import-not-at-top
   mesh = plan.make_mesh(config)
   start = time.perf_counter()
   data = feeding.prepare_train_data(config, mesh)
@@ -534,7 +542,7 @@ def device_batch_time(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dic
 
 
 def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int,
-              modes: tuple[str, ...] = input_lib.CACHE_MODES,
+              modes: tuple[str, ...] = input_modes.CACHE_MODES,
               demand: float | None = None) -> dict[str, Any]:
   """The input's examples/s in each cache mode, beside what the train step consumes.
 
@@ -543,6 +551,11 @@ def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int,
   work per step). `input_bound[mode]` says whether that input is slower than
   the step's demand (`demand`, else the step timed here).
   """
+  # pylint: disable=g-import-not-at-top
+  from big_distill.data import input as input_lib
+  from big_distill.data import throughput
+  # pylint: enable=g-import-not-at-top
+  checks.check_config(config)
   input_lib.check_prepared(config.input.data)
   out = _header(config, "input", config.input.batch_size)
   cores = os.cpu_count() or 1
@@ -577,6 +590,20 @@ def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int,
   return out
 
 
+def input_pipeline_missing() -> str | None:
+  """Why the input pipeline (tf.data, TFDS) cannot run here, or None if it can."""
+  # pylint: disable=g-import-not-at-top,unused-import
+  try:
+    import tensorflow
+    import tensorflow_datasets
+  except ModuleNotFoundError as e:
+    if e.name not in ("tensorflow", "tensorflow_datasets"):
+      raise
+    return f"{e.name} is not installed here"
+  # pylint: enable=g-import-not-at-top,unused-import
+  return None
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
@@ -594,6 +621,11 @@ def main(argv):
                       project_mfu=f.project_mfu)
     elif mode == "eval":
       out = run_eval(config, steps=f.steps, warmup=f.warmup)
+    elif (missing := input_pipeline_missing()) is not None:
+      print(f"big_distill.benchmark: --input skipped: {missing}, and the input pipeline is "
+            "tf.data; measure it on a host with TensorFlow (the step's demand: "
+            "--demand=<images/s of this step>).", flush=True)
+      return
     else:
       out = run_input(config, steps=f.steps, warmup=f.warmup, modes=tuple(f.cache_modes),
                       demand=f.demand)

@@ -6,6 +6,10 @@ line before anything is built, compiled or written:
     checks.check_config(config)    # no data, no weights
     checks.check_data(config)      # the data sets are prepared, with the classes
     checks.check_inits(config)     # the teachers' (and student's) files exist
+
+`check_step_config` is the part the train step alone needs (the benchmark on
+synthetic batches): it imports no TensorFlow. The checks of the data, the pp
+strings and the files import it (and TFDS) when they run.
 """
 
 from __future__ import annotations
@@ -16,16 +20,11 @@ from typing import Any, Iterator
 
 from absl import logging
 import ml_collections as mlc
-import tensorflow as tf
 
 from big_distill import distill
 from big_distill import errors
-from big_distill import evaluators
+from big_distill import input_modes
 from big_distill import precompute
-from big_distill.data import input as input_lib
-from big_distill.data import pp as pp_lib
-
-gfile = tf.io.gfile
 
 
 @contextlib.contextmanager
@@ -44,13 +43,23 @@ def config_errors(where: str = "") -> Iterator[None]:
     raise errors.ConfigError(f"{where}{e}") from e
 
 
-def check_config(config: mlc.ConfigDict) -> None:
-  """Every check that needs no data, no weights and no compile."""
-  input_lib.check_views(config.distill.views)
+def check_step_config(config: mlc.ConfigDict) -> None:
+  """The checks of what the train step reads: views, loss, fixed teachers, mixup."""
+  input_modes.check_views(config.distill.views)
+  input_modes.cache_mode(config)
   distill.from_config(config.distill)
   precompute.check_config(config)
   if config.mixup.p is not None and config.mixup.p < 0:
     raise errors.ConfigError(f"config.mixup.p={config.mixup.p} must be >= 0 (0 disables mixup).")
+
+
+def check_config(config: mlc.ConfigDict) -> None:
+  """Every check that needs no data, no weights and no compile."""
+  # pylint: disable=g-import-not-at-top  (TensorFlow: only where it runs)
+  from big_distill import evaluators
+  from big_distill.data import pp as pp_lib
+  # pylint: enable=g-import-not-at-top
+  check_step_config(config)
   for field in ("pp", "pp_random", "pp_fixed", "pp_post"):
     with config_errors(f"config.input.{field}: "):
       pp_lib.parse(config.input[field])
@@ -85,6 +94,7 @@ def check_num_classes(config: mlc.ConfigDict) -> None:
   (`training_labels_are_the_tasks`); otherwise one log line says they are
   ignored. A run without teachers (supervised) needs the task's labels.
   """
+  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
   datas = _labelled_evals(config)
   if training_labels_are_the_tasks(config):
     datas = [("config.input.data", config.input.data)] + datas
@@ -110,6 +120,7 @@ def check_num_classes(config: mlc.ConfigDict) -> None:
 
 def check_data(config: mlc.ConfigDict) -> None:
   """The training and every eval data set are prepared, with the config's classes."""
+  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
   input_lib.check_prepared(config.input.data)
   for ec in config.evals.values():
     input_lib.check_prepared(ec.data)
@@ -117,7 +128,9 @@ def check_data(config: mlc.ConfigDict) -> None:
 
 
 def resolve_init(path: str) -> str:
-  """A BiT .npz, or a workdir of a finished run (its exported student.npz)."""
+  """A weights .npz, or a workdir of a finished run (its exported student.npz)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: gs:// paths)
+  gfile = tf.io.gfile
   if gfile.isdir(path):
     exported = os.path.join(path, "student.npz")
     if not gfile.exists(exported):
@@ -135,8 +148,9 @@ def readable(path: str, field: str) -> bool:
   through tf.io.gfile; without network or credentials gfile fails within
   seconds, and the message says how to use a local copy instead.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: gs:// paths)
   try:
-    return gfile.exists(path)
+    return tf.io.gfile.exists(path)
   except tf.errors.OpError as e:
     if "://" not in path:
       raise
@@ -153,8 +167,8 @@ def check_inits(config: mlc.ConfigDict, student: bool = True) -> None:
   for t in config.teachers:
     path = config[f"{t}_init"]
     if not path:
-      raise errors.ConfigError(f"Teacher {t!r} has no checkpoint: set config.{t}_init to a "
-                               "BiT .npz or the workdir of a finished run.")
+      raise errors.ConfigError(f"Teacher {t!r} has no checkpoint: set config.{t}_init to its "
+                               "weights .npz or the workdir of a finished run.")
     if not readable(path, f"{t}_init"):
       raise errors.ConfigError(
           f"Teacher {t!r}: checkpoint {path} does not exist. Fine-tune the teacher "

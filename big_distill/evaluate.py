@@ -37,8 +37,8 @@ from big_distill import setup
 from big_distill import weights
 
 
-def _student_params(config, s, init: str) -> tuple[object, str]:
-  """(the student's parameters on the mesh, where they came from)."""
+def _student_variables(config, s, init: str) -> tuple[object, str]:
+  """(the student's variables on the mesh, where they came from)."""
   gfile = tf.io.gfile
   if not checks.readable(init, "init"):
     raise errors.CheckpointError(f"--init={init} does not exist. Give a weights .npz "
@@ -53,18 +53,18 @@ def _student_params(config, s, init: str) -> tuple[object, str]:
       ckpt = ckpt_lib.Checkpointer(checkpoints, keep=config.keep_ckpts,
                                    replica_parallel=config.ckpt_replica_parallel)
       try:
-        restored = ckpt.restore(s.state)
+        restored = ckpt.restore(s.checkpoint_state)
       finally:
         ckpt.close()
       if restored is not None:
-        step, state = restored
-        return state["params"], f"{checkpoints} step {step}"
+        step, tree = restored
+        return setup.student_weights(setup.from_checkpoint(tree)), f"{checkpoints} step {step}"
     else:
       raise errors.CheckpointError(
           f"--init={init} is a directory with neither student.npz nor checkpoints/: "
           "give a weights .npz or the workdir of a run.")
   host = weights.load_trained(config, "student", s.models.student, source, where=f"--init={init}: ")
-  return jax.tree.map(jax.device_put, host, s.state_sharding["params"]), source
+  return jax.tree.map(jax.device_put, host, s.state_sharding["variables"]), source
 
 
 def teachers_only(config):
@@ -99,7 +99,7 @@ def evaluate_checkpoint(config, init: str | None) -> dict:
   d = plan.durations(config)
   s = setup.build(config, models, mesh, total_steps=d.total, warmup_steps=d.warmup)
   teacher_params = weights.load_teachers(config, models, mesh)
-  params, source = (None, "teachers only") if init is None else _student_params(config, s, init)
+  params, source = (None, "teachers only") if init is None else _student_variables(config, s, init)
   metrics = {}
   for e in feeding.make_evaluators(config, models, mesh):
     metrics.update(e.run(params, teacher_params))

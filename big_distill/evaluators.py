@@ -163,7 +163,7 @@ class Evaluator:
   def run(self, student_params, teacher_params) -> dict[str, float]:
     """Metrics of this evaluator, as `{f"{name}/{metric}": value}`.
 
-    `student_params`: `setup.student_weights(state)` (with a student's batch
+    `student_params`: the student's variables (with a student's batch
     statistics, if it has them: evaluation uses their running averages).
     """
     if self.ec.type == "distance":

@@ -22,18 +22,21 @@ from big_distill import errors
 
 @dataclasses.dataclass(frozen=True)
 class Models:
-  """The student and teachers, built from the config."""
+  """The student and teachers, built from the config.
+
+  Every model's weights are one flax variables dict (`{"params": ...}`, plus
+  `{"batch_stats": ...}` for BatchNorm models), whatever its family.
+  """
   student: Any
-  teachers: dict[str, Any]
+  teachers: dict[str, Any]   # As they run: frozen (`freeze`), never trained.
   res: dict[str, int]
-  # Names ("student", teachers) of the models with a `batch_stats` collection
-  # (BatchNorm): their weights are `{"params", "batch_stats"}` dicts, not a
-  # bare params tree. See "Batch statistics" below.
-  with_stats: frozenset[str] = frozenset()
+  # The teachers as the config builds them, before `freeze`: what their
+  # weights are loaded into (and frozen with, once loaded).
+  configured: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def model_module(name: str):
-  """`big_distill.models.<name>`: its Model, load() and save()."""
+  """`big_distill.models.<name>`: a family of the model contract (models/__init__.py)."""
   try:
     return importlib.import_module(f"big_distill.models.{name}")
   except ModuleNotFoundError as e:
@@ -61,29 +64,19 @@ def build_models(config: mlc.ConfigDict) -> Models:
         f"{missing}. Each teacher NAME needs NAME_name, NAME (model kwargs), "
         "NAME_init (checkpoint) and NAME_res (input resolution) in the config file.")
   student = get_model(config.student_name, config.student, config.num_classes, dtype)
-  teachers = {t: _frozen(config[f"{t}_name"], get_model(config[f"{t}_name"], config[t],
-                                                        config.num_classes, dtype))
-              for t in config.teachers}
+  configured = {t: get_model(config[f"{t}_name"], config[t], config.num_classes, dtype)
+                for t in config.teachers}
+  # The frozen model alone (its weights are frozen when they are loaded):
+  # the step is built before any weights exist.
+  teachers = {t: model_module(config[f"{t}_name"]).freeze(m, None)[0]
+              for t, m in configured.items()}
   res = {"student": config.student_res, **{t: config[f"{t}_res"] for t in config.teachers}}
-  all_models = {"student": student, **teachers}
-  with_stats = frozenset(n for n, m in all_models.items() if has_batch_stats(m, res[n]))
-  return Models(student, teachers, res, with_stats)
+  return Models(student, teachers, res, configured)
 
 
 def init_variables(model, res: int, key) -> dict[str, Any]:
+  """The model's initial variables (every collection), for images at `res`."""
   return dict(model.init(key, jnp.zeros((1, res, res, 3), jnp.float32)))
-
-
-def _frozen(module_name: str, model) -> Any:
-  """A teacher as it runs: never trained, so its module may precompute what only
-  depends on its weights (BiT: the weight standardization, once at load
-  instead of every step; `freeze(model, params)` / `freeze_params(params)`)."""
-  module = model_module(module_name)
-  return module.freeze(model, None)[0] if hasattr(module, "freeze") else model
-
-
-def init_params(model, res: int, key) -> Any:
-  return init_variables(model, res, key)["params"]
 
 
 def variable_shapes(model, res: int) -> dict[str, Any]:
@@ -91,37 +84,7 @@ def variable_shapes(model, res: int) -> dict[str, Any]:
   return jax.eval_shape(functools.partial(init_variables, model, res), jax.random.key(0))
 
 
-def has_batch_stats(model, res: int) -> bool:
-  return "batch_stats" in variable_shapes(model, res)
-
-
-def param_shapes(model, res: int) -> Any:
-  """The model's parameters as ShapeDtypeStructs (nothing allocated or compiled)."""
-  return jax.eval_shape(functools.partial(init_params, model, res), jax.random.key(0))
-
-
-# ---- Batch statistics --------------------------------------------------------
-#
-# A model with BatchNorm (e.g. mobilenet_v3 with norm="batch") has a second
-# collection, `batch_stats`: running averages that the training forward pass
-# updates and inference reads. Its "weights" are then the variables dict
-# `{"params": ..., "batch_stats": ...}` (what its module's save/load take);
-# a model without (BiT) keeps its bare params tree, so the train state,
-# checkpoints and files of those runs stay as they were. The student's stats
-# live in the train state beside its params (`state["batch_stats"]`, sharded
-# like them, outside the optimizer and the gradients); teachers and every
-# evaluation run in inference mode (train=False): the running averages.
-
-
-def as_variables(models: Models, name: str, weights) -> dict[str, Any]:
-  """A model's weights (params tree, or variables dict with stats) as flax variables."""
-  return weights if name in models.with_stats else {"params": weights}
-
-
-def weight_shapes(models: Models, name: str) -> Any:
-  """`name`'s weights (see as_variables) as ShapeDtypeStructs."""
+def weight_shapes(models: Models, name: str) -> dict[str, Any]:
+  """The variables of `name` ("student" or a teacher) as ShapeDtypeStructs."""
   model = models.student if name == "student" else models.teachers[name]
-  shapes = variable_shapes(model, models.res[name])
-  if name in models.with_stats:
-    return {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}
-  return shapes["params"]
+  return variable_shapes(model, models.res[name])

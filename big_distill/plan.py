@@ -10,10 +10,8 @@ import ml_collections as mlc
 
 from big_distill import config_lib
 from big_distill import errors
-from big_distill import evaluators
 from big_distill import parallel
 from big_distill.checks import config_errors
-from big_distill.data import input as input_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +27,10 @@ class Durations:
 
 def durations(config: mlc.ConfigDict) -> Durations:
   """The config's durations (given in steps, epochs or examples) in steps."""
+  # pylint: disable=g-import-not-at-top  (TFDS: the data set's size)
+  from big_distill import evaluators
+  from big_distill.data import input as input_lib
+  # pylint: enable=g-import-not-at-top
   batch_size = config.input.batch_size
   n_train = input_lib.num_examples(config.input.data)
   dur = functools.partial(config_lib.steps, num_examples=n_train, batch_size=batch_size)

@@ -82,7 +82,7 @@ def _inputs(config: mlc.ConfigDict, models: model_set.Models, batch_size: int):
 
 
 def _params(config: mlc.ConfigDict, models: model_set.Models, which) -> tuple:
-  """float32 weights per model, from its checkpoint (`config.student_init`,
+  """float32 variables per model, from its checkpoint (`config.student_init`,
   `config.<teacher>_init`) where that file exists, else random; and which."""
   rng = jax.random.key(config.seed, impl="unsafe_rbg")
   all_models = {"student": models.student, **models.teachers}
@@ -100,10 +100,10 @@ def _params(config: mlc.ConfigDict, models: model_set.Models, which) -> tuple:
     except errors.UserError:  # Unreachable or unfinished: random weights instead.
       found = False
     if found:
-      params[name] = weights.load_weights(config, name, all_models[name], path,
-                                        template=params[name])
+      model = models.student if name == "student" else models.configured[name]
+      params[name] = weights.load_weights(config, name, model, path, template=params[name])
       if name != "student":  # As the trainer runs teachers: frozen.
-        params[name] = weights.frozen_params(config, name, params[name])
+        params[name] = weights.freeze(config, models, name, params[name])
       source[name] = f"checkpoint {path}"
   return params, source
 

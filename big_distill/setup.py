@@ -30,61 +30,76 @@ import jax.numpy as jnp
 import ml_collections as mlc
 
 from big_distill import distill
+from big_distill import input_modes
 from big_distill import optim
 from big_distill import parallel
 from big_distill.checks import config_errors, training_labels_are_the_tasks
-from big_distill.data import device as device_data
-from big_distill.data import input as input_lib
-from big_distill.model_set import Models, as_variables, init_variables, variable_shapes
+from big_distill.model_set import Models, init_variables, variable_shapes
 
 
 def student_weights(state) -> Any:
-  """What predict/export take for the student: its params, plus its stats if any."""
-  if "batch_stats" in state:
-    return {"params": state["params"], "batch_stats": state["batch_stats"]}
-  return state["params"]
+  """The student's variables in the train state: what predict, evaluators and export take."""
+  return state["variables"]
 
 
-# ---- The update step ---------------------------------------------------------
+# ---- Checkpoints -------------------------------------------------------------
+#
+# On disk, the state keeps the tree it always had: the student's collections
+# beside the optimizer and the step (`{"params", "opt", "step"}`, plus
+# `"batch_stats"` for a BatchNorm student), so that checkpoints written
+# before the state held one variables dict resume as they are.
+
+
+def to_checkpoint(state) -> dict[str, Any]:
+  """The train state as its checkpoint stores it."""
+  return {**state["variables"], "opt": state["opt"], "step": state["step"]}
+
+
+def from_checkpoint(tree) -> dict[str, Any]:
+  """The train state of a checkpoint's tree (`to_checkpoint`'s inverse)."""
+  tree = dict(tree)
+  opt, step = tree.pop("opt"), tree.pop("step")
+  return {"variables": tree, "opt": opt, "step": step}
+
+
+# ---- The step ----------------------------------------------------------------
 
 
 def make_predict(models: Models) -> Callable:
-  """`predict(student, teacher_params, images, which) -> {name: logits}`.
+  """`predict(student, teacher_variables, images, which) -> {name: logits}`.
 
-  `student` is `student_weights(state)`: the params tree, or for a student
-  with batch statistics the `{"params", "batch_stats"}` dict. Every model runs
-  in inference mode (BatchNorm: the running averages).
+  `student` is `student_weights(state)`, the student's variables. Every
+  model runs in inference mode (BatchNorm: the running averages).
   """
-  def predict(student, teacher_params, images, which):
+  def predict(student, teacher_variables, images, which):
     out = {}
     for name in which:
       if name == "student":
-        out[name] = models.student.apply(as_variables(models, name, student), images[name],
-                                         train=False)[0]
+        out[name] = models.student.apply(student, images[name], train=False)[0]
       else:
-        out[name] = models.teachers[name].apply(
-            as_variables(models, name, teacher_params[name]), images[name], train=False)[0]
+        out[name] = models.teachers[name].apply(teacher_variables[name], images[name],
+                                                train=False)[0]
     return out
   return predict
 
 
 def make_teacher_forward(models: Models) -> Callable:
-  """`(teacher_params, images) -> {teacher: logits}`, frozen (no gradient), in
+  """`(teacher_variables, images) -> {teacher: logits}`, frozen (no gradient), in
   inference mode (a teacher's batch statistics are its running averages)."""
-  def teacher_forward(teacher_params, images):
-    return {t: jax.lax.stop_gradient(
-                m.apply(as_variables(models, t, teacher_params[t]), images[t], train=False)[0])
+  def teacher_forward(teacher_variables, images):
+    return {t: jax.lax.stop_gradient(m.apply(teacher_variables[t], images[t], train=False)[0])
             for t, m in models.teachers.items()}
   return teacher_forward
 
 
 def make_loss(config: mlc.ConfigDict, models: Models) -> Callable:
-  """`loss(params, images, teacher_logits, labels[, batch_stats]) -> (total, aux)`.
+  """`loss(params, others, images, teacher_logits, labels) -> (total, (logits, terms, others))`.
 
-  `aux` is `(logits, terms)`, and `(logits, terms, new_batch_stats)` when
-  `batch_stats` (the student's, from the train state) are given: BatchNorm
-  normalizes with this batch's statistics (under jit with a data-sharded
-  batch: the global batch's) and returns the updated running averages.
+  `params` are the student's (what gets gradients), `others` its other
+  collections (`batch_stats` for BatchNorm; `{}` for most models): the
+  forward pass runs in training mode, and returns them updated (BatchNorm:
+  normalized with this batch's statistics, under jit with a data-sharded
+  batch the global batch's, and the running averages updated).
 
   The student's forward and its loss: the distillation loss against every
   teacher, summed (for KL, distilling from the teachers' probability-space
@@ -95,19 +110,17 @@ def make_loss(config: mlc.ConfigDict, models: Models) -> Callable:
   loss_fn = distill.from_config(config.distill)
   teachers = tuple(config.teachers)
   label_weight = config.distill.label_weight if teachers else 1.0
-  def forward(params, batch_stats, images_BHWC):
-    """(logits, new batch_stats or None) of the training forward pass."""
-    if batch_stats is None:
-      return models.student.apply({"params": params}, images_BHWC, train=True)[0], None
+
+  def forward(params, others, images_BHWC):
+    """(logits, updated other collections) of the training forward pass."""
     (logits, _), mutated = models.student.apply(
-        {"params": params, "batch_stats": batch_stats}, images_BHWC, train=True,
-        mutable=["batch_stats"])
-    return logits, mutated["batch_stats"]
+        {"params": params, **others}, images_BHWC, train=True, mutable=list(others))
+    return logits, dict(mutated)
   if config.remat_student:
     forward = jax.checkpoint(forward)
 
-  def loss(params, images, teacher_logits, labels, batch_stats=None):
-    logits, new_stats = forward(params, batch_stats, images["student"])
+  def loss(params, others, images, teacher_logits, labels):
+    logits, new_others = forward(params, others, images["student"])
     terms = {f"train/{t}_loss": loss_fn(logits, teacher_logits[t]).mean() for t in teachers}
     total = sum(terms.values(), jnp.zeros([], jnp.float32))
     if labels is not None:
@@ -115,9 +128,7 @@ def make_loss(config: mlc.ConfigDict, models: Models) -> Callable:
       terms["train/label_loss"] = label_loss
       if label_weight:
         total = total + label_weight * label_loss
-    if batch_stats is None:
-      return total, (logits, terms)
-    return total, (logits, terms, new_stats)
+    return total, (logits, terms, new_others)
   return loss
 
 
@@ -150,16 +161,12 @@ def make_update_fn(config: mlc.ConfigDict, models: Models, tx, schedule) -> Call
       teacher_logits = batch["teacher_logits"]
     else:
       teacher_logits = teacher_forward(teacher_params, images)
-    new = {}
-    if "batch_stats" in state:
-      (total, (logits, terms, new["batch_stats"])), grads = jax.value_and_grad(
-          loss, has_aux=True)(state["params"], images, teacher_logits, labels,
-                              state["batch_stats"])
-    else:
-      (total, (logits, terms)), grads = jax.value_and_grad(loss, has_aux=True)(
-          state["params"], images, teacher_logits, labels)
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = jax.tree.map(jnp.add, state["params"], updates)
+    variables = state["variables"]
+    others = {k: v for k, v in variables.items() if k != "params"}
+    (total, (logits, terms, others)), grads = jax.value_and_grad(loss, has_aux=True)(
+        variables["params"], others, images, teacher_logits, labels)
+    updates, opt = tx.update(grads, state["opt"], variables["params"])
+    params = jax.tree.map(jnp.add, variables["params"], updates)
     metrics = {
         "train/loss": total, **terms,
         "train/student_entropy": distill.entropy(logits).mean(),
@@ -170,7 +177,7 @@ def make_update_fn(config: mlc.ConfigDict, models: Models, tx, schedule) -> Call
     }
     for t in teacher_logits:
       metrics[f"train/{t}_entropy"] = distill.entropy(teacher_logits[t]).mean()
-    return {"params": params, "opt": opt, "step": step + 1, **new}, metrics
+    return {"variables": {**others, "params": params}, "opt": opt, "step": step + 1}, metrics
 
   return update
 
@@ -183,9 +190,8 @@ class TrainSetup:
   mesh: jax.sharding.Mesh
   tx: Any
   schedule: Callable
-  state: Any           # ShapeDtypeStructs with shardings: {"params", "opt", "step"}
-                       # (+ "batch_stats" for a student with BatchNorm).
-  # (state, teacher_params, batch) -> (state, metrics); donates state. With
+  state: Any           # ShapeDtypeStructs with shardings: {"variables", "opt", "step"}.
+  # (state, teacher_variables, batch) -> (state, metrics); donates state. With
   # config.input.cache="device" the third argument is the device data set.
   train_step: Callable
   init_state: Callable  # key -> state, sharded.
@@ -193,6 +199,11 @@ class TrainSetup:
   @property
   def state_sharding(self) -> Any:
     return jax.tree.map(lambda s: s.sharding, self.state)
+
+  @property
+  def checkpoint_state(self) -> Any:
+    """The abstract state as its checkpoint stores it (`to_checkpoint`)."""
+    return to_checkpoint(self.state)
 
 
 def build(config: mlc.ConfigDict, models: Models, mesh: jax.sharding.Mesh, *,
@@ -203,18 +214,13 @@ def build(config: mlc.ConfigDict, models: Models, mesh: jax.sharding.Mesh, *,
   teachers in whatever sharding they were put in, metrics replicated.
   """
   shapes = variable_shapes(models.student, models.res["student"])
-  student_shape = shapes["params"]
-  with_stats = "student" in models.with_stats
   with config_errors():
-    tx, schedule = optim.make(config, student_shape, total_steps=total_steps,
+    tx, schedule = optim.make(config, shapes["params"], total_steps=total_steps,
                               warmup_steps=warmup_steps)
 
   def new_state(variables):
-    params = variables["params"]
-    state = {"params": params, "opt": tx.init(params), "step": jnp.zeros([], jnp.int32)}
-    if with_stats:  # Only then: BiT runs keep the state (and checkpoints) they had.
-      state["batch_stats"] = variables["batch_stats"]
-    return state
+    return {"variables": variables, "opt": tx.init(variables["params"]),
+            "step": jnp.zeros([], jnp.int32)}
   state_shape = jax.eval_shape(new_state, shapes)
   state_sharding = parallel.param_shardings(mesh, state_shape, config.fsdp_min_size)
   state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -225,15 +231,16 @@ def build(config: mlc.ConfigDict, models: Models, mesh: jax.sharding.Mesh, *,
 
   update = make_update_fn(config, models, tx, schedule)
   batch_sharding = parallel.batch_sharding(mesh)
-  if input_lib.cache_mode(config) == "device":
+  if input_modes.cache_mode(config) == "device":
     # The batch is made inside the step from the device-resident data set
     # (replicated): no host work and no transfer per step.
+    from big_distill.data import device as device_data  # pylint: disable=g-import-not-at-top
     with config_errors():
       make_batch = device_data.batch_fn(config)
 
-    def step_fn(state, teacher_params, data):
+    def step_fn(state, teacher_variables, data):
       batch = jax.lax.with_sharding_constraint(make_batch(data, state["step"]), batch_sharding)
-      return update(state, teacher_params, batch)
+      return update(state, teacher_variables, batch)
     third = parallel.replicated(mesh)
   else:
     step_fn, third = update, batch_sharding
@@ -245,17 +252,12 @@ def build(config: mlc.ConfigDict, models: Models, mesh: jax.sharding.Mesh, *,
                     init_state=jax.jit(init_state, out_shardings=state_sharding))
 
 
-def with_params(s: TrainSetup, state: Any, params: Any) -> Any:
-  """`state` with the student's weights replaced (and a fresh optimizer state).
+def with_params(s: TrainSetup, state: Any, variables: Any) -> Any:
+  """`state` with the student's variables replaced (and a fresh optimizer state).
 
-  `params`: the student's weights as `load_student_init` gives them (for a
-  student with batch statistics, the variables dict: its stats replace the
-  state's too).
+  `variables`: the student's, as `weights.load_student_init` gives them.
   """
-  if "batch_stats" in state:
-    stats = jax.tree.map(jax.device_put, params["batch_stats"],
-                         s.state_sharding["batch_stats"])
-    state, params = {**state, "batch_stats": stats}, params["params"]
-  params = jax.tree.map(jax.device_put, params, s.state_sharding["params"])
-  return {**state, "params": params,
-          "opt": jax.jit(s.tx.init, out_shardings=s.state_sharding["opt"])(params)}
+  sharding = s.state_sharding
+  variables = jax.tree.map(jax.device_put, variables, sharding["variables"])
+  return {**state, "variables": variables,
+          "opt": jax.jit(s.tx.init, out_shardings=sharding["opt"])(variables["params"])}

@@ -7,8 +7,9 @@ Distillation when `config.teachers` names teachers; supervised training (or
 fine-tuning, e.g. of a BiT-M teacher) when it is empty. Without `--workdir`
 the run goes to `workdirs/<config name>[_<config args>]` under the current
 folder. Rerunning the same command resumes from the workdir. `train()` reads
-top to bottom: checks, the set-up (big_distill/setup.py, shared with
-benchmark and evaluate), teachers, checkpoint, evaluators, the loop.
+top to bottom: checks, the set-up (checks, model_set, plan, setup, weights,
+feeding: shared with benchmark and evaluate), teachers, checkpoint,
+evaluators, the loop.
 """
 
 from __future__ import annotations
@@ -102,10 +103,10 @@ def open_checkpointer(workdir: str, config: mlc.ConfigDict) -> ckpt_lib.Checkpoi
 def restore_or_init(ckpt: ckpt_lib.Checkpointer, s: setup.TrainSetup,
                     student_init) -> tuple[int, dict]:
   """(first step, state): the newest readable checkpoint, else a fresh state."""
-  restored = ckpt.restore(s.state)
+  restored = ckpt.restore(s.checkpoint_state)
   if restored is not None:
     logging.info("Resumed from the checkpoint at step %d.", restored[0])
-    return restored
+    return restored[0], setup.from_checkpoint(restored[1])
   state = s.init_state(jax.random.key(s.config.seed))
   if student_init is not None:
     state = setup.with_params(s, state, student_init)
@@ -115,13 +116,14 @@ def restore_or_init(ckpt: ckpt_lib.Checkpointer, s: setup.TrainSetup,
 def export_student(workdir: str, config: mlc.ConfigDict, state, mesh) -> None:
   """The final student as `student.npz`: what distillation and evaluate read.
 
-  A student with batch statistics is saved with them (its module's save of
-  the `{"params", "batch_stats"}` dict): inference needs the running averages.
+  Its family's `save` of the student's variables, in its default layout (a
+  student with batch statistics is saved with them: inference needs the
+  running averages).
   """
-  params = parallel.to_host(setup.student_weights(state), mesh)  # Collective: every process.
+  variables = parallel.to_host(setup.student_weights(state), mesh)  # Collective: every process.
   if jax.process_index() == 0:
     path = os.path.join(workdir, "student.npz")
-    model_set.model_module(config.student_name).save(params, path)
+    model_set.model_module(config.student_name).save(variables, path)
     logging.info("Wrote %s.", path)
 
 
@@ -216,7 +218,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
                jax.device_count(), jax.process_count())
   d = plan.durations(config)
   s = setup.build(config, models, mesh, total_steps=d.total, warmup_steps=d.warmup)
-  shardings = jax.tree.leaves(s.state_sharding["params"])
+  shardings = jax.tree.leaves(s.state_sharding["variables"]["params"])
   logging.info("Student: %d of %d parameter arrays sharded over fsdp.",
                sum(sh.spec != jax.sharding.PartitionSpec() for sh in shardings), len(shardings))
 
@@ -268,7 +270,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
       # is for the checkpoint.
       saved = False
       if save_now and preempted:
-        ckpt.save(step, state)
+        ckpt.save(step, setup.to_checkpoint(state))
         saved = True
       if evals_now:
         results = {"progress/epoch": step / d.steps_per_epoch}
@@ -278,7 +280,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
       if (save_now or preemption.requested) and not saved:
         if not (evals_now or save_now):
           log.flush()  # A preemption that came during this step.
-        ckpt.save(step, state)
+        ckpt.save(step, setup.to_checkpoint(state))
       if preemption.requested:
         break  # Reported by main() as `Preempted`, after the save completes.
     log.flush()

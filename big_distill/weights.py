@@ -1,12 +1,14 @@
 """The weights of a run's models: teachers, the student's start, a model to evaluate.
 
-Read by each model's module (`load`), as numpy, checked against the model;
-teachers are then frozen, cast to the compute dtype once and sharded.
+Each model's family reads its files (`load` of the model contract,
+models/__init__.py) into a template of the model's variables, as numpy;
+teachers are then frozen (`freeze`), cast to the compute dtype once and
+sharded. This module knows no family: it uses only the contract.
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
 import math
 from typing import Any
 
@@ -15,66 +17,48 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from big_distill import errors
 from big_distill import parallel
 from big_distill.checks import config_errors, resolve_init
 from big_distill.model_set import Models, init_variables, model_module, variable_shapes
 
 
-def load_weights(config: mlc.ConfigDict, name: str, model, path: str, *, template=None,
-                 where: str | None = None, **kwargs) -> Any:
-  """`config.<name>_name`'s load() of `path` into `model`'s shapes, as numpy.
+def zeros_template(model, res: int) -> dict[str, Any]:
+  """The model's variables as zeros (numpy): a template that `load` fills in."""
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes(model, res))
 
-  `template`: the parameters load() fills in (default: zeros of the model's
-  shapes). The model module reports a file that does not fit the model with a
-  ValueError naming the arrays; that is the config's mistake (its depth,
-  width or num_classes, or the path), reported once, prefixed by `where`
-  (default: the config field of the path).
+
+def load_weights(config: mlc.ConfigDict, name: str, model, path: str, *, template=None,
+                 where: str | None = None, head_mismatch: str = "reinit") -> Any:
+  """`config.<name>_name`'s `load` of `path` into `model`'s variables, as numpy.
+
+  `template`: the variables `load` fills in (default: zeros of the model's
+  shapes); with head_mismatch="reinit", a head of another class count is
+  the template's. A file that does not fit the model is the config's mistake
+  (its depth, width or num_classes, or the path): the family raises a
+  CheckpointError naming the arrays (a ValueError is reported the same way),
+  once, prefixed by `where` (default: the config field of the path).
   """
   module = model_module(config[f"{name}_name"])
   if template is None:
-    shapes = variable_shapes(model, config[f"{name}_res"])
-    if "batch_stats" not in shapes:
-      shapes = shapes["params"]  # A bare params tree, as bit.load takes.
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    template = zeros_template(model, config[f"{name}_res"])
   with config_errors(where if where is not None else f"config.{name}_init={path}: "):
-    return module.load(template, resolve_init(path), **kwargs)
+    return module.load(template, resolve_init(path), head_mismatch=head_mismatch, model=model)
 
 
 def load_trained(config: mlc.ConfigDict, name: str, model, path: str,
                  where: str | None = None) -> Any:
-  """Trained weights (a teacher, or a model to evaluate): the head must fit.
-
-  Contract: a model module whose load() takes `head_mismatch` raises for a
-  head of another class count with head_mismatch="error". Older ones replace
-  such a head by zeros (as fine-tuning from BiT-M wants), so an all-zero
-  kernel is read as that replacement: no trained model has one.
-  """
-  module = model_module(config[f"{name}_name"])
-  takes = inspect.signature(module.load).parameters
-  if "head_mismatch" in takes:
-    # stem_pool_pad: bit.load warns when a big_vision file meets a "zeros" model.
-    extra = ({"stem_pool_pad": model.stem_pool_pad}
-             if "stem_pool_pad" in takes and hasattr(model, "stem_pool_pad") else {})
-    return load_weights(config, name, model, path, where=where, head_mismatch="error", **extra)
-  host = load_weights(config, name, model, path, where=where)
-  if not np.any(host.get("params", host)["head"]["kernel"]):
-    if name == "student":
-      what, fix = "The model", ("Evaluate it with the config of the data set it was "
-                                "trained on.")
-    else:
-      what, fix = f"Teacher {name!r}", ("A teacher must be fine-tuned on this data set "
-                                        "first (configs/teachers/).")
-    raise errors.ConfigError(
-        f"{what} ({path}) has a head with a different number of classes than "
-        f"config.num_classes={config.num_classes}. {fix}")
-  return host
+  """Trained weights (a teacher, or a model to evaluate): its logits must be
+  this data set's, so a head of another class count is an error."""
+  return load_weights(config, name, model, path, where=where, head_mismatch="error")
 
 
-def frozen_params(config: mlc.ConfigDict, t: str, host: Any) -> Any:
-  """Teacher `t`'s float32 weights as its frozen model (`_frozen`) takes them."""
-  module = model_module(config[f"{t}_name"])
-  return module.freeze_params(host) if hasattr(module, "freeze_params") else host
+def freeze(config: mlc.ConfigDict, models: Models, t: str, host: Any) -> Any:
+  """Teacher `t`'s float32 variables as its frozen model (`models.teachers[t]`)
+  takes them: its family's `freeze`, once."""
+  frozen_model, frozen = model_module(config[f"{t}_name"]).freeze(models.configured[t], host)
+  if frozen_model != models.teachers[t]:
+    raise AssertionError(f"freeze() of teacher {t!r} gave another model than at build time.")
+  return frozen
 
 
 def put_teacher(config: mlc.ConfigDict, mesh, host: Any) -> Any:
@@ -85,30 +69,40 @@ def put_teacher(config: mlc.ConfigDict, mesh, host: Any) -> Any:
 
 
 def load_teachers(config: mlc.ConfigDict, models: Models, mesh) -> dict[str, Any]:
-  """The teachers' parameters: loaded, checked against their configs, sharded, cast."""
-  return {t: put_teacher(config, mesh, frozen_params(
-      config, t, load_trained(config, t, m, config[f"{t}_init"])))
-          for t, m in models.teachers.items()}
+  """The teachers' variables: loaded, checked against their configs, frozen, sharded, cast."""
+  return {t: put_teacher(config, mesh, freeze(config, models, t, load_trained(
+      config, t, models.configured[t], config[f"{t}_init"])))
+          for t in models.teachers}
+
+
+def initial_variables(config: mlc.ConfigDict, models: Models) -> Any:
+  """The student's initial variables (numpy), as the train state starts them."""
+  init = functools.partial(init_variables, models.student, models.res["student"])
+  return jax.device_get(jax.jit(init)(jax.random.key(config.seed)))
 
 
 def load_student_init(config: mlc.ConfigDict, models: Models) -> Any | None:
-  """`config.student_init` as numpy parameters of the student (None: from scratch)."""
+  """`config.student_init` as the student's variables, numpy (None: from scratch).
+
+  Loaded into the student's initial values (head_mismatch="reinit": a head of
+  another class count, as a pretrained model's, keeps its initial values).
+  """
   if not config.student_init:
     return None
-  return load_weights(config, "student", models.student, config.student_init)
+  return load_weights(config, "student", models.student, config.student_init,
+                      template=initial_variables(config, models))
 
 
 def random_params(model, res: int, key, dtype=jnp.float32) -> Any:
-  """Random parameters with a random head, in `dtype` (jit it).
+  """Random variables with a random head, in `dtype` (jit it).
 
-  BiT's head starts at zero, which would make every output uniform: a random
-  teacher must have a head, so that its targets (and FLOPs) are realistic.
+  A head may start at zero (BiT's does), which would make every output
+  uniform: a random teacher must have a head, so that its targets (and FLOPs)
+  are realistic.
   """
   variables = init_variables(model, res, key)
   params = variables["params"]
   kernel = params["head"]["kernel"]
   head = jax.random.normal(jax.random.fold_in(key, 1), kernel.shape) / math.sqrt(kernel.shape[0])
   params = {**params, "head": {**params["head"], "kernel": head}}
-  if "batch_stats" in variables:  # The weights of a BatchNorm model: see as_variables.
-    params = {"params": params, "batch_stats": variables["batch_stats"]}
-  return jax.tree.map(lambda x: x.astype(dtype), params)
+  return jax.tree.map(lambda x: x.astype(dtype), {**variables, "params": params})

@@ -8,6 +8,10 @@ timing figure is asserted: timings are the benchmark's output, not a test.
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +115,56 @@ def test_fixed_teacher_step_runs(run_cli, config_file):
   assert TRAIN_KEYS <= set(out)
   assert out["teacher_outputs"] == "precomputed" and out["images_per_s"] > 0
   assert out["recompiles_after_first_call"] == 0
+
+
+# The child's sitecustomize: tensorflow, tensorflow_datasets and clu cannot be
+# imported (as on the accelerator image), and the two-convolution model module
+# of tests/helpers.py is installed.
+_WITHOUT_TENSORFLOW = textwrap.dedent("""
+    import importlib.abc
+    import sys
+    import types
+
+    class _Absent(importlib.abc.MetaPathFinder):
+      def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "clu"):
+          raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+    sys.meta_path.insert(0, _Absent())
+    from tests import helpers
+    module = types.ModuleType("big_distill.models.tiny_cnn")
+    module.Model = helpers.TinyCNN
+    module.freeze = lambda model, variables: (model, variables)
+    sys.modules[module.__name__] = module
+    """)
+
+
+def test_step_benchmark_runs_without_tensorflow(tmp_path, config_file):
+  """The step on synthetic batches imports no TensorFlow, TFDS or clu (the
+  accelerator image has none); `--input` says it is skipped, in one line."""
+  site = tmp_path / "site"
+  site.mkdir()
+  (site / "sitecustomize.py").write_text(_WITHOUT_TENSORFLOW)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), repo]), JAX_PLATFORMS="cpu",
+             XLA_FLAGS=helpers.xla_flags(1))
+  check = "import tensorflow"
+  r = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
+  assert r.returncode != 0 and "No module named 'tensorflow'" in r.stderr  # The hook works.
+
+  def run(*flags):
+    return subprocess.run([sys.executable, "-m", "big_distill.benchmark",
+                           f"--config={config_file}", *flags], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+  r = run("--steps=1", "--warmup=0")
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["mode"] == "train" and out["step_time_s"] > 0 and out["flops_per_step"] > 0
+  r = run("--input")
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = r.stdout.strip().splitlines()
+  assert len(lines) == 1 and "--input skipped: tensorflow is not installed" in lines[0], lines
 
 
 def _load_config(path):
