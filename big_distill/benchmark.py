@@ -6,7 +6,10 @@ r"""Step time, FLOPs and MFU of a config's train step, on synthetic data.
 Prints one JSON line. The step is the one `train.py` runs, built by the same
 `big_distill.setup` functions (update function, shardings, donation);
 teachers are random (with a random, nonzero head), so no checkpoint and no
-data set is needed. Other modes:
+data set is needed. A fixed-teacher config (`config.distill.fixed`) is timed
+on its own step: the batch carries random precomputed teacher outputs, the
+step has no teacher forward (`"teacher_outputs": "precomputed"`, teacher FLOPs
+0), so its figures read beside function matching's (`"forward"`). Other modes:
 
     --eval        the evaluation forward (student and teachers) on an eval batch;
     --input       the input pipeline alone, on the config's real data
@@ -54,12 +57,19 @@ import ml_collections as mlc
 from ml_collections import config_flags
 import numpy as np
 
+from big_distill import checks
 from big_distill import config_lib
 from big_distill import errors
+from big_distill import input_modes
+from big_distill import model_set
 from big_distill import parallel
+from big_distill import plan
 from big_distill import setup
-from big_distill.data import input as input_lib
-from big_distill.data import throughput
+from big_distill import weights
+
+# The input pipeline (TensorFlow) is imported by `--input` alone: the step on
+# synthetic batches runs where TensorFlow is not installed (an accelerator
+# image), and `--input` there says it was skipped.
 
 
 def define_flags(values: flags.FlagValues | None = None) -> None:
@@ -87,7 +97,7 @@ def define_flags(values: flags.FlagValues | None = None) -> None:
   flags.DEFINE_float("demand", None, "With --input: the images/s the train step consumes "
                      "(e.g. measured on the accelerator); default: time the config's step "
                      "here for a few steps.", flag_values=values)
-  flags.DEFINE_list("cache_modes", list(input_lib.CACHE_MODES), "With --input: the "
+  flags.DEFINE_list("cache_modes", list(input_modes.CACHE_MODES), "With --input: the "
                     "config.input.cache modes to measure.", flag_values=values)
 
 # Dense (no sparsity) peak FLOP/s per JAX device, by device kind (the first
@@ -190,12 +200,22 @@ def device_peak(dtype: str) -> tuple[float | None, str]:
 
 def synthetic_batch(config: mlc.ConfigDict, res: dict[str, int], batch_size: int,
                     seed: int = 0) -> dict[str, Any]:
-  """A batch of docs/DESIGN.md's shape: images in [-1, 1] and labels."""
+  """A batch of docs/DESIGN.md's shape: images in [-1, 1] and labels.
+
+  With fixed teachers (`config.distill.fixed`) the batch also carries their
+  precomputed outputs, `"teacher_logits"` {teacher: f32[b, K]}, as the
+  training stream does (`precompute.with_targets`).
+  """
   rng = np.random.default_rng(seed)
   images = {name: rng.uniform(-1, 1, (batch_size, r, r, 3)).astype(np.float32)
             for name, r in res.items()}
-  return {"image": images,
-          "label": rng.integers(0, config.num_classes, batch_size).astype(np.int32)}
+  batch = {"image": images,
+           "label": rng.integers(0, config.num_classes, batch_size).astype(np.int32)}
+  if config.distill.fixed:
+    batch["teacher_logits"] = {
+        t: rng.normal(0, 1, (batch_size, config.num_classes)).astype(np.float32)
+        for t in config.teachers}
+  return batch
 
 
 def init_key(seed: int) -> jax.Array:
@@ -203,6 +223,25 @@ def init_key(seed: int) -> jax.Array:
   'unsafe_rbg' generator compiles several times faster than threefry on CPU
   (seconds per model here), and train.py's own keys (mixup) are untouched."""
   return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def abstract_teachers(config: mlc.ConfigDict, models: model_set.Models, mesh) -> dict[str, Any]:
+  """The teachers' parameters as `load_teachers` places them, as ShapeDtypeStructs."""
+  shapes = {t: model_set.weight_shapes(models, t) for t in models.teachers}
+  sharding = parallel.param_shardings(mesh, shapes, config.fsdp_min_size)
+  dtype = jnp.dtype(config.compute_dtype)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh),
+                      shapes, sharding)
+
+
+def random_teachers(config: mlc.ConfigDict, models: model_set.Models, mesh, key) -> dict[str, Any]:
+  """Random teachers, sharded and cast as `load_teachers` puts real ones."""
+  def init():
+    return {t: weights.random_params(m, models.res[t], jax.random.fold_in(key, i + 1),
+                             jnp.dtype(config.compute_dtype))
+            for i, (t, m) in enumerate(models.teachers.items())}
+  sharding = jax.tree.map(lambda s: s.sharding, abstract_teachers(config, models, mesh))
+  return jax.jit(init, out_shardings=sharding)()
 
 
 @dataclasses.dataclass
@@ -217,11 +256,22 @@ class Setup:
   batch_shape: Any          # abstract, with shardings
 
   @property
-  def models(self) -> setup.Models:
+  def models(self) -> model_set.Models:
     return self.train.models
 
+  @property
+  def fixed(self) -> bool:
+    """Whether the step reads precomputed teacher outputs (no teacher forward)."""
+    return bool(self.config.distill.fixed)
+
+  @property
+  def step_teacher_shape(self) -> Any:
+    """The train step's teachers: none with fixed teachers (it reads their
+    precomputed outputs from the batch, and never their weights)."""
+    return {} if self.fixed else self.teacher_shape
+
   def init_teachers(self) -> Any:
-    return setup.random_teachers(self.config, self.models, self.train.mesh,
+    return random_teachers(self.config, self.models, self.train.mesh,
                                  init_key(self.config.seed))
 
 
@@ -233,17 +283,17 @@ def build(config: mlc.ConfigDict, batch_size: int | None = None) -> Setup:
   """
   if config.input.cache == "device":
     config = _with(config, **{"input.cache": "none"})
-  setup.check_config(config)
-  models = setup.build_models(config)
+  checks.check_step_config(config)  # The step's: no data is read (nor pp strings).
+  models = model_set.build_models(config)
   batch_size = batch_size or config.input.batch_size
-  mesh = setup.make_mesh(config, batch_size)
+  mesh = plan.make_mesh(config, batch_size)
   s = setup.build(config, models, mesh, total_steps=_SCHEDULE_STEPS, warmup_steps=0)
   batch_sharding = parallel.batch_sharding(mesh)
   batch_shape = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
       synthetic_batch(config, models.res, batch_size))
   return Setup(config=config, train=s, batch_size=batch_size, batch_sharding=batch_sharding,
-               teacher_shape=setup.abstract_teachers(config, models, mesh),
+               teacher_shape=abstract_teachers(config, models, mesh),
                batch_shape=batch_shape)
 
 
@@ -253,7 +303,7 @@ def teacher_forward(s: Setup) -> Callable:
 
 
 def student_forward_backward(s: Setup) -> Callable:
-  """`(params, images, teacher_logits, labels) -> ((loss, aux), grads)`: the
+  """`(params, others, images, teacher_logits, labels) -> ((loss, aux), grads)`: the
   student's share of the step, the step's own loss function."""
   return jax.jit(jax.value_and_grad(setup.make_loss(s.config, s.models), has_aux=True))
 
@@ -307,16 +357,18 @@ def _compile(jitted, *args, lowered_only: bool = False) -> dict[str, Any]:
 
 def flop_split(s: Setup, lowered_only: bool = False) -> dict[str, float]:
   """FLOPs of the teachers' forward and the student's forward+backward alone."""
-  out = {"teacher_forward": 0.0}
-  if s.models.teachers:
+  out = {"teacher_forward": 0.0}  # Fixed teachers: computed once, not in the step.
+  if s.models.teachers and not s.fixed:
     out["teacher_forward"] = flops(teacher_forward(s), s.teacher_shape, s.batch_shape["image"],
                                    lowered_only=lowered_only)
   logits = {t: jax.ShapeDtypeStruct((s.batch_size, s.config.num_classes), jnp.float32)
             for t in s.models.teachers}
   # As the step calls it: one-hot (mixed) labels, the student's image only.
   labels = jax.ShapeDtypeStruct((s.batch_size, s.config.num_classes), jnp.float32)
+  variables = s.train.state["variables"]
+  others = {k: v for k, v in variables.items() if k != "params"}
   out["student_forward_backward"] = flops(
-      student_forward_backward(s), s.train.state["params"],
+      student_forward_backward(s), variables["params"], others,
       {"student": s.batch_shape["image"]["student"]}, logits, labels,
       lowered_only=lowered_only)
   return out
@@ -413,7 +465,8 @@ def run_train(config: mlc.ConfigDict, *, steps: int, warmup: int, flops_only: bo
   """The train step's figures (see the module docstring)."""
   s = build(config)
   out = _header(config, "flops_only" if flops_only else "train", s.batch_size)
-  out.update(_compile(s.train.train_step, s.train.state, s.teacher_shape, s.batch_shape,
+  out["teacher_outputs"] = "precomputed" if s.fixed else "forward"
+  out.update(_compile(s.train.train_step, s.train.state, s.step_teacher_shape, s.batch_shape,
                       lowered_only=lowered_only))
   split = flop_split(s, lowered_only)
   out["flops"] = {**split, "other": out["flops_per_step"] - sum(split.values())}
@@ -424,7 +477,8 @@ def run_train(config: mlc.ConfigDict, *, steps: int, warmup: int, flops_only: bo
     return out
 
   batch = jax.device_put(synthetic_batch(config, s.models.res, s.batch_size), s.batch_sharding)
-  args = (s.train.init_state(init_key(config.seed)), s.init_teachers(), batch)
+  teachers = {} if s.fixed else s.init_teachers()
+  args = (s.train.init_state(init_key(config.seed)), teachers, batch)
   out.update(time_steps(s.train.train_step, lambda a, o: (o[0], a[1], a[2]), args,
                         steps=steps, warmup=warmup))
   _rates(out, config.compute_dtype)
@@ -444,13 +498,14 @@ def run_eval(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, An
   which = ("student", *s.models.teachers)
   step = jax.jit(lambda sp, tp, images: predict(sp, tp, images, which),
                  in_shardings=(None, None, s.batch_sharding))
-  out.update(_compile(step, s.train.state["params"], s.teacher_shape, s.batch_shape["image"]))
+  out.update(_compile(step, s.train.state["variables"], s.teacher_shape,
+                      s.batch_shape["image"]))
   teacher = flops(teacher_forward(s), s.teacher_shape, s.batch_shape["image"]) \
       if s.models.teachers else 0.0
   out["flops"] = {"teacher_forward": teacher, "student_forward": out["flops_per_step"] - teacher}
 
   batch = jax.device_put(synthetic_batch(config, s.models.res, batch_size), s.batch_sharding)
-  args = (s.train.init_state(init_key(config.seed))["params"], s.init_teachers(),
+  args = (setup.student_weights(s.train.init_state(init_key(config.seed))), s.init_teachers(),
           batch["image"])
   out.update(time_steps(step, lambda a, o: a, args, steps=steps, warmup=warmup))
   _rates(out, config.compute_dtype)
@@ -469,10 +524,13 @@ def _with(config: mlc.ConfigDict, **fields) -> mlc.ConfigDict:
 
 def device_batch_time(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, Any]:
   """The device cache's batch making alone, timed on the devices (no host work)."""
-  from big_distill.data import device as device_data  # pylint: disable=g-import-not-at-top
-  mesh = setup.make_mesh(config)
+  # pylint: disable=g-import-not-at-top
+  from big_distill import feeding
+  from big_distill.data import device as device_data
+  # pylint: enable=g-import-not-at-top
+  mesh = plan.make_mesh(config)
   start = time.perf_counter()
-  data = setup.prepare_train_data(config, mesh)
+  data = feeding.prepare_train_data(config, mesh)
   prepare_s = time.perf_counter() - start
   make = jax.jit(device_data.batch_fn(config), out_shardings=parallel.batch_sharding(mesh))
   # The same step each call: the work does not depend on which step it is.
@@ -484,7 +542,7 @@ def device_batch_time(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dic
 
 
 def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int,
-              modes: tuple[str, ...] = input_lib.CACHE_MODES,
+              modes: tuple[str, ...] = input_modes.CACHE_MODES,
               demand: float | None = None) -> dict[str, Any]:
   """The input's examples/s in each cache mode, beside what the train step consumes.
 
@@ -493,6 +551,11 @@ def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int,
   work per step). `input_bound[mode]` says whether that input is slower than
   the step's demand (`demand`, else the step timed here).
   """
+  # pylint: disable=g-import-not-at-top
+  from big_distill.data import input as input_lib
+  from big_distill.data import throughput
+  # pylint: enable=g-import-not-at-top
+  checks.check_config(config)
   input_lib.check_prepared(config.input.data)
   out = _header(config, "input", config.input.batch_size)
   cores = os.cpu_count() or 1
@@ -527,6 +590,20 @@ def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int,
   return out
 
 
+def input_pipeline_missing() -> str | None:
+  """Why the input pipeline (tf.data, TFDS) cannot run here, or None if it can."""
+  # pylint: disable=g-import-not-at-top,unused-import
+  try:
+    import tensorflow
+    import tensorflow_datasets
+  except ModuleNotFoundError as e:
+    if e.name not in ("tensorflow", "tensorflow_datasets"):
+      raise
+    return f"{e.name} is not installed here"
+  # pylint: enable=g-import-not-at-top,unused-import
+  return None
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
@@ -544,6 +621,11 @@ def main(argv):
                       project_mfu=f.project_mfu)
     elif mode == "eval":
       out = run_eval(config, steps=f.steps, warmup=f.warmup)
+    elif (missing := input_pipeline_missing()) is not None:
+      print(f"big_distill.benchmark: --input skipped: {missing}, and the input pipeline is "
+            "tf.data; measure it on a host with TensorFlow (the step's demand: "
+            "--demand=<images/s of this step>).", flush=True)
+      return
     else:
       out = run_input(config, steps=f.steps, warmup=f.warmup, modes=tuple(f.cache_modes),
                       demand=f.demand)

@@ -5,7 +5,7 @@ r"""bfloat16 against float32 logits of a config's models, on one batch.
 
 Prints one JSON line. float32: float32 weights and compute. bfloat16: as the
 trainer runs it, the student with float32 weights and bfloat16 compute,
-teachers with weights cast to bfloat16 once (`setup.put_teacher`). Weights
+teachers with weights cast to bfloat16 once (`weights.put_teacher`). Weights
 come from the models' checkpoints where the config's `*_init` files exist
 (`weights`), else they are random; images are a batch of the config's data
 where it is prepared (`images`), else synthetic.
@@ -37,7 +37,10 @@ import numpy as np
 from big_distill import distill
 from big_distill import config_lib
 from big_distill import errors
+from big_distill import checks
+from big_distill import model_set
 from big_distill import setup
+from big_distill import weights
 from big_distill.data import input as input_lib
 
 # bfloat16 logits may differ from float32 ones (relative L2) by at most this
@@ -54,7 +57,7 @@ BF16_RATIO_TOL = 5.0
 def _predict_fn(config: mlc.ConfigDict, dtype: str, which: tuple[str, ...]) -> Callable:
   c = mlc.ConfigDict(config.to_dict())
   c.compute_dtype = dtype
-  predict = setup.make_predict(setup.build_models(c))
+  predict = setup.make_predict(model_set.build_models(c))
   jitted = jax.jit(lambda params, images: predict(
       params["student"], {t: params[t] for t in which if t != "student"}, images, which))
   return lambda params, images: {k: np.asarray(v, np.float64)
@@ -67,7 +70,7 @@ def _synthetic_images(res: dict[str, int], batch_size: int) -> dict[str, np.ndar
           for name, r in res.items()}
 
 
-def _inputs(config: mlc.ConfigDict, models: setup.Models, batch_size: int):
+def _inputs(config: mlc.ConfigDict, models: model_set.Models, batch_size: int):
   """(images, source): a batch of the config's training data where it is
   prepared (trained weights see the images they know), else synthetic."""
   try:
@@ -78,13 +81,13 @@ def _inputs(config: mlc.ConfigDict, models: setup.Models, batch_size: int):
   return {k: np.asarray(v[:batch_size], np.float32) for k, v in batch["image"].items()}, "data"
 
 
-def _params(config: mlc.ConfigDict, models: setup.Models, which) -> tuple:
-  """float32 weights per model, from its checkpoint (`config.student_init`,
+def _params(config: mlc.ConfigDict, models: model_set.Models, which) -> tuple:
+  """float32 variables per model, from its checkpoint (`config.student_init`,
   `config.<teacher>_init`) where that file exists, else random; and which."""
   rng = jax.random.key(config.seed, impl="unsafe_rbg")
   all_models = {"student": models.student, **models.teachers}
   params = jax.jit(lambda: {
-      name: setup.random_params(all_models[name], models.res[name],
+      name: weights.random_params(all_models[name], models.res[name],
                                 jax.random.fold_in(rng, i)) for i, name in enumerate(which)})()
   params = jax.device_get(params)
   source = {}
@@ -92,28 +95,28 @@ def _params(config: mlc.ConfigDict, models: setup.Models, which) -> tuple:
     path = config.get(f"{name}_init")
     source[name] = "random"
     try:
-      found = bool(path) and setup.readable(path, f"{name}_init") and bool(
-          setup.resolve_init(path))
+      found = bool(path) and checks.readable(path, f"{name}_init") and bool(
+          checks.resolve_init(path))
     except errors.UserError:  # Unreachable or unfinished: random weights instead.
       found = False
     if found:
-      params[name] = setup.load_weights(config, name, all_models[name], path,
-                                        template=params[name])
+      model = models.student if name == "student" else models.configured[name]
+      params[name] = weights.load_weights(config, name, model, path, template=params[name])
       if name != "student":  # As the trainer runs teachers: frozen.
-        params[name] = setup.frozen_params(config, name, params[name])
+        params[name] = weights.freeze(config, models, name, params[name])
       source[name] = f"checkpoint {path}"
   return params, source
 
 
 def compare(config: mlc.ConfigDict, batch_size: int | None = None) -> dict[str, Any]:
   """The figures of the module docstring, as a dict."""
-  setup.check_config(config)
-  models = setup.build_models(config)
+  checks.check_config(config)
+  models = model_set.build_models(config)
   which = ("student", *models.teachers)
   batch_size = batch_size or min(config.input.batch_size, 32)
   images, image_source = _inputs(config, models, batch_size)
   rounded = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), images)
-  params, weights = _params(config, models, which)
+  params, sources = _params(config, models, which)
   bf16 = {k: v if k == "student" else jax.tree.map(lambda x: x.astype(jnp.bfloat16), v)
           for k, v in params.items()}
   predict32 = _predict_fn(config, "float32", which)
@@ -121,7 +124,7 @@ def compare(config: mlc.ConfigDict, batch_size: int | None = None) -> dict[str, 
   l16 = _predict_fn(config, "bfloat16", which)(bf16, images)
   rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(a))
   out = {"mode": "precision", "device_kind": jax.devices()[0].device_kind, "batch": batch_size,
-         "images": image_source, "weights": weights, "ratio_tol": BF16_RATIO_TOL,
+         "images": image_source, "weights": sources, "ratio_tol": BF16_RATIO_TOL,
          "models": {}}
   for name in which:
     a, b = l32[name], l16[name]

@@ -52,13 +52,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
-import tensorflow as tf
 
 from big_distill import errors
 from big_distill import fileio
 from big_distill import parallel
-from big_distill.data import input as input_lib
-from big_distill.data import pp as pp_lib
+
+# TensorFlow and the input pipeline are imported by the functions that read
+# data: the checks of a config (`check_config`) and the train step's lookup
+# of the tables need neither.
 
 KINDS = ("rs", "cc", "ic_ens")
 FILE = "teacher_outputs.npz"
@@ -126,6 +127,7 @@ def num_views(config: mlc.ConfigDict) -> int:
 
 def crop_seed(seed: int, index, k) -> tf.Tensor:
   """The stateless seed of crop k of example `index` (ic_ens)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   base = tf.constant([seed, _CROPS], tf.int64)
   fold = tf.random.experimental.stateless_fold_in
   return fold(fold(base, tf.cast(index, tf.int64)), tf.cast(k, tf.int64))
@@ -144,14 +146,19 @@ def make_dataset(config: mlc.ConfigDict, *, process_index: int | None = None,
   row (crop k with `crop_seed(seed, id, k)`). Every process yields the same
   number of batches (padding has mask 0), as the collective forward needs.
   """
-  p, P = input_lib._processes(process_index, process_count)  # pylint: disable=protected-access
-  b = input_lib._local_batch(config.input.batch_size, P, "config.input.batch_size")  # pylint: disable=protected-access
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from big_distill.data import input as input_lib
+  from big_distill.data import pp as pp_lib
+  # pylint: enable=g-import-not-at-top
+  p, P = input_lib.process_index_and_count(process_index, process_count)
+  b = input_lib.local_batch_size(config.input.batch_size, P, "config.input.batch_size")
   data_config = config.input.data
-  builder = input_lib._builder(data_config)  # pylint: disable=protected-access
+  builder = input_lib.tfds_builder(data_config)
   n = input_lib.num_examples(data_config)
-  raw = input_lib._read(builder, data_config)  # pylint: disable=protected-access
+  raw = input_lib.read_split(builder, data_config)
   if data_config.balanced_subset:
-    raw = input_lib._select(raw, input_lib._subset_mask(builder, data_config))  # pylint: disable=protected-access
+    raw = input_lib.select_examples(raw, input_lib.subset_mask(builder, data_config))
   crops = num_views(config)
   pre = pp_lib.parse(config.input.pp)
   view = pp_lib.parse(teacher_pp(config))
@@ -164,7 +171,7 @@ def make_dataset(config: mlc.ConfigDict, *, process_index: int | None = None,
     # the trainer's views='fixed' feeds them.
     data = view({**data, "_rng": crop_seed(config.seed, index, k)})
     rng = tf.random.experimental.stateless_fold_in(data["_rng"], -1)
-    images = {t: input_lib._to_model(data["image"], config[f"{t}_res"], post,  # pylint: disable=protected-access
+    images = {t: input_lib.to_model_input(data["image"], config[f"{t}_res"], post,
                                      tf.random.experimental.stateless_fold_in(rng, i), t)
               for i, t in enumerate(teachers)}
     return {"image": images, "_index": tf.cast(index, tf.int32), "_mask": 1.0}
@@ -176,7 +183,7 @@ def make_dataset(config: mlc.ConfigDict, *, process_index: int | None = None,
   pad = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
   ds = ds.take(num_batches * b).batch(b).prefetch(tf.data.AUTOTUNE)
-  return input_lib._options(ds), num_batches  # pylint: disable=protected-access
+  return input_lib.with_pipeline_options(ds), num_batches
 
 
 def make_forward(config: mlc.ConfigDict, models, mesh) -> Any:
@@ -189,10 +196,10 @@ def make_forward(config: mlc.ConfigDict, models, mesh) -> Any:
   ic_ens = config.distill.fixed == "ic_ens"
   t = config.distill.t
 
-  def forward(teacher_params, batch):
+  def forward(teacher_variables, batch):
     out = {}
     for name, model in models.teachers.items():
-      z = model.apply({"params": teacher_params[name]}, batch["image"][name])[0]
+      z = model.apply(teacher_variables[name], batch["image"][name], train=False)[0]
       z = z.astype(jnp.float32)
       out[name] = jax.nn.log_softmax(z / t) if ic_ens else z
     return out, batch["_index"], batch["_mask"]
@@ -207,6 +214,7 @@ def compute(config: mlc.ConfigDict, models, mesh, teacher_params) -> dict[str, n
   Call it on every process (the forward is a collective); each gets the
   whole table.
   """
+  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
   n = input_lib.num_examples(config.input.data)
   crops = num_views(config)
   ic_ens = config.distill.fixed == "ic_ens"
@@ -256,6 +264,13 @@ def _tree_sha256(tree: Any) -> str:
   return h.hexdigest()
 
 
+def _variables_sha256(variables: dict[str, Any]) -> str:
+  """A model's variables' sha256: of the params tree alone when that is all
+  there is (as the fingerprints of workdirs written before teachers were
+  carried as variables dicts), else of the whole dict."""
+  return _tree_sha256(variables["params"] if set(variables) == {"params"} else variables)
+
+
 def describe(config: mlc.ConfigDict, teacher_params: Any, mesh) -> dict[str, Any]:
   """Everything the tables depend on, and its sha256 (`["sha256"]`).
 
@@ -265,6 +280,7 @@ def describe(config: mlc.ConfigDict, teacher_params: Any, mesh) -> dict[str, Any
   neither changes. Collective (gathers sharded teachers): call it on every
   process.
   """
+  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
   host = parallel.to_host(teacher_params, mesh)
   d = config.input.data
   desc = {
@@ -276,7 +292,7 @@ def describe(config: mlc.ConfigDict, teacher_params: Any, mesh) -> dict[str, Any
                **({"classes": list(d.classes)} if d.get("classes") is not None else {})},
       "pp": {"pp": config.input.pp, "view": teacher_pp(config), "post": config.input.pp_post},
       "teachers": {t: {"model": config[f"{t}_name"], "kwargs": config[t].to_dict(),
-                       "res": config[f"{t}_res"], "params_sha256": _tree_sha256(host[t])}
+                       "res": config[f"{t}_res"], "params_sha256": _variables_sha256(host[t])}
                    for t in config.teachers},
   }
   if config.distill.fixed == "ic_ens":
@@ -310,6 +326,7 @@ def save(path: str, desc: dict[str, Any], tables: dict[str, np.ndarray]) -> None
 
 def read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
   """(description, tables) of a file `save` wrote; None if absent or unreadable."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: gs:// workdirs)
   if not tf.io.gfile.exists(path):
     return None
   try:

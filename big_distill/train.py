@@ -7,8 +7,9 @@ Distillation when `config.teachers` names teachers; supervised training (or
 fine-tuning, e.g. of a BiT-M teacher) when it is empty. Without `--workdir`
 the run goes to `workdirs/<config name>[_<config args>]` under the current
 folder. Rerunning the same command resumes from the workdir. `train()` reads
-top to bottom: checks, the set-up (big_distill/setup.py, shared with
-benchmark and evaluate), teachers, checkpoint, evaluators, the loop.
+top to bottom: checks, the set-up (checks, model_set, plan, setup, weights,
+feeding: shared with benchmark and evaluate), teachers, checkpoint,
+evaluators, the loop.
 """
 
 from __future__ import annotations
@@ -34,20 +35,19 @@ from big_distill import errors
 from big_distill import fileio
 from big_distill import metrics as metrics_lib
 from big_distill import parallel
+from big_distill import checks
+from big_distill import feeding
+from big_distill import model_set
+from big_distill import plan
 from big_distill import precompute
 from big_distill import setup
+from big_distill import weights
 from big_distill import workdir as workdir_lib
 
 gfile = tf.io.gfile
 
-# Older callers import these from here; they live in errors.py and setup.py.
+# Older callers import it from here; it lives in errors.py.
 ConfigError = errors.ConfigError
-Models = setup.Models
-build_models = setup.build_models
-check_config = setup.check_config
-make_predict = setup.make_predict
-model_module = setup.model_module
-resolve_init = setup.resolve_init
 
 
 # ---- Checks of the workdir ---------------------------------------------------
@@ -102,10 +102,10 @@ def open_checkpointer(workdir: str, config: mlc.ConfigDict) -> ckpt_lib.Checkpoi
 def restore_or_init(ckpt: ckpt_lib.Checkpointer, s: setup.TrainSetup,
                     student_init) -> tuple[int, dict]:
   """(first step, state): the newest readable checkpoint, else a fresh state."""
-  restored = ckpt.restore(s.state)
+  restored = ckpt.restore(s.checkpoint_state)
   if restored is not None:
     logging.info("Resumed from the checkpoint at step %d.", restored[0])
-    return restored
+    return restored[0], setup.from_checkpoint(restored[1])
   state = s.init_state(jax.random.key(s.config.seed))
   if student_init is not None:
     state = setup.with_params(s, state, student_init)
@@ -115,13 +115,14 @@ def restore_or_init(ckpt: ckpt_lib.Checkpointer, s: setup.TrainSetup,
 def export_student(workdir: str, config: mlc.ConfigDict, state, mesh) -> None:
   """The final student as `student.npz`: what distillation and evaluate read.
 
-  A student with batch statistics is saved with them (its module's save of
-  the `{"params", "batch_stats"}` dict): inference needs the running averages.
+  Its family's `save` of the student's variables, in its default layout (a
+  student with batch statistics is saved with them: inference needs the
+  running averages).
   """
-  params = parallel.to_host(setup.student_weights(state), mesh)  # Collective: every process.
+  variables = parallel.to_host(setup.student_weights(state), mesh)  # Collective: every process.
   if jax.process_index() == 0:
     path = os.path.join(workdir, "student.npz")
-    setup.model_module(config.student_name).save(params, path)
+    model_set.model_module(config.student_name).save(variables, path)
     logging.info("Wrote %s.", path)
 
 
@@ -167,7 +168,7 @@ class _TrainLog:
   for this one's loss does not leave the accelerator idle.
   """
 
-  def __init__(self, writer, progress, d: setup.Durations):
+  def __init__(self, writer, progress, d: plan.Durations):
     self.writer, self.progress, self.d = writer, progress, d
     self.last: dict[str, float] = writer.logged()  # For the NaN message, also after a resume.
     self.pending = None  # (step, metrics on device).
@@ -204,26 +205,26 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   # ---- Checks that cost nothing: config, data, files, workdir -----------
   if "://" not in workdir:
     workdir = os.path.abspath(workdir)  # orbax wants absolute paths.
-  setup.check_config(config)
-  models = setup.build_models(config)
-  setup.check_data(config)
-  setup.check_inits(config)
+  checks.check_config(config)
+  models = model_set.build_models(config)
+  checks.check_data(config)
+  checks.check_inits(config)
   check_workdir(workdir, config)
 
   # ---- Mesh, durations and the update step (abstract: nothing allocated) -
-  mesh = setup.make_mesh(config)
+  mesh = plan.make_mesh(config)
   logging.info("mesh %s over %d devices (%d processes).", dict(mesh.shape),
                jax.device_count(), jax.process_count())
-  d = setup.durations(config)
+  d = plan.durations(config)
   s = setup.build(config, models, mesh, total_steps=d.total, warmup_steps=d.warmup)
-  shardings = jax.tree.leaves(s.state_sharding["params"])
+  shardings = jax.tree.leaves(s.state_sharding["variables"]["params"])
   logging.info("Student: %d of %d parameter arrays sharded over fsdp.",
                sum(sh.spec != jax.sharding.PartitionSpec() for sh in shardings), len(shardings))
 
   # ---- Teachers and the student's start, checked before any compile -----
-  teacher_params = setup.load_teachers(config, models, mesh)
-  student_init = setup.load_student_init(config, models)
-  train_data = setup.prepare_train_data(config, mesh)  # Decoded / device caches.
+  teacher_params = weights.load_teachers(config, models, mesh)
+  student_init = weights.load_student_init(config, models)
+  train_data = feeding.prepare_train_data(config, mesh)  # Decoded / device caches.
   lock = workdir_lib.acquire(workdir)  # A second launch on this workdir stops here.
   record_config(workdir, config)  # Every check passed: the workdir is this config's.
 
@@ -235,14 +236,14 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
   # ---- Initial state, or the checkpoint; evaluators ---------------------
   ckpt = open_checkpointer(workdir, config)
   first_step, state = restore_or_init(ckpt, s, student_init)
-  evaluators = setup.make_evaluators(config, models, mesh)
+  evaluators = feeding.make_evaluators(config, models, mesh)
 
   # ---- Train loop -------------------------------------------------------
   writer = metrics_lib.Writer(workdir, resume_step=first_step)
   log = _TrainLog(writer, metrics_lib.Progress(d.total, config.input.batch_size,
                                                d.steps_per_epoch, first_step), d)
   preemption = _Preemption()
-  batches = setup.train_batches(config, mesh, first_step, train_data, tables)
+  batches = feeding.train_batches(config, mesh, first_step, train_data, tables)
   profiling = False
   step = first_step
   try:
@@ -268,7 +269,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
       # is for the checkpoint.
       saved = False
       if save_now and preempted:
-        ckpt.save(step, state)
+        ckpt.save(step, setup.to_checkpoint(state))
         saved = True
       if evals_now:
         results = {"progress/epoch": step / d.steps_per_epoch}
@@ -278,7 +279,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, float]:
       if (save_now or preemption.requested) and not saved:
         if not (evals_now or save_now):
           log.flush()  # A preemption that came during this step.
-        ckpt.save(step, state)
+        ckpt.save(step, setup.to_checkpoint(state))
       if preemption.requested:
         break  # Reported by main() as `Preempted`, after the save completes.
     log.flush()

@@ -1,8 +1,9 @@
 """Students with batch statistics (BatchNorm) in the trainer, and training on
 another data set's images.
 
-In-process: the state carries the student's `batch_stats` (only when it has
-them), the jitted step updates them, evaluation reads the running averages,
+In-process: the state carries the student's variables as one dict, with its
+`batch_stats` (only when it has them; checkpoints keep the tree they always
+had), the jitted step updates them, evaluation reads the running averages,
 teachers with them run in inference mode, student_init keeps them. CLI: a
 MobileNet v3 BN student from a BiT teacher on 8 fake devices (data x fsdp),
 whose statistics change, are exported, and are restored bit for bit after a
@@ -24,7 +25,12 @@ import numpy as np
 import pytest
 
 from big_distill import errors
+from big_distill import benchmark
+from big_distill import checks
+from big_distill import model_set
+from big_distill import plan
 from big_distill import setup
+from big_distill import weights
 from big_distill.data import input as input_lib
 from tests import helpers
 from tests import tiny_config
@@ -46,12 +52,12 @@ def _config(module, arg):
 class Built:
   def __init__(self, config):
     self.config = config
-    self.models = setup.build_models(config)
-    self.mesh = setup.make_mesh(config)
-    d = setup.durations(config)
+    self.models = model_set.build_models(config)
+    self.mesh = plan.make_mesh(config)
+    d = plan.durations(config)
     self.s = setup.build(config, self.models, self.mesh, total_steps=d.total,
                          warmup_steps=d.warmup)
-    self.teachers = setup.load_teachers(config, self.models, self.mesh)
+    self.teachers = weights.load_teachers(config, self.models, self.mesh)
 
 
 @pytest.fixture(scope="module")
@@ -70,31 +76,35 @@ def bn(tmp_path_factory, fashion_data_dir):
 
 
 def test_bn_student_state_carries_batch_stats_outside_the_optimizer(bn):
-  assert bn.models.with_stats == {"student"}
-  assert set(bn.s.state) == {"params", "opt", "step", "batch_stats"}
-  shapes = setup.variable_shapes(bn.models.student, bn.models.res["student"])
-  assert (jax.tree.structure(bn.s.state["batch_stats"])
+  assert "batch_stats" in model_set.weight_shapes(bn.models, "student")
+  assert set(bn.s.state) == {"variables", "opt", "step"}
+  assert set(bn.s.state["variables"]) == {"params", "batch_stats"}
+  # Checkpoints keep the tree of runs written before: collections beside opt.
+  assert set(bn.s.checkpoint_state) == {"params", "opt", "step", "batch_stats"}
+  shapes = model_set.variable_shapes(bn.models.student, bn.models.res["student"])
+  assert (jax.tree.structure(bn.s.state["variables"]["batch_stats"])
           == jax.tree.structure(shapes["batch_stats"]))
   # The optimizer sees the params only: its state is tx.init(params)'s.
   opt = jax.eval_shape(bn.s.tx.init, shapes["params"])
   assert jax.tree.structure(bn.s.state["opt"]) == jax.tree.structure(opt)
   # Sharded like the params: explicit NamedShardings on the mesh.
-  for sh in jax.tree.leaves(bn.s.state_sharding["batch_stats"]):
+  for sh in jax.tree.leaves(bn.s.state_sharding["variables"]["batch_stats"]):
     assert isinstance(sh, jax.sharding.NamedSharding) and sh.mesh == bn.mesh
   # Fresh BatchNorm: means 0, variances 1.
-  means = [v for p, v in jax.tree_util.tree_leaves_with_path(bn.state0["batch_stats"])
+  means = [v for p, v in jax.tree_util.tree_leaves_with_path(
+      bn.state0["variables"]["batch_stats"])
            if p[-1].key == "mean"]
   assert means and all(not np.any(np.asarray(m)) for m in means)
 
 
 def test_the_step_updates_batch_stats_with_the_batchs_statistics(bn):
-  before = jax.tree.leaves(bn.state0["batch_stats"])
-  after = jax.tree.leaves(bn.state1["batch_stats"])
+  before = jax.tree.leaves(bn.state0["variables"]["batch_stats"])
+  after = jax.tree.leaves(bn.state1["variables"]["batch_stats"])
   changed = [not np.array_equal(a, b) for a, b in zip(before, after)]
   assert all(changed), f"{sum(changed)} of {len(changed)} statistics changed"
   # One step of momentum 0.99 from (mean 0, var 1): 1% of the way to the
   # batch's statistics; the variances of the batch are positive.
-  var = np.asarray(bn.state1["batch_stats"]["stem_norm"]["var"])
+  var = np.asarray(bn.state1["variables"]["batch_stats"]["stem_norm"]["var"])
   assert np.all(var > 0.99) and np.all(var != 1)
   assert int(bn.state1["step"]) == 1
   assert np.isfinite(float(bn.metrics["train/loss"]))
@@ -103,21 +113,24 @@ def test_the_step_updates_batch_stats_with_the_batchs_statistics(bn):
 def test_eval_uses_the_running_averages(bn):
   # A random head (it starts at zero, and warm-up's first step does not move
   # it), so that the logits show what the features do.
-  params = bn.state1["params"]
+  params = bn.state1["variables"]["params"]
   head = jax.random.normal(jax.random.key(1), params["head"]["kernel"].shape)
-  state = {**bn.state1, "params": {**params, "head": {**params["head"], "kernel": head}}}
+  stats = bn.state1["variables"]["batch_stats"]
+  state = {**bn.state1, "variables": {
+      "params": {**params, "head": {**params["head"], "kernel": head}}, "batch_stats": stats}}
   images = {"student": bn.batch["image"]["student"]}
   predict = jax.jit(setup.make_predict(bn.models), static_argnums=3)
   logits = np.asarray(predict(setup.student_weights(state), bn.teachers, images,
                               ("student",))["student"])
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  variables = state["variables"]
   inference = np.asarray(bn.models.student.apply(variables, images["student"], train=False)[0])
   np.testing.assert_allclose(logits, inference, rtol=1e-5, atol=1e-6)
   (with_batch, _), _ = bn.models.student.apply(variables, images["student"], train=True,
                                                mutable=["batch_stats"])
   assert np.abs(logits - np.asarray(with_batch)).max() > 1e-3
   # ... and they matter: other statistics, other predictions.
-  shifted = {**state, "batch_stats": jax.tree.map(lambda x: x + 0.5, state["batch_stats"])}
+  shifted = {**state, "variables": {
+      **variables, "batch_stats": jax.tree.map(lambda x: x + 0.5, variables["batch_stats"])}}
   other = np.asarray(predict(setup.student_weights(shifted), bn.teachers, images,
                              ("student",))["student"])
   assert np.abs(other - logits).max() > 1e-3
@@ -128,7 +141,7 @@ def test_student_init_keeps_batch_stats(bn, tmp_path):
   host = jax.device_get(setup.student_weights(bn.state1))
   path = str(tmp_path / "student.npz")
   mobilenet_v3.save(host, path)
-  loaded = setup.load_weights(bn.config, "student", bn.models.student, path)
+  loaded = weights.load_weights(bn.config, "student", bn.models.student, path)
   state = setup.with_params(bn.s, jax.tree.map(jnp.copy, bn.state0), loaded)
   for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(setup.student_weights(state))):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
@@ -137,22 +150,24 @@ def test_student_init_keeps_batch_stats(bn, tmp_path):
 
 def test_a_teacher_with_batch_stats_runs_in_inference_mode(bn):
   student = bn.models.student
-  models = setup.Models(student=student, teachers={"t1": student},
-                        res={"student": 16, "t1": 16}, with_stats=frozenset({"student", "t1"}))
-  weights = setup.student_weights(bn.state1)
+  models = model_set.Models(student=student, teachers={"t1": student},
+                            res={"student": 16, "t1": 16})
+  variables = setup.student_weights(bn.state1)
   images = {"t1": bn.batch["image"]["student"]}
-  out = setup.make_teacher_forward(models)({"t1": weights}, images)["t1"]
-  expected = student.apply(weights, images["t1"], train=False)[0]
+  out = setup.make_teacher_forward(models)({"t1": variables}, images)["t1"]
+  expected = student.apply(variables, images["t1"], train=False)[0]
   np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_bit_student_state_is_unchanged(fashion_data_dir, tmp_path):
   teacher = tiny_config.write_teacher(tmp_path / "teacher.npz")
   config = _config(tiny_config, f"data_dir={fashion_data_dir},teacher={teacher},evals=false")
-  models = setup.build_models(config)
-  assert models.with_stats == frozenset()
-  s = setup.build(config, models, setup.make_mesh(config), total_steps=4, warmup_steps=1)
-  assert set(s.state) == {"params", "opt", "step"}
+  models = model_set.build_models(config)
+  assert set(model_set.weight_shapes(models, "student")) == {"params"}
+  s = setup.build(config, models, plan.make_mesh(config), total_steps=4, warmup_steps=1)
+  assert set(s.state) == {"variables", "opt", "step"} and set(s.state["variables"]) == {"params"}
+  # Its checkpoints keep the tree they always had.
+  assert set(s.checkpoint_state) == {"params", "opt", "step"}
 
 
 # ---- The CLI: 8 devices, kill and resume bit for bit -------------------------
@@ -225,9 +240,9 @@ def test_check_num_classes_accepts_another_data_sets_images(fashion_data_dir, fo
                                                             caplog):
   c = _foreign_config(fashion_data_dir, folder_data_dir)
   assert input_lib.num_classes(c.input.data) == 3 != c.num_classes
-  assert not setup.training_labels_are_the_tasks(c)
+  assert not checks.training_labels_are_the_tasks(c)
   with caplog.at_level(logging.INFO):
-    setup.check_num_classes(c)
+    checks.check_num_classes(c)
   lines = [r.getMessage() for r in caplog.records if "labels of the training data" in
            r.getMessage()]
   assert len(lines) == 1 and "bd_test_images" in lines[0] and "fashion_mnist" in lines[0]
@@ -236,28 +251,28 @@ def test_check_num_classes_accepts_another_data_sets_images(fashion_data_dir, fo
 def test_check_num_classes_refuses_a_wrong_count_on_the_tasks_own_data(fashion_data_dir):
   c = tiny_config.get_config(f"data_dir={fashion_data_dir},teacher=t.npz")
   c.num_classes = 7
-  assert setup.training_labels_are_the_tasks(c)
+  assert checks.training_labels_are_the_tasks(c)
   with pytest.raises(errors.ConfigError, match=r"num_classes=7.*config.input.data .*10 classes"):
-    setup.check_num_classes(c)
+    checks.check_num_classes(c)
 
 
 def test_supervised_run_on_another_data_sets_images_is_refused(fashion_data_dir,
                                                                folder_data_dir):
   c = _foreign_config(fashion_data_dir, folder_data_dir, teachers=())
   with pytest.raises(errors.ConfigError, match="without teachers"):
-    setup.check_num_classes(c)
+    checks.check_num_classes(c)
 
 
 def test_the_step_ignores_another_data_sets_labels(fashion_data_dir, folder_data_dir):
   c = _foreign_config(fashion_data_dir, folder_data_dir)
   c.distill.label_weight = 1.0  # Even when asked for: these labels are not the task's.
-  models = setup.build_models(c)
-  mesh = setup.make_mesh(c)
+  models = model_set.build_models(c)
+  mesh = plan.make_mesh(c)
   s = setup.build(c, models, mesh, total_steps=2, warmup_steps=1)
   batch = {"image": {k: jax.ShapeDtypeStruct((16, r, r, 3), jnp.float32)
                      for k, r in models.res.items()},
            "label": jax.ShapeDtypeStruct((16,), jnp.int32)}
-  teachers = setup.abstract_teachers(c, models, mesh)
+  teachers = benchmark.abstract_teachers(c, models, mesh)
   _, metrics = jax.eval_shape(s.train_step, s.state, teachers, batch)
   assert "train/t1_loss" in metrics and "train/label_loss" not in metrics
   c.input.data.name = "fashion_mnist"  # The task's own images: their labels count.

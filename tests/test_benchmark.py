@@ -8,6 +8,10 @@ timing figure is asserted: timings are the benchmark's output, not a test.
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +88,83 @@ def test_flops_only_lowered_with_projection(run_cli, config_file):
   p = out["projection"]
   assert p["mfu"] == 0.45
   assert p["step_time_s"] == pytest.approx(out["flops_per_step"] / (0.45 * 989.4e12))
+
+
+FIXED = ("--config.distill.fixed=cc", "--config.distill.views=fixed", "--config.mixup.p=0",
+         "--config.input.cache=encoded")
+
+
+def test_fixed_teacher_step_beside_function_matching(run_cli, config_file):
+  """The fixed-teacher step (precomputed outputs in the batch, no teacher
+  forward) is benchmarked like function matching's: same keys, its FLOPs the
+  student's share alone."""
+  funmatch = json.loads(run_cli(f"--config={config_file}", "--flops_only",
+                                "--lowered_only")[0])
+  fixed = json.loads(run_cli(f"--config={config_file}", "--flops_only", "--lowered_only",
+                             *FIXED)[0])
+  assert set(funmatch) == set(fixed)
+  assert funmatch["teacher_outputs"] == "forward"
+  assert fixed["teacher_outputs"] == "precomputed"
+  assert fixed["flops"]["teacher_forward"] == 0.0 < funmatch["flops"]["teacher_forward"]
+  assert fixed["flops"]["student_forward_backward"] > 0
+  assert 0 < fixed["flops_per_step"] < funmatch["flops_per_step"]
+
+
+def test_fixed_teacher_step_runs(run_cli, config_file):
+  out = json.loads(run_cli(f"--config={config_file}", "--steps=2", "--warmup=1", *FIXED)[0])
+  assert TRAIN_KEYS <= set(out)
+  assert out["teacher_outputs"] == "precomputed" and out["images_per_s"] > 0
+  assert out["recompiles_after_first_call"] == 0
+
+
+# The child's sitecustomize: tensorflow, tensorflow_datasets and clu cannot be
+# imported (as on the accelerator image), and the two-convolution model module
+# of tests/helpers.py is installed.
+_WITHOUT_TENSORFLOW = textwrap.dedent("""
+    import importlib.abc
+    import sys
+    import types
+
+    class _Absent(importlib.abc.MetaPathFinder):
+      def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "clu"):
+          raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+    sys.meta_path.insert(0, _Absent())
+    from tests import helpers
+    module = types.ModuleType("big_distill.models.tiny_cnn")
+    module.Model = helpers.TinyCNN
+    module.freeze = lambda model, variables: (model, variables)
+    sys.modules[module.__name__] = module
+    """)
+
+
+def test_step_benchmark_runs_without_tensorflow(tmp_path, config_file):
+  """The step on synthetic batches imports no TensorFlow, TFDS or clu (the
+  accelerator image has none); `--input` says it is skipped, in one line."""
+  site = tmp_path / "site"
+  site.mkdir()
+  (site / "sitecustomize.py").write_text(_WITHOUT_TENSORFLOW)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), repo]), JAX_PLATFORMS="cpu",
+             XLA_FLAGS=helpers.xla_flags(1))
+  check = "import tensorflow"
+  r = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
+  assert r.returncode != 0 and "No module named 'tensorflow'" in r.stderr  # The hook works.
+
+  def run(*flags):
+    return subprocess.run([sys.executable, "-m", "big_distill.benchmark",
+                           f"--config={config_file}", *flags], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+  r = run("--steps=1", "--warmup=0")
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["mode"] == "train" and out["step_time_s"] > 0 and out["flops_per_step"] > 0
+  r = run("--input")
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = r.stdout.strip().splitlines()
+  assert len(lines) == 1 and "--input skipped: tensorflow is not installed" in lines[0], lines
 
 
 def _load_config(path):

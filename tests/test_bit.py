@@ -96,6 +96,46 @@ def test_save_load_roundtrip_is_exact(tiny, tmp_path):
                                 model.apply({"params": params}, x)[0])
 
 
+def test_the_model_contract_on_variables_dicts(tiny, bv_tiny, tmp_path, caplog):
+  """load/save/freeze take a flax variables dict too, and give one back; a
+  head of another class count keeps the template's on "reinit"; `model=`
+  tells load the stem_pool_pad (as the deprecated `stem_pool_pad=`)."""
+  model, params, x = tiny
+  assert bit.LAYOUTS == ("bit", "big_vision")
+  path = str(tmp_path / "student.npz")
+  bit.save({"params": params}, path)
+  bit.save(params, str(tmp_path / "bare.npz"))
+  assert (tmp_path / "bare.npz").read_bytes() == (tmp_path / "student.npz").read_bytes()
+  with pytest.raises(ValueError, match="layout='flat'"):
+    bit.save(params, path, layout="flat")
+  loaded = bit.load({"params": _template(model, (32, 32))}, path)
+  assert set(loaded) == {"params"}
+  _assert_same_params(loaded["params"], params)
+  # Another class count: the template's head (here nonzero) is kept.
+  other = bit.Model(num_classes=3, depth=26, width=0.5)
+  template = _template(other, (32, 32))
+  template["head"]["bias"] = np.arange(3, dtype=np.float32)
+  loaded = bit.load({"params": template}, path)["params"]
+  np.testing.assert_array_equal(loaded["head"]["bias"], np.arange(3))
+  _assert_same_params(loaded["block1_unit01"], params["block1_unit01"])
+  # freeze: the frozen model alone, or with its variables in their own form.
+  frozen_model, none = bit.freeze(model, None)
+  assert frozen_model.kernels_standardized and none is None
+  _, frozen = bit.freeze(model, {"params": jax.device_get(params)})
+  assert set(frozen) == {"params"}
+  np.testing.assert_allclose(model.apply({"params": params}, x)[0],
+                             frozen_model.apply(frozen, x)[0], rtol=1e-4, atol=1e-4)
+  # A big_vision file into a "zeros" model warns, told by `model=`.
+  p, bv_model, *_ = bv_tiny
+  np.savez(tmp_path / "bv.npz", **p)
+  zeros_model = bv_model.clone(stem_pool_pad="zeros")
+  for m, n in ((zeros_model, 1), (bv_model, 0)):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      bit.load(_template(m, (32, 32)), str(tmp_path / "bv.npz"), model=m)
+    assert sum(r.levelno >= logging.WARNING for r in caplog.records) == n
+
+
 def test_save_load_through_tf_gfile(tiny):
   # ram:// goes through tf.io.gfile, the same path as gs://.
   _, params, _ = tiny
@@ -420,14 +460,14 @@ def _get(tree, path):
 def test_the_trainer_runs_teachers_frozen_and_students_not(tmp_path):
   """setup builds BiT teachers with kernels standardized once at load (the
   step has no per-step standardization of teacher kernels), students as usual."""
-  from big_distill import setup  # pylint: disable=g-import-not-at-top
+  from big_distill import model_set, plan, weights  # pylint: disable=g-import-not-at-top
   from tests import tiny_config  # pylint: disable=g-import-not-at-top
   teacher = tiny_config.write_teacher(tmp_path / "t.npz")
   config = tiny_config.get_config(f"teacher={teacher}")
-  models = setup.build_models(config)
+  models = model_set.build_models(config)
   assert models.teachers["t1"].kernels_standardized
   assert not models.student.kernels_standardized
-  params = setup.load_teachers(config, models, setup.make_mesh(config))["t1"]
+  params = weights.load_teachers(config, models, plan.make_mesh(config))["t1"]["params"]
   kernel = np.asarray(params["block1_unit01"]["conv_a"]["kernel"], np.float64)
   axes = tuple(range(kernel.ndim - 1))  # Standardized once: mean 0, variance 1.
   np.testing.assert_allclose(kernel.mean(axes), 0, atol=1e-5)

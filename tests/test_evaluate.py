@@ -18,6 +18,7 @@ import pytest
 from big_distill import config_lib
 from big_distill import errors
 from big_distill import evaluate
+from big_distill import evaluators
 from big_distill import train
 from tests import helpers
 from tests import tiny_config
@@ -45,7 +46,7 @@ def logits():
 
 
 def test_classification_by_hand():
-  got = evaluate.batch_metrics("classification", {"student": logits()}, batch())
+  got = evaluators.batch_metrics("classification", {"student": logits()}, batch())
   assert got["student_top1"] == pytest.approx(2 / 4)
   assert got["student_top5"] == pytest.approx(3 / 4)
   loss = (math.log(11 / 6) + math.log(18.5) + math.log(37) + math.log(50 / 45)) / 4
@@ -55,7 +56,7 @@ def test_classification_by_hand():
 def test_top5_with_fewer_than_five_classes_is_top_k():
   two = {"student": jnp.log(jnp.asarray([[1.0, 3.0], [3.0, 1.0]]))}
   b = {"label": jnp.asarray([0, 0]), "_mask": jnp.ones(2)}
-  got = evaluate.batch_metrics("classification", two, b)
+  got = evaluators.batch_metrics("classification", two, b)
   assert (got["student_top1"], got["student_top5"]) == (0.5, 1.0)
 
 
@@ -63,12 +64,12 @@ def test_calibration_by_hand():
   # 4 bins of confidence: [0, .25) [.25, .5) [.5, .75) [.75, 1]. Confidences
   # 6/11 (bin 2, right), 8/18.5 twice (bin 1, wrong), 0.9 (bin 3, right):
   # ECE = (|2 * 8/18.5 - 0| + |6/11 - 1| + |0.9 - 1|) / 4.
-  got = evaluate.batch_metrics("calibration", {"student": logits()}, batch(), bins=4)
+  got = evaluators.batch_metrics("calibration", {"student": logits()}, batch(), bins=4)
   ece = (2 * 8 / 18.5 + 5 / 11 + 0.1) / 4
   assert got["student_ece"] == pytest.approx(ece, rel=1e-6)
   assert got["student_confidence"] == pytest.approx((6 / 11 + 2 * 8 / 18.5 + 0.9) / 4, rel=1e-6)
   # With one bin ECE is |mean confidence - accuracy|.
-  one = evaluate.batch_metrics("calibration", {"student": logits()}, batch(), bins=1)
+  one = evaluators.batch_metrics("calibration", {"student": logits()}, batch(), bins=1)
   assert one["student_ece"] == pytest.approx(abs(got["student_confidence"] - 0.5), rel=1e-6)
 
 
@@ -78,7 +79,7 @@ def test_distance_by_hand():
   # euclidean 2 * sqrt(6), same top-1. Example 1: the teacher's top-1 is class
   # 5, the student's last. Others: equal logits.
   teacher = student.at[0].add(2.0).at[1].set(jnp.log(jnp.asarray([1, 1, 1, 1, 1, 3.0])))
-  got = evaluate.batch_metrics("distance", {"student": student, "t1": teacher}, batch(),
+  got = evaluators.batch_metrics("distance", {"student": student, "t1": teacher}, batch(),
                                teachers=("t1",))
   assert got["t1_agree_top1"] == pytest.approx(3 / 4)
   assert got["t1_agree_top5"] == pytest.approx(3 / 4)
@@ -101,9 +102,9 @@ def _config(**evals):
 def test_models_of_an_eval():
   c = _config(a=dict(models="all"), b=dict(models="student"), d=dict(type="distance",
                                                                     models="student"))
-  assert evaluate.eval_models(c, "a") == ("student", "t1")
-  assert evaluate.eval_models(c, "b") == ("student",)
-  assert evaluate.eval_models(c, "d") == ("student", "t1")  # Distances need both.
+  assert evaluators.eval_models(c, "a") == ("student", "t1")
+  assert evaluators.eval_models(c, "b") == ("student",)
+  assert evaluators.eval_models(c, "d") == ("student", "t1")  # Distances need both.
 
 
 @pytest.mark.parametrize("fields,config_change,match", [
@@ -116,16 +117,16 @@ def test_bad_eval_config_is_one_config_error(fields, config_change, match):
   c = _config(e=fields)
   c.update(config_change)
   with pytest.raises(errors.ConfigError, match=match):
-    evaluate.check_eval(c, "e")
+    evaluators.check_eval(c, "e")
 
 
 def test_period_in_any_unit():
   c = _config(e=dict(log_epochs=2.0))
-  assert evaluate.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 20
+  assert evaluators.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 20
   c = _config(e=dict(log_steps=-1))
-  assert evaluate.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 50
+  assert evaluators.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 50
   c = _config(e={})
-  assert evaluate.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 50
+  assert evaluators.period(c, "e", num_examples=1000, batch_size=100, total_steps=50) == 50
 
 
 # ---- The command: a trained checkpoint gives what the trainer logged ----------

@@ -237,14 +237,51 @@ def test_load_errors_name_the_arrays(tmp_path):
   with pytest.raises(CheckpointError, match=r"0 mis-shaped, \d+ missing, 0 unexpected"
                      r"[\s\S]*norm='group' checkpoint"):
     mnv3.load(_zeros(variables), gn_path)
-  # Another number of classes: the head is mis-shaped.
+  # Another number of classes: an error where the logits must be this data set's.
   other = _shapes(mnv3.Model(7, variant="small", width=0.5, small_input=True), 16)
-  with pytest.raises(CheckpointError, match=r"head/kernel: file \(1024, 10\), model \(1024, 7\)"):
-    mnv3.load(_zeros(other["params"]), gn_path)
+  with pytest.raises(CheckpointError, match=r"head for 10 classes, the model has num_classes=7"
+                     r".*Fine-tune"):
+    mnv3.load(_zeros(other["params"]), gn_path, head_mismatch="error")
+  with pytest.raises(ValueError, match="head_mismatch='zero'"):
+    mnv3.load(_zeros(other["params"]), gn_path, head_mismatch="zero")
   # Another variant: many arrays at once, the message is cut.
   large = _shapes(mnv3.Model(10, variant="large", width=0.5), 32)
   with pytest.raises(CheckpointError, match=r"\.\.\. and \d+ more[\s\S]*variant/width"):
     mnv3.load(_zeros(large["params"]), gn_path)
+
+
+def test_head_of_another_class_count_keeps_the_templates_on_reinit(tmp_path):
+  """The contract's head_mismatch="reinit" (the default): every array from
+  the file but the head, which is the template's (the model's initial one)."""
+  gn = _perturbed(_tiny("group")[1])  # 10 classes.
+  path = str(tmp_path / "gn.npz")
+  mnv3.save(gn, path)
+  other = _perturbed(_zeros(_shapes(mnv3.Model(7, variant="small", width=0.5,
+                                               small_input=True), 16)), seed=3)
+  loaded = mnv3.load(other, path)
+  np.testing.assert_array_equal(loaded["params"]["head"]["kernel"],
+                                other["params"]["head"]["kernel"])
+  np.testing.assert_array_equal(loaded["params"]["head"]["bias"], other["params"]["head"]["bias"])
+  np.testing.assert_array_equal(loaded["params"]["head_conv"]["kernel"],
+                                np.asarray(gn["params"]["head_conv"]["kernel"]))
+  # A file without a head: the template's head too, or the error.
+  headless = {k: v for k, v in mnv3.to_arrays(gn).items() if not k.startswith("head/")}
+  np.savez(tmp_path / "headless.npz", **headless)
+  loaded = mnv3.load(other, str(tmp_path / "headless.npz"))
+  np.testing.assert_array_equal(loaded["params"]["head"]["bias"], other["params"]["head"]["bias"])
+  with pytest.raises(CheckpointError, match="has no classifier head"):
+    mnv3.load(other, str(tmp_path / "headless.npz"), head_mismatch="error")
+  # ShapeDtypeStructs in the template: a re-initialized head is zeros.
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), other)
+  assert not np.any(mnv3.load(shapes, path)["params"]["head"]["kernel"])
+
+
+def test_contract_layouts_and_freeze(tmp_path):
+  model, variables, _ = _tiny("batch")
+  assert mnv3.LAYOUTS == ("flat",)
+  assert mnv3.freeze(model, variables) == (model, variables)
+  with pytest.raises(ValueError, match="layout='bit'"):
+    mnv3.save(variables, str(tmp_path / "x.npz"), layout="bit")
 
 
 def test_load_refuses_non_npz_and_pickles(tmp_path):

@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from big_distill import setup
+from big_distill import checks
+from big_distill import model_set
 from big_distill import train
 from big_distill.models import mobilenet_v3
 from tests import helpers
@@ -75,7 +76,7 @@ def test_runlocal_trains_end_to_end(name, arg, source, tfds_metadata, tmp_path, 
 
 def _template(config):
   """Zeros of the student's weights (with batch_stats if it has them)."""
-  shapes = setup.weight_shapes(setup.build_models(config), "student")
+  shapes = model_set.weight_shapes(model_set.build_models(config), "student")
   return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
@@ -99,8 +100,8 @@ def test_other_images_keep_the_in_domain_step_budget(name):
     assert c.input.data.name == images != own.input.data.name
     assert c.total_epochs is None and c.total_steps == FAST_STEPS[name]
     assert {e.data.name for e in c.evals.values()} == {e.data.name for e in own.evals.values()}
-    assert not setup.training_labels_are_the_tasks(c)
-  assert setup.training_labels_are_the_tasks(own)
+    assert not checks.training_labels_are_the_tasks(c)
+  assert checks.training_labels_are_the_tasks(own)
   with pytest.raises(ValueError, match="images='flowers'"):
     get_config(name, "images=flowers")
 
@@ -145,7 +146,7 @@ def test_related_images_are_the_other_fashion_mnist_classes(fashion_data_dir):
   from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
   from configs import fmnist_other_images  # pylint: disable=g-import-not-at-top
   c = fmnist_other_images.get_config(f"source=fmnist_other,images=100,data_dir={fashion_data_dir}")
-  assert setup.training_labels_are_the_tasks(c)  # Its own labels: only metrics read them.
+  assert checks.training_labels_are_the_tasks(c)  # Its own labels: only metrics read them.
   c.input.cache = "encoded"
   labels = np.concatenate([b["label"] for b in
                            input_lib.make_train_dataset(c).take(2).as_numpy_iterator()])

@@ -27,7 +27,11 @@ import tensorflow_datasets as tfds
 from big_distill import benchmark
 from big_distill import errors
 from big_distill import precompute
+from big_distill import checks
+from big_distill import model_set
+from big_distill import plan
 from big_distill import setup
+from big_distill import weights
 from big_distill import train
 from big_distill.data import pp as pp_lib
 from tests import helpers
@@ -74,9 +78,9 @@ def examples(fashion_data_dir):
 
 
 def built(config):
-  models = setup.build_models(config)
-  mesh = setup.make_mesh(config)
-  return models, mesh, setup.load_teachers(config, models, mesh)
+  models = model_set.build_models(config)
+  mesh = plan.make_mesh(config)
+  return models, mesh, weights.load_teachers(config, models, mesh)
 
 
 def views(config, examples, pp_view, seeds=None, res=None):
@@ -187,13 +191,13 @@ def test_training_batches_carry_ids_and_the_students_image_only(fashion_data_dir
 def test_step_without_teacher_forward_saves_its_flops(monkeypatch):
   helpers.install_tiny_cnn(monkeypatch)
   config = _tiny_cnn_config()
-  models = setup.build_models(config)
-  mesh = setup.make_mesh(config)
+  models = model_set.build_models(config)
+  mesh = plan.make_mesh(config)
   B, K = config.input.batch_size, config.num_classes
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   images = {n: f32(B, r, r, 3) for n, r in models.res.items()}
   labels = jax.ShapeDtypeStruct((B,), jnp.int32)
-  teachers = setup.abstract_teachers(config, models, mesh)
+  teachers = benchmark.abstract_teachers(config, models, mesh)
 
   def step_flops(fixed):
     c = config.copy_and_resolve_references()
@@ -315,11 +319,11 @@ def test_bad_fixed_configs_are_one_clear_error(fashion_data_dir, teacher):
   for fields, message in cases:
     config = make_config(fashion_data_dir, teacher, "cc", **fields)
     with pytest.raises(errors.ConfigError, match=message):
-      setup.check_config(config)
+      checks.check_config(config)
   config = make_config(fashion_data_dir, teacher, "cc")
   config.teachers = ()
   with pytest.raises(errors.ConfigError, match="needs teachers"):
-    setup.check_config(config)
+    checks.check_config(config)
 
 
 # ---- The paper configs' `:fixed=` -------------------------------------------------
@@ -332,7 +336,7 @@ def test_paper_configs_have_the_three_fixed_teachers(name):
   funmatch = module.get_config("variant=fast")
   for kind in precompute.KINDS:
     c = module.get_config(f"variant=fast,fixed={kind}")
-    setup.check_config(c)  # Cached input, views 'fixed', no mixup, kl.
+    checks.check_config(c)  # Cached input, views 'fixed', no mixup, kl.
     assert (c.distill.fixed, c.distill.views, c.mixup.p) == (kind, "fixed", 0.0)
     # Everything but the views and mixup is function matching's recipe.
     assert (c.lr, c.wd, c.distill.t, c.total_epochs, c.distill.loss) == (

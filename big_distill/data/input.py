@@ -45,16 +45,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from big_distill import errors
+# The input choices, checked without TensorFlow; the pipeline's names too.
+from big_distill.input_modes import (  # pylint: disable=unused-import
+    CACHE_MODES, VIEWS, cache_mode, check_views, model_names)
 from big_distill.data import pp as pp_lib
 from big_distill.data import prepare
 
-VIEWS = ("consistent", "independent", "fixed")
-# config.input.cache: "none" streams from files; "encoded" keeps the encoded
-# examples in host memory (random access: one global stream for any process
-# count); "decoded" keeps them decoded by `input.pp` (uint8 pixels: no JPEG
-# decoding per step); "device" keeps the decoded set on every device and makes
-# the batches inside the train step (data/device.py).
-CACHE_MODES = ("none", "encoded", "decoded", "device")
 _RAW_KEYS = ("image", "label")  # What is read from TFDS (and cached).
 _INF = np.iinfo(np.int64).max
 # Independent streams derived from config.seed.
@@ -65,18 +61,7 @@ class DataNotPreparedError(errors.DataError, FileNotFoundError):
   """The data set is not in data_dir; the message says how to prepare it."""
 
 
-def check_views(views: str) -> None:
-  """`config.distill.views` is one of VIEWS (the one place that checks it)."""
-  if views not in VIEWS:
-    raise errors.ConfigError(f"config.distill.views={views!r}: must be one of {VIEWS}.")
-
-
 # ---- Data sets: names, sizes, errors ---------------------------------------
-
-
-def model_names(config: mlc.ConfigDict) -> tuple[str, ...]:
-  """'student' and the teachers, the keys of batch['image']."""
-  return ("student", *config.teachers)
 
 
 def _data_dir_text(data_dir):
@@ -92,7 +77,8 @@ def _not_prepared(data_config, why: str) -> DataNotPreparedError:
       "the folder where it was prepared.")
 
 
-def _builder(data_config) -> tfds.core.DatasetBuilder:
+def tfds_builder(data_config) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `data_config`, or an error that says how to prepare it."""
   if not data_config.name:
     raise errors.ConfigError("The data set name is empty: set config.input.data.name "
                      "(e.g. 'oxford_flowers102') or the eval's data.name.")
@@ -153,7 +139,7 @@ def check_prepared(data_config) -> None:
 
   Cheap: reads only metadata. Call it at start-up for every data config.
   """
-  builder = _builder(data_config)
+  builder = tfds_builder(data_config)
   if not builder.is_prepared():
     raise _not_prepared(data_config, f"no data at {builder.data_dir}")
   _check_split(builder, data_config)
@@ -162,7 +148,7 @@ def check_prepared(data_config) -> None:
 
 def num_examples(data_config) -> int:
   """The global number of examples after split slicing and balanced_subset."""
-  builder = _builder(data_config)
+  builder = tfds_builder(data_config)
   _check_subset(builder, data_config)
   if data_config.balanced_subset:
     return data_config.balanced_subset
@@ -171,7 +157,7 @@ def num_examples(data_config) -> int:
 
 def num_classes(data_config) -> int | None:
   """The number of classes of the data set's `label` (None: it has no labels)."""
-  features = _builder(data_config).info.features
+  features = tfds_builder(data_config).info.features
   label = features["label"] if "label" in features else None
   return label.num_classes if isinstance(label, tfds.features.ClassLabel) else None
 
@@ -179,8 +165,8 @@ def num_classes(data_config) -> int | None:
 # ---- Reading ---------------------------------------------------------------
 
 
-def _read(builder, data_config, split=None, *, shuffle_seed: int | None = None,
-          keys: tuple[str, ...] = _RAW_KEYS) -> tf.data.Dataset:
+def read_split(builder, data_config, split=None, *, shuffle_seed: int | None = None,
+               keys: tuple[str, ...] = _RAW_KEYS) -> tf.data.Dataset:
   """The raw examples {'image': encoded bytes, 'label'} of `split`, in order.
 
   `split` defaults to `data_config.split` (a process's share is passed here).
@@ -204,10 +190,10 @@ def _read(builder, data_config, split=None, *, shuffle_seed: int | None = None,
     raise _not_prepared(data_config, str(e).splitlines()[0]) from None
 
 
-def _subset_mask(builder, data_config) -> np.ndarray:
+def subset_mask(builder, data_config) -> np.ndarray:
   """bool[split size]: the first N/len(classes) examples of each chosen class."""
   classes, per_class = _subset_sizes(builder, data_config)
-  labels = _read(builder, data_config, keys=("label",)).map(lambda ex: ex["label"])
+  labels = read_split(builder, data_config, keys=("label",)).map(lambda ex: ex["label"])
   labels = labels.batch(8192)
   labels = np.concatenate(list(labels.as_numpy_iterator()))
   rank = np.zeros_like(labels)  # Position of each example within its class.
@@ -221,7 +207,8 @@ def _subset_mask(builder, data_config) -> np.ndarray:
   return (rank < per_class) & np.isin(labels, classes)
 
 
-def _select(ds: tf.data.Dataset, mask: np.ndarray) -> tf.data.Dataset:
+def select_examples(ds: tf.data.Dataset, mask: np.ndarray) -> tf.data.Dataset:
+  """The examples of `ds` (in order) whose position is True in `mask`."""
   mask = tf.constant(mask)
 
   def selected(i, ex):
@@ -234,14 +221,16 @@ def _select(ds: tf.data.Dataset, mask: np.ndarray) -> tf.data.Dataset:
   return ds.enumerate().filter(selected).map(drop_index)
 
 
-def _local_batch(batch_size: int, process_count: int, what: str) -> int:
+def local_batch_size(batch_size: int, process_count: int, what: str) -> int:
+  """One process's share of the global `batch_size` (`what`: the config field)."""
   if batch_size % process_count:
     raise errors.ConfigError(f"{what}={batch_size} must be divisible by the number of "
                      f"processes ({process_count}).")
   return batch_size // process_count
 
 
-def _processes(process_index, process_count) -> tuple[int, int]:
+def process_index_and_count(process_index, process_count) -> tuple[int, int]:
+  """(this process's index, the process count): the given ones, else JAX's."""
   p = jax.process_index() if process_index is None else process_index
   n = jax.process_count() if process_count is None else process_count
   if not 0 <= p < n:
@@ -249,7 +238,8 @@ def _processes(process_index, process_count) -> tuple[int, int]:
   return p, n
 
 
-def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
+def with_pipeline_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """`ds` with the pipeline's options: deterministic, one thread per op."""
   options = tf.data.Options()
   options.deterministic = True
   # Parallelism comes from map(); one thread per op leaves cores to JAX.
@@ -267,7 +257,7 @@ _fold_in = tf.random.experimental.stateless_fold_in
 # ---- Per-example preprocessing: views and resolutions ----------------------
 
 
-def _to_model(image, res: int, post: pp_lib.PPFn, rng, name: str) -> tf.Tensor:
+def to_model_input(image, res: int, post: pp_lib.PPFn, rng, name: str) -> tf.Tensor:
   """Resizes a view to a model's resolution, then applies pp_post."""
   image = tf.cast(image, tf.float32)
   if tuple(image.shape[:2]) != (res, res):
@@ -286,7 +276,7 @@ def _to_model(image, res: int, post: pp_lib.PPFn, rng, name: str) -> tf.Tensor:
 def _output(images: dict, data: dict, config, post, rng) -> dict:
   """The image of each model in `images` (keys in model_names order: model i's
   pp_post gets the seed fold_in(rng, i)), and the label."""
-  out = {"image": {n: _to_model(images[n], config[f"{n}_res"], post,
+  out = {"image": {n: to_model_input(images[n], config[f"{n}_res"], post,
                                 _fold_in(rng, i), n)
                    for i, n in enumerate(images)}}
   if "label" in data:
@@ -369,9 +359,9 @@ class Decoded:
 
 def _raw_examples(builder, data_config) -> tf.data.Dataset:
   """The raw examples of the training split (or its balanced subset), in id order."""
-  raw = _read(builder, data_config)
+  raw = read_split(builder, data_config)
   if data_config.balanced_subset:
-    raw = _select(raw, _subset_mask(builder, data_config))
+    raw = select_examples(raw, subset_mask(builder, data_config))
   return raw
 
 
@@ -389,7 +379,7 @@ def decode_training_set(config: mlc.ConfigDict) -> Decoded:
         f"config.input.cache={config.input.cache!r} it runs once per example and is "
         "reused every epoch. Move them to config.input.pp_random.")
   data_config = config.input.data
-  builder = _builder(data_config)
+  builder = tfds_builder(data_config)
   pre = pp_lib.parse(config.input.pp)
 
   def fn(ex):
@@ -402,7 +392,7 @@ def decode_training_set(config: mlc.ConfigDict) -> Decoded:
       kept["label"] = tf.cast(out["label"], tf.int32)
     return kept
 
-  ds = _options(_raw_examples(builder, data_config).map(
+  ds = with_pipeline_options(_raw_examples(builder, data_config).map(
       fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
   images, labels = [], []
   for ex in ds.as_numpy_iterator():
@@ -494,12 +484,12 @@ def _streamed(builder, config, start_step, p, P) -> tf.data.Dataset:
   """
   data_config = config.input.data
   if data_config.balanced_subset:
-    raw = _select(_read(builder, data_config), _subset_mask(builder, data_config))
+    raw = select_examples(read_split(builder, data_config), subset_mask(builder, data_config))
     raw, n = raw.shard(P, p), len(range(p, data_config.balanced_subset, P))
   else:
     split = tfds.split_for_jax_process(data_config.split, process_index=p,
                                        process_count=P)
-    raw = _read(builder, data_config, split, shuffle_seed=config.seed * 1009 + p)
+    raw = read_split(builder, data_config, split, shuffle_seed=config.seed * 1009 + p)
     n = int(raw.cardinality())
     if n < 0:
       n = int(raw.reduce(0, lambda c, _: c + 1))
@@ -520,15 +510,6 @@ def _streamed(builder, config, start_step, p, P) -> tf.data.Dataset:
   return ds.map(lambda k, ex: {**ex, "_rng": _fold_in(aug_key, k)})
 
 
-def cache_mode(config: mlc.ConfigDict) -> str:
-  """`config.input.cache`, checked."""
-  from big_distill import errors  # pylint: disable=g-import-not-at-top
-  mode = config.input.cache
-  if mode not in CACHE_MODES:
-    raise errors.ConfigError(f"config.input.cache={mode!r}: must be one of {CACHE_MODES}.")
-  return mode
-
-
 def make_train_dataset(config: mlc.ConfigDict, *, start_step: int = 0,
                        process_index: int | None = None,
                        process_count: int | None = None,
@@ -543,8 +524,8 @@ def make_train_dataset(config: mlc.ConfigDict, *, start_step: int = 0,
   its own share. ("device" makes its batches in the train step instead.)
   `decoded`: the result of `decode_training_set(config)`, if already made.
   """
-  p, P = _processes(process_index, process_count)
-  b = _local_batch(config.input.batch_size, P, "config.input.batch_size")
+  p, P = process_index_and_count(process_index, process_count)
+  b = local_batch_size(config.input.batch_size, P, "config.input.batch_size")
   mode = cache_mode(config)
   if mode == "device":
     raise ValueError("config.input.cache='device' makes its batches on the devices "
@@ -553,12 +534,12 @@ def make_train_dataset(config: mlc.ConfigDict, *, start_step: int = 0,
   if mode == "decoded":
     ds = _decoded_stream(decoded or decode_training_set(config), config, start_step, p, P)
   else:
-    builder = _builder(config.input.data)
+    builder = tfds_builder(config.input.data)
     stream = _cached_stream if mode == "encoded" else _streamed
     ds = stream(builder, config, start_step, p, P)
   ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return _options(ds)
+  return with_pipeline_options(ds)
 
 
 # ---- Evaluation ------------------------------------------------------------
@@ -580,17 +561,17 @@ def make_eval_dataset(config: mlc.ConfigDict, evaluation: str | mlc.ConfigDict, 
   first pass reads files (a new data set object would read them again).
   """
   ec = config.evals[evaluation] if isinstance(evaluation, str) else evaluation
-  p, P = _processes(process_index, process_count)
-  b = _local_batch(ec.batch_size or config.input.batch_size, P, "eval batch_size")
+  p, P = process_index_and_count(process_index, process_count)
+  b = local_batch_size(ec.batch_size or config.input.batch_size, P, "eval batch_size")
   pre = pp_lib.parse(ec.pp)
-  builder = _builder(ec.data)
+  builder = tfds_builder(ec.data)
   if ec.data.balanced_subset:
     n = num_examples(ec.data)
-    raw = _select(_read(builder, ec.data), _subset_mask(builder, ec.data))
+    raw = select_examples(read_split(builder, ec.data), subset_mask(builder, ec.data))
     raw = raw.shard(P, p)
   else:
     n = _check_split(builder, ec.data)
-    raw = _read(builder, ec.data, tfds.even_splits(ec.data.split, n=P)[p])
+    raw = read_split(builder, ec.data, tfds.even_splits(ec.data.split, n=P)[p])
   if ec.cache_raw:
     raw = raw.cache()
   num_batches = -(-(-(-n // P)) // b)  # ceil(ceil(n / P) / b)
@@ -610,7 +591,7 @@ def make_eval_dataset(config: mlc.ConfigDict, evaluation: str | mlc.ConfigDict, 
                      f"{ds.element_spec}; padding needs fixed shapes.") from None
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
   ds = ds.take(num_batches * b).batch(b).prefetch(tf.data.AUTOTUNE)
-  return _options(ds), num_batches
+  return with_pipeline_options(ds), num_batches
 
 
 # ---- To the devices --------------------------------------------------------

@@ -30,7 +30,7 @@ import io
 import logging
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -173,8 +173,16 @@ def _is_conv_kernel(path: Sequence[str]) -> bool:
 _standardize_jit = jax.jit(standardize)
 
 
-def freeze(model: Model, params):
-  """`(model, params)` of a model that is never trained again, made cheaper.
+def _params_of(tree) -> tuple[Any, Callable[[Any], Any]]:
+  """(params tree, how to give a params tree back in `tree`'s form): a
+  variables dict `{"params": ...}` or a bare params tree."""
+  if isinstance(tree, Mapping) and set(tree) == {"params"}:
+    return tree["params"], lambda p: {"params": p}
+  return tree, lambda p: p
+
+
+def freeze(model: Model, variables=None):
+  """`(model, variables)` of a model that is never trained again, made cheaper.
 
   A teacher's kernels never change, yet `StdConv` standardizes them in every
   forward pass (a mean and a variance over every kernel, every step). This
@@ -184,10 +192,17 @@ def freeze(model: Model, params):
   would lose precision). Host (numpy) params are standardized on the CPU and
   returned as numpy; device arrays stay where they are. Never train the frozen
   params: the optimizer would move them off the standardized set.
+  `variables`: a variables dict or a bare params tree (returned in the same
+  form), or None for the frozen model alone (`(model, None)`: what a step
+  built before its weights are loaded runs).
   """
   if model.kernels_standardized:
     raise ValueError("freeze(): this model is already frozen (kernels_standardized=True).")
-  return model.clone(kernels_standardized=True), freeze_params(params)
+  frozen = model.clone(kernels_standardized=True)
+  if variables is None:
+    return frozen, None
+  params, wrap = _params_of(variables)
+  return frozen, wrap(freeze_params(params))
 
 
 def freeze_params(params):
@@ -298,8 +313,9 @@ def _open(path: str, mode: str):
   return open(path, mode)
 
 
-def save(params, path: str, layout: str = "bit") -> None:
-  """Writes `params` as an `.npz` that other BiT codebases load.
+def save(params, path: str, layout: str = LAYOUTS[0]) -> None:
+  """Writes `params` (a params tree or variables dict) as an `.npz` that
+  other BiT codebases load.
 
   layout="bit": the BiT release layout (`resnet/...`), read by BiT's own code
   and timm's `resnetv2_*_bit`. layout="big_vision": the flattened `bit_paper`
@@ -307,8 +323,10 @@ def save(params, path: str, layout: str = "bit") -> None:
   head as (C, K), read by big_vision's `bit_paper.load` as it is (its
   `load_params` takes a path containing ".npz" as such a file). Float32 in both.
   """
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout={layout!r}: must be one of {LAYOUTS}.")
   buf = io.BytesIO()
-  np.savez(buf, **to_arrays(params, layout))
+  np.savez(buf, **to_arrays(_params_of(params)[0], layout))
   # Written aside then renamed: a kill mid-write never leaves a torn file
   # where a finished one is expected (e.g. a later run's teacher_init).
   with fileio.atomic_write(path, "wb") as f:
@@ -379,25 +397,33 @@ def _layout(arrays: dict[str, np.ndarray], path: str) -> str:
       "the checkpoint of another kind of model?")
 
 
-def load(init_params, path: str, *, head_mismatch: str = "reinit",
+def load(template, path: str, *, head_mismatch: str = "reinit", model: Model | None = None,
          stem_pool_pad: str | None = None):
-  """Returns `init_params` with every array replaced by the one in `path`.
+  """Returns `template` with every array replaced by the one in `path`.
+
+  `template`: a variables dict `{"params": ...}` or a bare params tree (and
+  the result is the same), of numpy arrays or ShapeDtypeStructs.
 
   `path` (local or remote, e.g. gs://) is an `.npz` in the BiT release layout
   (`resnet/...`, as written by `save()`) or in big_vision's `bit_paper` layout
   (bare, or under `params/` or `opt/target/`, bfloat16 arrays included), told
-  apart by its keys. Arrays are cast to the dtypes of `init_params`.
+  apart by its keys. Arrays are cast to the dtypes of `template`.
 
   A head whose class count differs from the model's (e.g. a BiT-M file with
   21,843 classes loaded for Flowers), or a file without a head:
-  head_mismatch="reinit" zeroes the head, as BiT fine-tuning does;
+  head_mismatch="reinit" keeps the template's head (zeros where the template
+  holds no values: BiT fine-tuning starts its head at zeros);
   head_mismatch="error" raises a CheckpointError (a teacher's head must be
   the data set's). Any other missing, unexpected or mis-shaped array is a
-  CheckpointError naming it. `stem_pool_pad`: the model's setting, if given,
-  so that a big_vision file loaded into a "zeros" model warns once.
+  CheckpointError naming it. `model`: the Model the template belongs to, so
+  that a big_vision file loaded into a `stem_pool_pad="zeros"` model warns
+  once (`stem_pool_pad=`: the same setting given alone; deprecated).
   """
   if head_mismatch not in HEAD_MISMATCH:
     raise ValueError(f"head_mismatch={head_mismatch!r}: must be one of {HEAD_MISMATCH}.")
+  if stem_pool_pad is None and model is not None:
+    stem_pool_pad = model.stem_pool_pad
+  init_params, wrap = _params_of(template)
   arrays = _unwrap(read_npz(path), path)
   layout = _layout(arrays, path)
   if layout == "big_vision" and stem_pool_pad == "zeros":
@@ -435,9 +461,10 @@ def load(init_params, path: str, *, head_mismatch: str = "reinit",
         "it on this data set first (configs/teachers/), or, if it was trained on "
         "this label set, set the model's num_classes to match the file.")
   if head:
-    logging.info("%s %s; head re-initialized to zeros.", path, head)
-    for k in (k_key, b_key):
-      arrays[k] = np.zeros(expected[k], np.float32)
+    logging.info("%s %s; head re-initialized (the model's own head kept).", path, head)
+    for k, leaf in ((k_key, init_params["head"]["kernel"]), (b_key, init_params["head"]["bias"])):
+      arrays[k] = (np.zeros(expected[k], np.float32) if isinstance(leaf, jax.ShapeDtypeStruct)
+                   else np.asarray(leaf).reshape(expected[k]))
 
   missing = [k for k in expected if k not in arrays]
   unexpected = [k for k in arrays if k not in expected]
@@ -461,4 +488,4 @@ def load(init_params, path: str, *, head_mismatch: str = "reinit",
 
   treedef = jax.tree_util.tree_structure(init_params)
   new_leaves = [np.asarray(arrays[key_fn(p)].reshape(v.shape), dtype=v.dtype) for p, v in leaves]
-  return jax.tree_util.tree_unflatten(treedef, new_leaves)
+  return wrap(jax.tree_util.tree_unflatten(treedef, new_leaves))

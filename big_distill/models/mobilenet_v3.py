@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 from typing import Any, Mapping
 
@@ -252,6 +253,8 @@ class Model(nn.Module):
 # ---------------------------------------------------------------------------
 
 COLLECTIONS = ("params", "batch_stats")
+LAYOUTS = ("flat",)  # The flattened tree, `/`-joined keys (the module docstring).
+HEAD_MISMATCH = ("reinit", "error")
 _STATS_PREFIX = "batch_stats/"
 
 
@@ -276,8 +279,10 @@ def to_arrays(tree) -> dict[str, np.ndarray]:
   return {k: np.asarray(jax.device_get(v)) for k, v in _flat(_as_variables(tree)[0]).items()}
 
 
-def save(tree, path: str) -> None:
+def save(tree, path: str, layout: str = LAYOUTS[0]) -> None:
   """Writes the params tree or variables dict `tree` as an `.npz` (see module doc)."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout={layout!r}: must be one of {LAYOUTS}.")
   buf = io.BytesIO()
   np.savez(buf, **to_arrays(tree))
   # Written aside, then renamed: a kill mid-write never leaves a torn file
@@ -292,18 +297,55 @@ def _as_dtype(a: np.ndarray, dtype) -> np.ndarray:
   return np.asarray(a, dtype=dtype)
 
 
-def load(template, path: str):
+def freeze(model: Model, variables):
+  """A frozen MobileNet has nothing to precompute: its arguments, unchanged."""
+  return model, variables
+
+
+def _head(arrays: dict[str, Any], expected: dict[str, Any]) -> str | None:
+  """Why the file's head does not fit the model, if it does not."""
+  want = tuple(expected["head/kernel"].shape)  # (C, K)
+  kernel, bias = arrays.get("head/kernel"), arrays.get("head/bias")
+  if kernel is None and bias is None:
+    return "has no classifier head (head/kernel, head/bias)"
+  if (kernel is not None and bias is not None and kernel.ndim == 2
+      and kernel.shape[0] == want[0] and kernel.shape[1] != want[1]
+      and bias.shape == kernel.shape[1:]):
+    return f"has a head for {kernel.shape[1]} classes, the model has num_classes={want[1]}"
+  return None
+
+
+def load(template, path: str, *, head_mismatch: str = "reinit", model: Model | None = None):
   """`template` (params tree or variables dict) with every array read from `path`.
 
-  Arrays are matched by key and cast to the template's dtypes; any missing,
-  unexpected or mis-shaped array is a `CheckpointError` that names it.
+  Arrays are matched by key and cast to the template's dtypes. A head of
+  another class count, or none: head_mismatch="reinit" keeps the template's
+  head (zeros where it holds ShapeDtypeStructs), "error" raises a
+  `CheckpointError`. Any other missing, unexpected or mis-shaped array is a
+  `CheckpointError` that names it. `model`: unused (no setting of this
+  family is hidden from the shapes).
   """
+  del model
+  if head_mismatch not in HEAD_MISMATCH:
+    raise ValueError(f"head_mismatch={head_mismatch!r}: must be one of {HEAD_MISMATCH}.")
   try:
     arrays = bit.read_npz(path)
   except (FileNotFoundError, ValueError) as e:
     raise CheckpointError(str(e)) from None
   variables, was_variables = _as_variables(template)
   expected = _flat(variables)
+  head = _head(arrays, expected)
+  if head and head_mismatch == "error":
+    raise CheckpointError(
+        f"Checkpoint {path!r} {head}: its logits are not this data set's. Fine-tune "
+        "it on this data set first, or, if it was trained on this label set, set the "
+        "model's num_classes to match the file.")
+  if head:
+    logging.info("%s %s; head re-initialized (the model's own head kept).", path, head)
+    for k in ("head/kernel", "head/bias"):
+      leaf = expected[k]
+      arrays[k] = (np.zeros(leaf.shape, leaf.dtype) if isinstance(leaf, jax.ShapeDtypeStruct)
+                   else np.asarray(leaf))
   missing = [k for k in expected if k not in arrays]
   unexpected = [k for k in arrays if k not in expected]
   misshaped = [k for k in expected if k in arrays and arrays[k].shape != tuple(expected[k].shape)]
