@@ -4,13 +4,18 @@ r"""The first thing to run on an accelerator: one table of what matters for spee
     bash scripts/accelerator_check.sh --dry_run       # the same code at tiny sizes, CPU
 
 Prints, and writes as JSON to `--out` (default: the current folder):
-  * the paper's ImageNet step (BiT R152x2 teacher -> R50x1 student, 224px,
-    batch 256) and the Flowers step (128px, batch 512), bfloat16: step time,
-    images/s, FLOPs, MFU, peak device memory (`big_distill.benchmark`'s figures);
-  * the input's examples/s for every `config.input.cache` mode on this host's
-    cores, for Flowers-sized images (1,020 random 500x375 JPEGs, made here as a
-    TFDS data set, since no data set can be downloaded);
-  * whether each input mode would leave the Flowers step waiting (input-bound).
+  * the paper's ImageNet step (BiT R152x2 teachers -> R50x1 student, 224px,
+    batch 256), the Flowers step (128px, batch 512) and a ViT-B/16 teacher ->
+    R50x1 step (224px, batch 256), bfloat16: step time, images/s, FLOPs, MFU,
+    peak device memory (`big_distill.benchmark`'s figures);
+  * where TensorFlow is installed: the input's examples/s for every
+    `config.input.cache` mode on this host's cores, for Flowers-sized images
+    (1,020 random 500x375 JPEGs, made here as a TFDS data set, since no data
+    set can be downloaded), and whether each would leave the Flowers step
+    waiting (input-bound). Without TensorFlow (a lent accelerator may have
+    none) this part is skipped, and one line says so.
+
+The configs are read from this work tree's `configs/` by their path.
 
 Every figure comes from `big_distill.benchmark` (the trainer's own step), so
 the check cannot drift from what trains. With --dry_run the models are tiny
@@ -41,9 +46,18 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 10, "Timed steps per measurement.")
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _override(config, **fields):
   from big_distill import benchmark  # pylint: disable=g-import-not-at-top
-  return benchmark._with(config, **fields)  # pylint: disable=protected-access
+  return benchmark.with_fields(config, **fields)
+
+
+def _config(name: str, arg: str = ""):
+  from big_distill import config_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO, "configs", f"{name}.py")
+  return config_lib.load_config(path + (f":{arg}" if arg else ""), lock=False)
 
 
 def mock_flowers(root: str, n: int, hw: tuple[int, int], seed: int = 0) -> tuple[str, str]:
@@ -65,26 +79,36 @@ def mock_flowers(root: str, n: int, hw: tuple[int, int], seed: int = 0) -> tuple
   return "bd_mock_flowers", data_dir
 
 
+def _vit_teacher(config, vit: dict, res: int):
+  """`config` with one ViT teacher (random weights in the benchmark) in place of its BiTs."""
+  return _override(config, teachers=("t1",), t1_name="vit", t1=vit, t1_res=res,
+                   t1_init="unused: the benchmark's teachers are random")
+
+
 def step_configs(dry_run: bool) -> dict[str, Any]:
-  """The two steps of the table, as the paper's configs define them."""
-  from configs import flowers_r50  # pylint: disable=g-import-not-at-top
-  from configs import imagenet_r50  # pylint: disable=g-import-not-at-top
+  """The steps of the table, as the paper's configs define them."""
   if dry_run:
     tiny = {"student.depth": 26, "student.width": 0.0625, "t1.depth": 26, "t1.width": 0.0625,
-            "student_res": 32, "t1_res": 32, "compute_dtype": "bfloat16"}
+            "student_res": 32, "t1_res": 32, "compute_dtype": "bfloat16",
+            "input.batch_size": 16}
+    imagenet = _override(_config("imagenet_r50", "runlocal"), **tiny)
+    tiny_vit = dict(patch_size=8, width=32, depth=2, mlp_dim=64, num_heads=2, pool_type="tok")
     return {
-        "imagenet R152x2->R50x1 224px b256 (dry run: tiny)": _override(
-            imagenet_r50.get_config("runlocal"), **tiny, **{"input.batch_size": 16}),
+        "imagenet R152x2->R50x1 224px b256 (dry run: tiny)": imagenet,
         "flowers R152x2->R50x1 128px b512 (dry run: tiny)": _override(
-            flowers_r50.get_config("runlocal"), **tiny, **{"input.batch_size": 16}),
+            _config("flowers_r50", "runlocal"), **tiny),
+        "imagenet ViT-B/16->R50x1 224px b256 (dry run: tiny)": _vit_teacher(
+            imagenet, tiny_vit, 32),
     }
+  imagenet = _override(_config("imagenet_r50"), compute_dtype="bfloat16",
+                       **{"input.batch_size": 256})
   return {
-      "imagenet R152x2->R50x1 224px b256": _override(
-          imagenet_r50.get_config(), compute_dtype="bfloat16",
-          **{"input.batch_size": 256}),
+      "imagenet R152x2->R50x1 224px b256": imagenet,
       "flowers R152x2->R50x1 128px b512": _override(
-          flowers_r50.get_config("variant=fast"), compute_dtype="bfloat16",
+          _config("flowers_r50", "variant=fast"), compute_dtype="bfloat16",
           **{"input.batch_size": 512}),
+      "imagenet ViT-B/16->R50x1 224px b256": _vit_teacher(
+          imagenet, dict(variant="B/16", pool_type="tok"), 224),
   }
 
 
@@ -109,17 +133,25 @@ def run(dry_run: bool, steps: int, workdir: str) -> dict[str, Any]:
           f"MFU {_pct(r['mfu'])}", file=sys.stderr, flush=True)
   flowers_name = next(n for n in out["steps"] if n.startswith("flowers"))
   demand = out["steps"][flowers_name]["images_per_s"]
-
-  n, hw = (24, (60, 80)) if dry_run else (FLOWERS_TRAIN, FLOWERS_HW)
-  data_name, data_dir = mock_flowers(workdir, n, hw)
-  config = step_configs(dry_run)[flowers_name]
-  config = _override(config, **{"input.data.name": data_name, "input.data.split": "train",
-                                "input.data.data_dir": data_dir,
-                                "input.data.balanced_subset": None,
-                                "input.batch_size": 16 if dry_run else 512})
-  r = benchmark.run_input(config, steps=3 if dry_run else 10, warmup=1, demand=demand)
-  out["input"] = {"images": f"{n} random JPEGs of {hw[1]}x{hw[0]}", "modes": r["cache_modes"],
-                  "flowers_step_demand_images_per_s": demand, "input_bound": r["input_bound"]}
+  missing = benchmark.input_pipeline_missing()
+  if missing:
+    out["input"] = {"skipped": f"TensorFlow is not installed here ({missing}): the input "
+                               "pipeline (tf.data) cannot run; measure it on a host with "
+                               "TensorFlow (python -m big_distill.benchmark --input)",
+                    "flowers_step_demand_images_per_s": demand}
+    print(f"  input pipeline: skipped ({missing})", file=sys.stderr, flush=True)
+  else:
+    n, hw = (24, (60, 80)) if dry_run else (FLOWERS_TRAIN, FLOWERS_HW)
+    data_name, data_dir = mock_flowers(workdir, n, hw)
+    config = step_configs(dry_run)[flowers_name]
+    config = _override(config, **{"input.data.name": data_name, "input.data.split": "train",
+                                  "input.data.data_dir": data_dir,
+                                  "input.data.balanced_subset": None,
+                                  "input.batch_size": 16 if dry_run else 512})
+    r = benchmark.run_input(config, steps=3 if dry_run else 10, warmup=1, demand=demand)
+    out["input"] = {"images": f"{n} random JPEGs of {hw[1]}x{hw[0]}", "modes": r["cache_modes"],
+                    "flowers_step_demand_images_per_s": demand,
+                    "input_bound": r["input_bound"]}
   out["wall_s"] = time.perf_counter() - start
   return out
 
@@ -141,6 +173,10 @@ def table(out: dict[str, Any]) -> str:
                  f"{r['flops_per_step'] / 1e12:>11.3f} {_pct(r['mfu']):>7} "
                  f"{'-' if mem is None else f'{mem / 2**30:.1f}':>13}")
   demand = out["input"]["flowers_step_demand_images_per_s"]
+  if "skipped" in out["input"]:
+    lines += ["", f"input: skipped. {out['input']['skipped']} (the Flowers step consumes "
+              f"{demand:.0f} img/s)", f"\nwall time {out['wall_s']:.0f} s"]
+    return "\n".join(lines)
   lines += ["", f"input ({out['input']['images']}; the Flowers step consumes {demand:.0f} img/s)",
             f"{'cache mode':<12} {'img/s':>9} {'per core':>9}  input-bound?"]
   for mode, r in out["input"]["modes"].items():

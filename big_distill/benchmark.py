@@ -282,7 +282,7 @@ def build(config: mlc.ConfigDict, batch_size: int | None = None) -> Setup:
   others (the batch making is `--input`'s "device" figure).
   """
   if config.input.cache == "device":
-    config = _with(config, **{"input.cache": "none"})
+    config = with_fields(config, **{"input.cache": "none"})
   checks.check_step_config(config)  # The step's: no data is read (nor pp strings).
   models = model_set.build_models(config)
   batch_size = batch_size or config.input.batch_size
@@ -513,7 +513,8 @@ def run_eval(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, An
   return out
 
 
-def _with(config: mlc.ConfigDict, **fields) -> mlc.ConfigDict:
+def with_fields(config: mlc.ConfigDict, **fields) -> mlc.ConfigDict:
+  """A resolved copy of `config` with `fields` (dotted names: "input.cache") set."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     for k, v in fields.items():
@@ -563,7 +564,7 @@ def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int,
              views=config.distill.views, cache=config.input.cache, host_cores=cores)
   per_mode = {}
   for mode in modes:
-    c = _with(config, **{"input.cache": mode})
+    c = with_fields(config, **{"input.cache": mode})
     if mode == "device":
       try:
         per_mode[mode] = device_batch_time(c, steps=steps, warmup=warmup)
@@ -579,7 +580,7 @@ def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int,
   own = per_mode.get(config.input.cache, {})
   out["examples_per_s"] = own.get("examples_per_s")
   if demand is None:
-    step = run_train(_with(config, **{"input.cache": "none"}), steps=max(steps // 4, 2),
+    step = run_train(with_fields(config, **{"input.cache": "none"}), steps=max(steps // 4, 2),
                      warmup=1)
     demand, source = step["images_per_s"], f"train step timed here ({step['device_kind']})"
   else:

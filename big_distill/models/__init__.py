@@ -58,7 +58,9 @@ A family module provides exactly these four things.
    equivalent model and variables with the same logits, to within float32
    rounding. Families with nothing to precompute return their arguments.
    The variables come and go as float32 host (numpy) arrays; the trainer
-   casts them to the compute dtype afterwards, once.
+   casts them to the compute dtype afterwards, once. `freeze(model, None)`
+   returns `(frozen model, None)`: the trainer builds the step with the
+   frozen model before any weights are read.
 
 And the constant `LAYOUTS`: the names `save` accepts.
 
