@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from absl import logging
 import ml_collections as mlc
 
+from big_distill import config_lib
 from big_distill import distill
 from big_distill import errors
 from big_distill import input_modes
@@ -59,6 +60,7 @@ def check_config(config: mlc.ConfigDict) -> None:
   from big_distill import evaluators
   from big_distill.data import pp as pp_lib
   # pylint: enable=g-import-not-at-top
+  config_lib.check_required(config)  # Also for in-process runs (the CLI checks it first).
   check_step_config(config)
   for field in ("pp", "pp_random", "pp_fixed", "pp_post"):
     with config_errors(f"config.input.{field}: "):

@@ -25,7 +25,6 @@ from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import optax
 import pytest
-import tensorflow_datasets as tfds
 
 from big_distill import config_lib
 from big_distill import sweep
@@ -108,6 +107,13 @@ TINY_CNN_CONFIG = textwrap.dedent("""
       c.student = dict(width=4)
       c.t1 = dict(width=8)
       c.student_res, c.t1_res = 24, 32
+      # Every field a config must set (config_lib.check_required): data the
+      # benchmark's synthetic batches stand in for, and a teacher file that
+      # its random teachers replace.
+      c.input.data.name, c.input.data.split = "tiny_mock", "train"
+      c.input.pp_random, c.input.pp_fixed = "inception_crop(32)|flip_lr", "resize(32)"
+      c.input.pp_post = "value_range(-1, 1)"
+      c.t1_init = "unused: random teachers"
       return c
     """)
 
@@ -466,6 +472,7 @@ def get_config(name, arg=None):
 
 def write_metadata(root):
   """Makes `root` a data_dir holding only metadata: the real split sizes."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (see TINY_CNN_CONFIG)
   for name, splits in SPLITS.items():
     builder = tfds.builder(name, data_dir=str(root))
     builder.data_path.mkdir(parents=True, exist_ok=True)
@@ -506,6 +513,7 @@ def mock_data(metadata_dir):
   data_dirs that do not exist; ours does. Left in, the fake would also catch
   the files that orbax writes from its thread while an evaluation starts.
   """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with mock.patch("tensorflow_datasets.testing.test_utils.MockFs", _NoFakeFs), \
        tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, data_dir=metadata_dir):
     yield
