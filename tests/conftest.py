@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -132,6 +133,28 @@ def reference(tmp_path_factory, fashion_data_dir, jax_cache):
   assert sorted(ref.rows) == list(range(1, helpers.STEPS + 1))
   assert helpers.finished_steps(ref.workdir) == [12, 15, 16]
   return ref
+
+
+@pytest.fixture(scope="session")
+def four_device_run(tmp_path_factory, fashion_data_dir, jax_cache):
+  """1 process x 4 devices, helpers.FOUR_DEVICE_ARG, default mesh (data=4),
+  XLA's default optimization level: the run that test_multiprocess's 2-process
+  job and test_cluster's resumes on 2 and 8 devices are compared with.
+  Read-only: copy it before resuming it."""
+  from tests import helpers, tiny_config  # pylint: disable=g-import-not-at-top
+
+  def build(path):
+    shutil.rmtree(path / "run", ignore_errors=True)
+    teacher = tiny_config.write_teacher(path / "teacher.npz")
+    arg = helpers.run_arg(fashion_data_dir, teacher, **helpers.FOUR_DEVICE_ARG)
+    cli = helpers.Cli(path / "run", arg, log=path / "run.log", cache=jax_cache, devices=4,
+                      fast_compile=False)
+    rc = cli.wait()
+    assert rc == 0, cli.tail()
+    (path / "run.json").write_text(json.dumps({"teacher": teacher, "arg": arg}))
+  path = _shared(tmp_path_factory, "four_device_run", build)
+  info = json.loads((path / "run.json").read_text())
+  return types.SimpleNamespace(workdir=path / "run", log=path / "run.log", **info)
 
 
 @pytest.fixture

@@ -170,6 +170,13 @@ STEPS, CKPT = 16, 3  # Checkpoints at 3, 6, ..., 15 and 16 (orbax keeps the newe
 # How far a 2-process job and a 1-process job of as many devices part
 # (tests/test_multiprocess.py). Measured: 1e-7 relative, 1.5e-8 absolute.
 MULTIPROCESS_RTOL, MULTIPROCESS_ATOL = 1e-4, 1e-6
+# The run on 4 devices that the 2-process job (test_multiprocess) and the
+# resumes on 2 and 8 devices (test_cluster) are compared with: conftest's
+# `four_device_run`, at XLA's default optimization level. At 64px with plain
+# SGD a device count or process count moves the result by float rounding only
+# (test_multiprocess's docstring says why).
+FOUR_DEVICE_ARG = dict(steps=4, ckpt=2, res=64, teacher_res=64, optim="sgd",
+                       replica_parallel=1)  # The trainer's default saving.
 
 
 def run_arg(data_dir, teacher, **changes):
@@ -199,9 +206,10 @@ def make_config(arg, **fields):
 class Cli:
   """`python -m big_distill.train` started in the background; output in a file."""
 
-  def __init__(self, workdir, arg, *flags, log, cache, devices=1, env=None):
+  def __init__(self, workdir, arg, *flags, log, cache, devices=1, env=None,
+               fast_compile=True):
     self.log, self.workdir = Path(log), Path(workdir)
-    env = dict(os.environ, XLA_FLAGS=xla_flags(devices),
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices, fast_compile),
                PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -30,8 +30,8 @@ from big_distill import workdir as workdir_lib
 from big_distill.data import input as input_lib
 from big_distill.errors import WorkdirError
 from tests import tiny_config
-from tests.helpers import (MULTIPROCESS_ATOL, MULTIPROCESS_RTOL, Cli, ReachedExpensiveWork,
-                           assert_same_as_reference, existing_run, finished_steps, free_port,
+from tests.helpers import (FOUR_DEVICE_ARG, MULTIPROCESS_ATOL, MULTIPROCESS_RTOL, Cli,
+                           ReachedExpensiveWork, assert_same_as_reference, existing_run, finished_steps, free_port,
                            make_config, params_differences, read_params, resumed_step, run_arg,
                            run_to_end, snapshot, train_rows, tripwire, unfinished_saves,
                            wait_first_checkpoint, xla_flags)
@@ -327,19 +327,15 @@ def test_disk_full_during_a_save_stops_clearly_and_resumes_after_space_is_freed(
 # ---- Resuming on another number of devices ---------------------------------------
 
 
-DEV_STEPS, DEV_CKPT = 4, 2
-# As in test_multiprocess: at 64px with SGD the device count moves the result
-# by float rounding only (~1e-7 relative measured there).
-DEV_ARG = dict(steps=DEV_STEPS, ckpt=DEV_CKPT, res=64, teacher_res=64, optim="sgd",
-               replica_parallel=1)  # The trainer's default saving, across device counts.
+DEV_STEPS, DEV_CKPT = FOUR_DEVICE_ARG["steps"], FOUR_DEVICE_ARG["ckpt"]
 
 
-def test_resume_on_2_and_8_devices_of_a_4_device_run(reference, tmp_path, jax_cache,
-                                                    fashion_data_dir):
-  arg = run_arg(fashion_data_dir, reference.teacher, **DEV_ARG)
-  full = tmp_path / "four"
-  rc, out = run_to_end(full, arg, log=tmp_path / "four.log", cache=jax_cache, devices=4)
-  assert rc == 0, out[-4000:]
+def test_resume_on_2_and_8_devices_of_a_4_device_run(four_device_run, tmp_path, jax_cache):
+  # conftest's 4-device run (64px, SGD, XLA's default optimization level, as
+  # test_multiprocess's comparison): there the device count moves the result
+  # by float rounding only (~1e-7 relative measured there).
+  arg, full = four_device_run.arg, four_device_run.workdir
+  out = four_device_run.log.read_text(errors="replace")
   assert "mesh {'data': 4, 'fsdp': 1} over 4 devices" in out
   ref_params, ref_rows = read_params(full), train_rows(full)
   for devices in (2, 8):
@@ -347,7 +343,7 @@ def test_resume_on_2_and_8_devices_of_a_4_device_run(reference, tmp_path, jax_ca
     shutil.copytree(full, workdir, ignore=shutil.ignore_patterns("student.npz"))
     shutil.rmtree(workdir / "checkpoints" / str(DEV_STEPS))
     rc, out = run_to_end(workdir, arg, log=tmp_path / f"on{devices}.log", cache=jax_cache,
-                         devices=devices)
+                         devices=devices, fast_compile=False)
     assert rc == 0, out[-4000:]
     assert resumed_step(out) == DEV_CKPT
     assert (f"The device count changed: the checkpoint at step {DEV_CKPT} was written on 4 "

@@ -30,19 +30,21 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from tests import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "tests" / "tiny_config.py")
-STEPS, CKPT = 4, 2
-TIMEOUT = 900  # For the 3 jobs together; they take 2.5 (2 free cores) to 5 min, mostly compiling.
+STEPS, CKPT = helpers.FOUR_DEVICE_ARG["steps"], helpers.FOUR_DEVICE_ARG["ckpt"]
+TIMEOUT = 900  # For the jobs of one test; they take 2.5 (2 free cores) to 5 min, mostly compiling.
 RTOL, ATOL = helpers.MULTIPROCESS_RTOL, helpers.MULTIPROCESS_ATOL
 BF16_RTOL = 1e-2  # SGD momentum is kept in bfloat16: 1 ulp is up to 8e-3.
 
+# (config arg changes, mesh flags, the mesh as logged). The 1-process job of
+# "data" is conftest's `four_device_run` (the default mesh, data=-1: all 4
+# devices), shared with test_cluster; "fsdp" runs its own.
 MESHES = {
-    "data": ("fsdp=1", "--config.mesh.data=4", "{'data': 4, 'fsdp': 1}"),
+    "data": ({}, (), "{'data': 4, 'fsdp': 1}"),
     # Parameters sharded over the 4 devices, i.e. over both processes.
-    "fsdp": ("fsdp=4", "--config.mesh.data=1", "{'data': 1, 'fsdp': 4}"),
+    "fsdp": ({"fsdp": 4}, ("--config.mesh.data=1",), "{'data': 1, 'fsdp': 4}"),
 }
 
 
@@ -86,23 +88,27 @@ def _bytes(folder):
 
 
 @pytest.mark.parametrize("mesh", ["data", "fsdp"])
-def test_two_processes_match_one(tmp_path, fashion_data_dir, mesh):
+def test_two_processes_match_one(tmp_path, fashion_data_dir, four_device_run, mesh):
   from big_distill.models import bit  # pylint: disable=g-import-not-at-top
-  fsdp_arg, mesh_flag, mesh_text = MESHES[mesh]
-  teacher = tiny_config.write_teacher(tmp_path / "teacher.npz")
-  arg = (f"data_dir={fashion_data_dir},teacher={teacher},steps={STEPS},log=1,ckpt={CKPT},"
-         f"evals=false,split=train[:160],subset=0,res=64,teacher_res=64,optim=sgd,{fsdp_arg},"
-         "replica_parallel=1")  # The trainer's default saving: replicas across processes.
-  one, two = tmp_path / "one", tmp_path / "two"
+  changes, mesh_flags, mesh_text = MESHES[mesh]
+  # The trainer's default saving (replica_parallel=1): replicas across processes.
+  arg = helpers.run_arg(fashion_data_dir, four_device_run.teacher, **helpers.FOUR_DEVICE_ARG,
+                        **changes)
+  two = tmp_path / "two"
   port = helpers.free_port()
   jobs = []
   try:
-    jobs.append(("1 process x 4 devices", _start(one, arg, tmp_path / "one.log", mesh_flag,
-                                                 devices=4), tmp_path / "one.log"))
+    if mesh == "data":
+      assert arg == four_device_run.arg
+      one, one_log = four_device_run.workdir, four_device_run.log
+    else:
+      one, one_log = tmp_path / "one", tmp_path / "one.log"
+      jobs.append(("1 process x 4 devices", _start(one, arg, one_log, *mesh_flags, devices=4),
+                   one_log))
     for i in range(2):
       log = tmp_path / f"two.{i}.log"
       jobs.append((f"process {i} of 2", _start(
-          two, arg, log, mesh_flag, f"--coordinator_address=localhost:{port}",
+          two, arg, log, *mesh_flags, f"--coordinator_address=localhost:{port}",
           "--num_processes=2", f"--process_id={i}", devices=2), log))
     helpers.wait_all(jobs, TIMEOUT)
   finally:  # Also on an interrupt: no job outlives the test.
@@ -110,7 +116,7 @@ def test_two_processes_match_one(tmp_path, fashion_data_dir, mesh):
       if p.poll() is None:
         p.kill()
         p.wait()
-  assert f"mesh {mesh_text} over 4 devices (1 processes)" in helpers.read_log(tmp_path / "one.log")
+  assert f"mesh {mesh_text} over 4 devices (1 processes)" in helpers.read_log(one_log)
   assert f"mesh {mesh_text} over 4 devices (2 processes)" in helpers.read_log(tmp_path / "two.0.log")
   assert "process 1 of 2, 2 local / 4 global devices" in helpers.read_log(tmp_path / "two.1.log")
 

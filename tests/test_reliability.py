@@ -75,44 +75,61 @@ def test_sigkill_at_random_points_then_rerun_is_bitwise_exact(reference, tmp_pat
 
   A kill point is a random step to reach (as logged in metrics.jsonl) and then a
   random short sleep: a wall-clock delay alone lands anywhere, or after the end,
-  on a machine whose load varies.
+  on a machine whose load varies. The kill points follow each other in one
+  workdir: each rerun resumes from the newest checkpoint the kill left and is
+  the run that the next kill point kills (a resumed run killed again), and the
+  last rerun finishes; so KILL_POINTS kills take KILL_POINTS + 1 runs, and the
+  finished run must be bitwise the uninterrupted one.
   """
   rng = np.random.default_rng(KILL_SEED)
   targets = sorted(rng.choice(np.arange(CKPT + 1, STEPS), KILL_POINTS, replace=False))
+  workdir = tmp_path / "kill"
   results, failures = [], []
   for i, target in enumerate(targets):
-    workdir = tmp_path / f"kill{i}"
     cli = Cli(workdir, reference.arg, log=tmp_path / f"kill{i}.log", cache=jax_cache)
-    wait_first_checkpoint(cli)
+    if i == 0:
+      wait_first_checkpoint(cli)
+    else:  # A rerun: it resumes before it trains on.
+      while cli.proc.poll() is None and resumed_step(cli.output) is None:
+        time.sleep(0.005)
     while cli.proc.poll() is None and max(logged_steps(workdir), default=0) < target:
       time.sleep(0.005)
     sleep = float(rng.uniform(0, 0.15))
     time.sleep(sleep)
     cli.proc.send_signal(signal.SIGKILL)
     rc = cli.wait()
-    finished, partial = finished_steps(workdir), unfinished_saves(workdir)
-    logged = max(logged_steps(workdir), default=0)
-    rc2, out = run_to_end(workdir, reference.arg, log=tmp_path / f"kill{i}.rerun.log",
-                          cache=jax_cache)
-    result = dict(point=i, target_step=int(target), sleep_s=round(sleep, 3),
-                  killed=rc == -signal.SIGKILL, last_logged_step=logged,
-                  finished_ckpts=finished, save_in_progress=partial,
-                  resumed_from=resumed_step(out))
-    try:
-      assert rc2 == 0, out[-4000:]
-      assert "cannot be read" not in out, out[-4000:]  # The kill damaged no checkpoint.
-      assert finished and result["resumed_from"] == finished[-1], (finished, out[-3000:])
-      assert_same_as_reference(reference, workdir, f"kill point {i}")
-      result["exact"] = True
-    except AssertionError as e:
-      result["exact"] = False
-      failures.append(f"kill point {i}: {e}")
-    results.append(result)
-  print(f"\n{len(results)} SIGKILL points (seed {KILL_SEED}):")
+    if i:  # The run this kill point killed resumed the previous kill point.
+      check_resume(results[-1], cli.output, rc == -signal.SIGKILL or rc == 0, failures)
+    results.append(dict(point=i, target_step=int(target), sleep_s=round(sleep, 3),
+                        killed=rc == -signal.SIGKILL, last_logged_step=max(
+                            logged_steps(workdir), default=0),
+                        finished_ckpts=finished_steps(workdir),
+                        save_in_progress=unfinished_saves(workdir)))
+  rc2, out = run_to_end(workdir, reference.arg, log=tmp_path / "kill.rerun.log", cache=jax_cache)
+  check_resume(results[-1], out, rc2 == 0, failures)
+  try:
+    assert_same_as_reference(reference, workdir, f"after {len(results)} kill points")
+    exact = True
+  except AssertionError as e:
+    exact = False
+    failures.append(str(e))
+  print(f"\n{len(results)} SIGKILL points (seed {KILL_SEED}), the finished run exact: {exact}")
   for r in results:
     print("  ", json.dumps(r))
   assert not failures, "\n".join(failures)
   assert any(r["killed"] for r in results), "every run finished before its kill"
+
+
+def check_resume(result, out, ran_on, failures):
+  """The run after kill point `result` resumed from its newest finished checkpoint."""
+  result["resumed_from"] = resumed_step(out)
+  try:
+    assert ran_on, out[-4000:]  # It ran until killed or to the end, no error.
+    assert "cannot be read" not in out, out[-4000:]  # The kill damaged no checkpoint.
+    finished = result["finished_ckpts"]
+    assert finished and result["resumed_from"] == finished[-1], (finished, out[-3000:])
+  except AssertionError as e:
+    failures.append(f"kill point {result['point']}: {e}")
 
 
 def test_sigterm_saves_where_it_stopped_and_rerun_is_bitwise_exact(reference, tmp_path,
