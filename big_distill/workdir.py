@@ -39,12 +39,17 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-import tensorflow as tf
 
 from big_distill import config_lib
 from big_distill.errors import WorkdirError
 
-gfile = tf.io.gfile
+
+
+def _tf():
+  """TensorFlow, for its gfile (gs:// and other remote workdirs): imported only
+  where a lease is used, so that taking a local workdir's lock costs no import."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf
 
 LOCK_NAME = "lock"
 LEASE_S = 120.0  # Object-store lease: a crashed holder's lock expires after this.
@@ -209,16 +214,16 @@ class WorkdirLock:
   # lease: for object stores, renewed by a thread, expires when not renewed.
   def _read_lease(self) -> dict[str, Any] | None:
     try:
-      with gfile.GFile(self.path) as f:
+      with _tf().io.gfile.GFile(self.path) as f:
         return json.loads(f.read() or "{}")
-    except (tf.errors.NotFoundError, FileNotFoundError):
+    except (_tf().errors.NotFoundError, FileNotFoundError):
       return None
     except json.JSONDecodeError:
       return {}
 
   def _write_lease(self) -> None:
     info = {**_holder_info(self.token), "renewed": time.time(), "lease_s": self.lease_s}
-    with gfile.GFile(self.path, "w") as f:
+    with _tf().io.gfile.GFile(self.path, "w") as f:
       f.write(json.dumps(info, indent=1))
 
   def _acquire_lease(self) -> None:
@@ -255,7 +260,7 @@ class WorkdirLock:
                         _describe(info), self.lease_s)
           return
         self._write_lease()
-      except (OSError, tf.errors.OpError) as e:  # Retried at the next renewal.
+      except (OSError, _tf().errors.OpError) as e:  # Retried at the next renewal.
         logging.warning("Could not renew the lock %s: %s", self.path, e)
 
   def acquire(self) -> "WorkdirLock":
@@ -274,7 +279,7 @@ class WorkdirLock:
       self._renewer.join()
       self._renewer = None
       if (self._read_lease() or {}).get("token") == self.token:
-        gfile.remove(self.path)
+        _tf().io.gfile.remove(self.path)
     with _HELD_GUARD:
       if _HELD.get(self._key()) is self:
         del _HELD[self._key()]
