@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from big_distill import errors
 from big_distill import parallel
 from big_distill.checks import config_errors, resolve_init
 from big_distill.model_set import Models, init_variables, model_module, variable_shapes
@@ -41,8 +42,14 @@ def load_weights(config: mlc.ConfigDict, name: str, model, path: str, *, templat
   module = model_module(config[f"{name}_name"])
   if template is None:
     template = zeros_template(model, config[f"{name}_res"])
-  with config_errors(where if where is not None else f"config.{name}_init={path}: "):
-    return module.load(template, resolve_init(path), head_mismatch=head_mismatch, model=model)
+  if where is None:
+    where = f"config.{name}_init={path} (for config.{name}, a {config[f'{name}_name']!r}): "
+  with config_errors(where):
+    file = resolve_init(path)
+    try:
+      return module.load(template, file, head_mismatch=head_mismatch, model=model)
+    except errors.CheckpointError as e:  # The family's message names the arrays.
+      raise errors.CheckpointError(f"{where}{e}") from e
 
 
 def load_trained(config: mlc.ConfigDict, name: str, model, path: str,
