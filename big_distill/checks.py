@@ -151,17 +151,24 @@ def readable(path: str, field: str) -> bool:
   seconds, and the message says how to use a local copy instead.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: gs:// paths)
+  file, sub = split_sub_tree(path)
   try:
-    return tf.io.gfile.exists(path)
+    return tf.io.gfile.exists(file)
   except tf.errors.OpError as e:
-    if "://" not in path:
+    if "://" not in file:
       raise
     reason = str(e).strip().splitlines()[0]
     raise errors.CheckpointError(
         f"config.{field}={path} cannot be read ({reason}). Copy it to this "
-        f"machine, e.g. `gsutil cp {path} DIR/` (or download "
-        f"{path.replace('gs://', 'https://storage.googleapis.com/', 1)}), then pass "
-        f"--config.{field}=DIR/{os.path.basename(path)}.") from None
+        f"machine, e.g. `gsutil cp {file} DIR/` (or download "
+        f"{file.replace('gs://', 'https://storage.googleapis.com/', 1)}), then pass "
+        f"--config.{field}=DIR/{os.path.basename(file)}{sub}.") from None
+
+
+def split_sub_tree(path: str) -> tuple[str, str]:
+  """`file.npz:img` (a sub-tree of the file, models/__init__.py) -> ("file.npz", ":img")."""
+  head, sep, sub = path.rpartition(".npz:")
+  return (head + ".npz", ":" + sub) if sep and sub else (path, "")
 
 
 def check_inits(config: mlc.ConfigDict, student: bool = True) -> None:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from big_distill import errors
 from big_distill import parallel
 from big_distill.checks import config_errors, resolve_init
 from big_distill.model_set import Models, init_variables, model_module, variable_shapes
@@ -36,13 +37,24 @@ def load_weights(config: mlc.ConfigDict, name: str, model, path: str, *, templat
   the template's. A file that does not fit the model is the config's mistake
   (its depth, width or num_classes, or the path): the family raises a
   CheckpointError naming the arrays (a ValueError is reported the same way),
-  once, prefixed by `where` (default: the config field of the path).
+  once. By default it is prefixed by the config fields to check
+  (`config.<name>_init`, `config.<name>`); a caller's `where` prefixes only
+  ValueErrors (evaluate's `--init=`).
   """
   module = model_module(config[f"{name}_name"])
   if template is None:
     template = zeros_template(model, config[f"{name}_res"])
-  with config_errors(where if where is not None else f"config.{name}_init={path}: "):
-    return module.load(template, resolve_init(path), head_mismatch=head_mismatch, model=model)
+  # From a config field: the family's message (the arrays) after the fields.
+  fields = (f"config.{name}_init={path} (for config.{name}, a {config[f'{name}_name']!r}): "
+            if where is None else None)
+  with config_errors(where if where is not None else fields):
+    file = resolve_init(path)
+    try:
+      return module.load(template, file, head_mismatch=head_mismatch, model=model)
+    except errors.CheckpointError as e:
+      if fields is None:
+        raise
+      raise errors.CheckpointError(f"{fields}{e}") from e
 
 
 def load_trained(config: mlc.ConfigDict, name: str, model, path: str,

@@ -357,3 +357,77 @@ def test_custom_runlocal_walk_through(folder_data_dir, tmp_path, monkeypatch, ca
   params = bit.read_npz(os.path.join(student_dir, "student.npz"))
   assert params["resnet/head/conv2d/kernel"].shape[-1] == 3
 
+
+
+# ---- ViT teachers of one's own (issue 25): configs/teachers/vit.py, configs/flowers_vit_r50.py ----
+
+
+@pytest.mark.parametrize("model,zoo,pool_type", [
+    ("siglip_b16", "gs://big_vision/siglip/webli_en_b16_224_63724782.npz:img", "map"),
+    ("deit3_b16", "gs://big_vision/zoo/deit3/bv_deit_3_base_224_21k.npz", "tok")])
+@pytest.mark.parametrize("dataset", ["flowers", "pets"])
+def test_vit_teachers_fine_tune_the_zoo_models_on_the_bit_teachers_recipe(model, zoo, pool_type,
+                                                                         dataset):
+  c = get_config("teachers.vit", f"model={model},data={dataset}")
+  bit_teacher = get_config(f"teachers.{dataset}")
+  assert (c.student_name, c.student.to_dict(), c.student_init) == (
+      "vit", dict(variant="B/16", pool_type=pool_type), zoo)
+  assert c.student_res == bit_teacher.student_res == 128 and not c.teachers
+  assert (c.grad_clip_norm, c.schedule.decay_type) == (1.0, "cosine")  # The ViT paper's.
+  for field in ("num_classes", "input", "evals", "lr", "wd", "total_steps", "optim", "mixup"):
+    assert c[field] == bit_teacher[field], field
+  local = get_config("teachers.vit", f"model={model},data={dataset},runlocal")
+  assert local.student_init is None and local.student.pool_type == pool_type
+  assert local.student.width == 32 and local.total_steps == 3
+
+
+@pytest.mark.parametrize("teacher", ["siglip_b16", "deit3_b16"])
+def test_flowers_vit_r50_is_flowers_r50_with_the_vit_teacher(teacher):
+  for arg in ("", "variant=long,student=mobilenet_v3", "runlocal", "fixed=cc,runlocal"):
+    c = get_config("flowers_vit_r50", ",".join(a for a in (f"teacher={teacher}", arg) if a))
+    ref = get_config("flowers_r50", arg)
+    local = "runlocal" in arg
+    made_by = get_config("teachers.vit", f"model={teacher},data=flowers{',runlocal' * local}")
+    assert (c.t1_name, c.t1.to_dict(), c.t1_res) == ("vit", made_by.student.to_dict(),
+                                                     made_by.student_res)
+    workdir = f"workdirs/teachers/flowers_vit_{teacher}{'_local' * local}"
+    assert c.t1_init == f"{workdir}/student.npz"
+    for field in ("t1", "t1_name", "t1_init"):
+      del c[field], ref[field]
+    assert c == ref
+
+
+def test_vit_teacher_configs_reject_unknown_models_and_data():
+  with pytest.raises(errors.ConfigError, match="model='vit_h14'.*siglip_b16, deit3_b16"):
+    get_config("teachers.vit", "model=vit_h14")
+  with pytest.raises(errors.ConfigError, match="data='food101'.*flowers, pets"):
+    get_config("teachers.vit", "data=food101")
+  with pytest.raises(errors.ConfigError, match="model='x'"):
+    get_config("flowers_vit_r50", "teacher=x")
+
+
+def test_vit_runlocal_teacher_then_distillation(tfds_metadata, tmp_path, monkeypatch):
+  """The docstrings' two runlocal commands: a tiny ViT fine-tuned from scratch
+  (no download), then distilled into the runlocal R26 from its workdir."""
+  monkeypatch.chdir(tmp_path)
+  teacher = get_config("teachers.vit", "runlocal")
+  student = get_config("flowers_vit_r50", "runlocal")
+  with mock_data(tfds_metadata):
+    train.train(teacher, os.path.dirname(student.t1_init))
+    train.train(student, str(tmp_path / "student"))
+  _, last = read_metrics(str(tmp_path / "student"))
+  assert math.isfinite(last["train/t1_loss"]) and math.isfinite(last["dist_val/t1_kl"])
+  assert math.isfinite(last["val/t1_top1"])
+
+
+def test_unreadable_siglip_tower_is_one_error_with_the_file_to_copy(tfds_metadata, tmp_path,
+                                                                   monkeypatch):
+  """No network here: the zoo file cannot be read. The message names the
+  file without its `:img` suffix for gsutil, and the suffix for the copy."""
+  config = get_config("teachers.vit", "model=siglip_b16")
+  monkeypatch.setattr(setup, "build", lambda *a, **k: pytest.fail("reached the set-up"))
+  with mock_data(tfds_metadata), pytest.raises(errors.CheckpointError) as e:
+    train.train(config, str(tmp_path / "workdir"))
+  msg = str(e.value)
+  assert "gsutil cp gs://big_vision/siglip/webli_en_b16_224_63724782.npz DIR/" in msg
+  assert "--config.student_init=DIR/webli_en_b16_224_63724782.npz:img" in msg

@@ -41,3 +41,21 @@ def test_unreadable_config_is_one_line(config_file, capsys, monkeypatch):
                                  "--config.distill.views=paper"], monkeypatch)
   assert e.value.code == 2
   assert "big_distill.precision: error: config.distill.views='paper'" in capsys.readouterr().err
+
+
+def test_precision_covers_a_vit_teacher(tmp_path, capsys, monkeypatch):
+  """configs/flowers_vit_r50.py:runlocal with a (random, non-zero head) ViT
+  teacher file: its bfloat16 logits are checked like the student's."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from big_distill import weights  # pylint: disable=g-import-not-at-top
+  from big_distill.configs import common  # pylint: disable=g-import-not-at-top
+  from big_distill.models import vit  # pylint: disable=g-import-not-at-top
+  model = vit.Model(102, **common.vit_teacher("siglip_b16", runlocal=True)[0])
+  teacher = str(tmp_path / "vit.npz")
+  vit.save(jax.jit(lambda k: weights.random_params(model, 32, k))(jax.random.key(0)), teacher)
+  helpers.run_main(precision, ["precision", f"--config={helpers.REPO}/configs/flowers_vit_r50.py"
+                               ":runlocal", f"--config.t1_init={teacher}"], monkeypatch)
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+  assert out["weights"]["t1"] == f"checkpoint {teacher}"
+  t1 = out["models"]["t1"]
+  assert 0 < t1["rel_l2"] <= t1["tolerance"] and out["within_tolerance"]

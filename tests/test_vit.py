@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
+from big_distill import benchmark
 from big_distill import errors
+from big_distill import feeding
+from big_distill import train
+from big_distill import weights
+from big_distill.configs import common
 from big_distill.models import vit
+from tests import helpers
 from tests import vit_reference
+from tests.helpers import tfds_metadata  # pylint: disable=unused-import  (fixture)
 
 TINY = dict(variant=None, width=16, depth=2, mlp_dim=32, num_heads=2, patch_size=4)
 RES = 16
@@ -372,3 +379,130 @@ def test_unreadable_files_and_zoo_names(tmp_path, monkeypatch):
   for name, entry in vit.ZOO.items():  # Every entry builds a model.
     vit.Model(10, **entry.kwargs).sizes()
     assert entry.path.startswith("gs://") and ".npz" in entry.path, name
+
+
+# ---- Both roles, through the trainer (issue 25) --------------------------------
+# Teachers are random models written with vit.save / bit.save; the runs use
+# configs/flowers_vit_r50.py:runlocal on TFDS mock data (tests/helpers.py).
+
+TRAIN_VIT = dict(common.LOCAL_VIT, pool_type="gap")  # 16 tokens at 32px.
+
+
+def write_vit(path, num_classes, res, **kw):
+  """A random ViT `.npz` (big_vision's layout) of `common.LOCAL_VIT` (+ kw)."""
+  model = vit.Model(num_classes, **{**common.LOCAL_VIT, **kw})
+  vit.save(random_params(model, res), str(path))
+  return str(path)
+
+
+def vit_config(student_name, student, teachers, tmp_path):
+  """flowers_vit_r50:runlocal with `student` and `teachers` {name: (family, kwargs, res)}."""
+  c = helpers.get_config("flowers_vit_r50", "runlocal")
+  c.student_name, c.student = student_name, student
+  c.teachers = tuple(teachers)
+  for t, (family, kwargs, res) in teachers.items():
+    if family == "vit":
+      c[t] = {**common.LOCAL_VIT, **kwargs}
+      c[f"{t}_init"] = write_vit(tmp_path / f"{t}.npz", c.num_classes, res, **kwargs)
+    else:
+      c[t] = kwargs
+      c[f"{t}_init"] = helpers.write_random_bit(tmp_path / f"{t}.npz", c.num_classes, **kwargs)
+    c[f"{t}_name"], c[f"{t}_res"] = family, res
+  return c
+
+
+def test_vit_student_distils_an_ensemble_of_a_bit_and_a_vit_teacher(tfds_metadata, tmp_path):
+  """One run: a ViT student (remat) at 32px, a ViT teacher at 24px and a BiT
+  one at 40px, each a resize of the one crop; student.npz is big_vision's."""
+  c = vit_config("vit", TRAIN_VIT, {
+      "t1": ("vit", dict(pool_type="map"), 24),
+      "t2": ("bit", dict(common.LOCAL_STUDENT), 40)}, tmp_path)
+  c.remat_student = True
+  c.compute_dtype = "bfloat16"
+  for name in [n for n in c.evals if n != "dist_val"]:
+    del c.evals[name]  # One evaluator: every model's forward at its resolution.
+  c.lock()
+  workdir = tmp_path / "run"
+  with helpers.mock_data(tfds_metadata):
+    train.train(c, str(workdir))
+  rows, last = helpers.read_metrics(str(workdir))
+  for key in ("train/t1_loss", "train/t2_loss", "dist_val/t1_kl", "dist_val/t2_kl"):
+    assert np.isfinite(last[key]) and last[key] > 0, key
+  assert len([r for r in rows if "train/t1_loss" in r]) == common.LOCAL_STEPS
+  student = vit.Model(c.num_classes, **TRAIN_VIT)
+  arrays = vit.read_npz(str(workdir / "student.npz"))
+  assert "Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel" in arrays  # big_vision's keys.
+  loaded = vit.load(shapes(student, 32), str(workdir / "student.npz"), head_mismatch="error")
+  assert np.max(np.abs(loaded["params"]["head"]["kernel"])) > 0  # Trained from a zero head.
+
+
+@pytest.mark.parametrize("student_name,student,teacher", [
+    ("bit", dict(common.LOCAL_STUDENT), ("vit", dict(pool_type="tok"), 24)),
+    ("mobilenet_v3", dict(common.LOCAL_MOBILENET_V3), ("vit", dict(pool_type="map"), 32)),
+    ("vit", TRAIN_VIT, ("vit", dict(pool_type="tok"), 40)),
+    ("vit", dict(TRAIN_VIT, remat=True, scan=True), ("bit", dict(common.LOCAL_TEACHER), 24)),
+])
+def test_every_student_teacher_combination_builds(tmp_path, student_name, student, teacher):
+  """The train step of each pair, traced (jax.eval_shape: nothing compiles), and
+  the teacher's file loaded, frozen and cast once to the compute dtype."""
+  c = vit_config(student_name, student, {"t1": teacher}, tmp_path)
+  c.compute_dtype = "bfloat16"
+  c.remat_student = student_name == "vit"
+  c.lock()
+  s = benchmark.build(c)
+  new_state, metrics = jax.eval_shape(s.train.train_step, s.train.state, s.teacher_shape,
+                                      s.batch_shape)
+  assert metrics["train/t1_loss"].shape == () and metrics["train/t1_loss"].dtype == jnp.float32
+  assert jax.tree.structure(new_state) == jax.tree.structure(s.train.state)
+  loaded = weights.load_teachers(c, s.models, s.train.mesh)
+  assert jax.tree.structure(loaded) == jax.tree.structure(s.teacher_shape)
+  assert {x.dtype for x in jax.tree.leaves(loaded)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_a_large_vit_teachers_kernels_are_sharded_over_fsdp(tmp_path):
+  """A ViT teacher (standing in for L/16 or So400m/14) on 4 CPU devices, fsdp=4:
+  the arrays of config.fsdp_min_size elements or more are split over fsdp."""
+  path = write_vit(tmp_path / "t.npz", 102, 32, pool_type="map")
+  out = helpers.run_with_devices(4, f"""
+      import json
+      import jax
+      from big_distill import model_set, plan, weights
+      from tests import helpers
+      c = helpers.get_config("flowers_vit_r50", "runlocal")
+      c.t1_init, c.mesh.fsdp, c.fsdp_min_size = {path!r}, 4, 1024
+      models = model_set.build_models(c)
+      loaded = weights.load_teachers(c, models, plan.make_mesh(c))
+      flat = jax.tree_util.tree_flatten_with_path(loaded["t1"]["params"])[0]
+      print(json.dumps({{"/".join(k.key for k in p): [str(x.sharding.spec), x.size]
+                         for p, x in flat}}))
+      """)
+  big = {k: spec for k, (spec, size) in out.items() if size >= 1024}
+  assert "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel" in big
+  assert "MAPHead_0/MultiHeadDotProductAttention_0/query/kernel" in big
+  assert all("fsdp" in spec for spec in big.values()), big
+  assert all("fsdp" not in spec for k, (spec, size) in out.items() if size < 1024), out
+
+
+@pytest.mark.parametrize("other,fields", [
+    (dict(width=48, num_heads=2),
+     ["MAPHead_0/LayerNorm_0/bias: file (48,), model (32,)", "width=48", "width=32"]),
+    (dict(num_classes=10), ["a head for 10 classes", "num_classes=102"]),
+])
+def test_a_teacher_that_does_not_fit_is_one_error_line(tfds_metadata, tmp_path, capsys,
+                                                      monkeypatch, other, fields):
+  """Through the command: exit 2 and one `error:` line, before the data or any compile."""
+  num_classes = other.pop("num_classes", 102)
+  path = write_vit(tmp_path / "t.npz", num_classes, 32, pool_type="map", **other)
+  monkeypatch.setattr(feeding, "prepare_train_data", helpers.tripwire("the input pipeline"))
+  with helpers.mock_data(tfds_metadata), pytest.raises(SystemExit) as e:
+    helpers.run_main(train, ["train", f"--config={helpers.REPO}/configs/flowers_vit_r50.py:runlocal",
+                             f"--config.t1_init={path}", f"--workdir={tmp_path / 'w'}"],
+                     monkeypatch)
+  assert e.value.code == 2
+  stderr = capsys.readouterr().err
+  err = [line for line in stderr.splitlines() if "error:" in line]
+  assert len(err) == 1 and err[0].startswith(f"big_distill.train: error: config.t1_init={path} (for config.t1, a 'vit'): "), err
+  message = stderr[stderr.index(err[0]):]  # vit.load lists the arrays on the lines after it.
+  for field in fields:
+    assert field in message, (field, message)
+  assert not (tmp_path / "w" / "config.json").exists()

@@ -196,3 +196,31 @@ def shrink_for_local(c: mlc.ConfigDict) -> None:
     ec.data.split = f"{ec.data.split.partition('[')[0]}[:{LOCAL_EVAL_EXAMPLES}]"
     ec.cache_raw = False
     ec.log_epochs, ec.log_steps = None, LOCAL_STEPS
+
+
+# ---- ViT teachers of one's own (configs/teachers/vit.py, configs/flowers_vit_r50.py) ----
+
+# `:model=` -> its name in the ViT zoo (big_distill/models/vit.py ZOO: the
+# file, and the Model kwargs that fit it). SigLIP B/16: the image tower of
+# the 224px WebLI model (no head: fine-tuning adds one); DeiT-3 B: pre-trained
+# on ImageNet-21k, fine-tuned on ImageNet-1k at 224px.
+VIT_TEACHERS = dict(siglip_b16="SigLIP B/16 224", deit3_b16="deit3_B_224_21k")
+# runlocal's ViT (from scratch): 16 tokens at 32px.
+LOCAL_VIT = dict(variant=None, patch_size=8, width=32, depth=2, mlp_dim=64, num_heads=2)
+
+
+def vit_teacher(model: str, runlocal: bool) -> tuple[dict, str | None]:
+  """(Model kwargs, file) of the zoo ViT `:model=`; runlocal: a tiny ViT of
+  the same pooling, and no file (it trains from scratch)."""
+  from big_distill.models import vit  # pylint: disable=g-import-not-at-top
+  if model not in VIT_TEACHERS:
+    raise errors.ConfigError(f"model={model!r}: one of {', '.join(VIT_TEACHERS)}.")
+  entry = vit.ZOO[VIT_TEACHERS[model]]
+  if runlocal:
+    return {**LOCAL_VIT, "pool_type": entry.kwargs["pool_type"]}, None
+  return dict(entry.kwargs), entry.path
+
+
+def vit_teacher_workdir(dataset: str, model: str, runlocal: bool) -> str:
+  """Where configs/teachers/vit.py's command writes the teacher (its student.npz)."""
+  return f"workdirs/teachers/{dataset}_vit_{model}{'_local' if runlocal else ''}"
