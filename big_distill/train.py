@@ -124,6 +124,7 @@ def export_student(workdir: str, config: mlc.ConfigDict, state, mesh) -> None:
     path = os.path.join(workdir, "student.npz")
     model_set.model_module(config.student_name).save(variables, path)
     logging.info("Wrote %s.", path)
+    print(f"Student: {path} (as a teacher: --config.t1_init={path}).", flush=True)
 
 
 # ---- The loop's helpers ------------------------------------------------------

@@ -25,6 +25,10 @@ reports, on Flowers102 from a 97.8% teacher: 92.8% test top-1 (`fast`),
 95.5% (`medium`), 96.9% (`long`), and 77.5% after 1,000 epochs: patience
 pays. Watch `val/student_top1` and `dist_val/t1_agree_top1`.
 
+The student is the workdir's `student.npz` (BiT's layout); `python -m
+big_distill.export --workdir=WORKDIR --layout=big_vision` writes it for
+big_vision (`--layout=bit`: BiT's and timm's), as WORKDIR/student_LAYOUT.npz.
+
 `:lr=` replaces the variant's learning rate (a sweep's axis).
 `:runlocal`: tiny models, 3 steps, on CPU; its teacher is
 configs/teachers/custom.py:data=NAME,runlocal's workdir.

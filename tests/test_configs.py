@@ -13,6 +13,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -20,9 +21,11 @@ from ml_collections import config_flags
 from big_distill import config_lib
 from big_distill import errors
 from big_distill import evaluate
+from big_distill import export
 from big_distill import setup
 from big_distill import train
 from big_distill.data import input as input_lib
+from big_distill.data import prepare
 from big_distill.models import bit
 from tests import helpers
 from tests.helpers import fast_compiles  # pylint: disable=unused-import  (autouse)
@@ -335,9 +338,17 @@ def test_custom_data_mistakes_are_clear_errors(tmp_path):
 
 def test_custom_runlocal_walk_through(folder_data_dir, tmp_path, monkeypatch, capsys):
   """README's "Distil on your own images" at runlocal size, through the commands'
-  main(): fine-tune the teacher, check it, distil it, evaluate the student."""
+  main(): prepare the image folder, fine-tune the teacher, check it, distil it,
+  evaluate the student, export it in both layouts; each step's output names
+  what the next one reads."""
   monkeypatch.chdir(tmp_path)  # Default workdirs: ./workdirs/...; the student finds the teacher.
-  data = f"data=bd_test_images,data_dir={folder_data_dir},runlocal"
+  images = os.path.join(os.path.dirname(folder_data_dir), "images")  # The fixture's folder.
+  data_dir = str(tmp_path / "tfds")
+  prepare.main(["folder", f"--path={images}", "--name=bd_walk_images", f"--data_dir={data_dir}"])
+  data = f"data=bd_walk_images,data_dir={data_dir}"
+  assert ("Next, its teacher: python -m big_distill.train --config=configs/teachers/custom.py:"
+          f"{data}\n") in capsys.readouterr().out
+  data += ",runlocal"
   teacher_config = f"--config={helpers.REPO}/configs/teachers/custom.py:{data}"
   student_config = f"--config={helpers.REPO}/configs/custom_r50.py:{data}"
   teacher_dir = config_lib.default_workdir(teacher_config.removeprefix("--config="))
@@ -349,13 +360,26 @@ def test_custom_runlocal_walk_through(folder_data_dir, tmp_path, monkeypatch, ca
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"]
 
   helpers.run_main(train, ["train", teacher_config], monkeypatch)
-  assert os.path.exists(os.path.join(teacher_dir, "student.npz"))
+  teacher_npz = os.path.join(teacher_dir, "student.npz")
+  assert os.path.exists(teacher_npz)
+  assert f"--config.t1_init={os.path.abspath(teacher_npz)})" in capsys.readouterr().out
   assert math.isfinite(metrics(teacher_config, f"--init={teacher_dir}")["val/student_top1"])
   helpers.run_main(train, ["train", student_config], monkeypatch)  # t1_init: teacher_dir.
   got = metrics(student_config, f"--init={student_dir}")
   assert math.isfinite(got["val/student_top1"]) and math.isfinite(got["dist_val/t1_kl"])
   params = bit.read_npz(os.path.join(student_dir, "student.npz"))
   assert params["resnet/head/conv2d/kernel"].shape[-1] == 3
+  for layout in ("bit", "big_vision"):
+    helpers.run_main(export, ["export", f"--workdir={student_dir}", f"--layout={layout}"],
+                     monkeypatch)
+    path = os.path.join(student_dir, f"student_{layout}.npz")
+    assert f"Wrote {path}" in capsys.readouterr().out
+  assert bit.read_npz(os.path.join(student_dir, "student_big_vision.npz"))[
+      "head/kernel"].shape[-1] == 3
+  exported = bit.read_npz(os.path.join(student_dir, "student_bit.npz"))
+  assert params.keys() == exported.keys()
+  for k in params:
+    np.testing.assert_array_equal(params[k], exported[k])
 
 
 

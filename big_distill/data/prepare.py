@@ -332,6 +332,10 @@ def main(argv: list[str] | None = None) -> None:
   print(f"Ready: config.input.data.name = {builder.name!r}; "
         f"config.input.data.data_dir = {dd}\n"
         f"Splits: {', '.join(f'{k}={v.num_examples}' for k, v in builder.info.splits.items())}")
+  if args.dataset == "folder":  # The walk-through's next step (README, "Distil on your own images").
+    data = f"data={builder.name}" + (f",data_dir={args.data_dir}" if args.data_dir else "")
+    print(f"Next, its teacher: python -m big_distill.train "
+          f"--config=configs/teachers/custom.py:{data}")
 
 
 if __name__ == "__main__":
