@@ -1,0 +1,121 @@
+"""The paper's recipes, each written once; the config files give their settings.
+
+`small_data_distill`: function matching from a BiT-M R152x2 teacher into a
+BiT R50x1 (or MobileNet v3) student on a small data set (configs/flowers_r50.py,
+pets_r50.py, food101_r50.py, sun397_r50.py). `bit_hyperrule_teacher`: the
+teacher's BiT-HyperRule fine-tuning on the same data sets
+(configs/teachers/NAME.py). Each config file keeps its data set's settings
+(the released table) and its commands and expected accuracy, and calls one
+of these with them.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+from big_distill import config_lib
+from big_distill import errors
+from big_distill.configs import common
+
+
+def small_data_distill(dataset: str, arg: mlc.ConfigDict, *, variants: dict,
+                       cache: str, eval_cache_raw: bool, teacher: str,
+                       other_images: tuple[str, ...] = ()) -> mlc.ConfigDict:
+  """The small-data function-matching recipe on `dataset` (common.DATASETS).
+
+  `arg`: the parsed `variant`, `runlocal`, `student` and `fixed` (and
+  `images` where `other_images` names the data sets whose images it may
+  distil on, paper Section 3.8). `variants`: variant -> (epochs, lr, wd,
+  temperature), the released settings. `cache`: how the training images are
+  kept in host memory; `eval_cache_raw`: whether the evaluators keep theirs.
+  `teacher`: the released teacher's file (runlocal reads the tiny one that
+  configs/teachers/DATASET.py:runlocal trains).
+  """
+  if arg.variant not in variants:
+    raise errors.ConfigError(f"Unknown variant={arg.variant!r} for {dataset}; known: "
+                             f"{', '.join(variants)}.")
+  epochs, lr, wd, t = variants[arg.variant]
+  local = arg.runlocal
+  c = config_lib.base()
+
+  # ---- Data: the training split (common.DATASETS) kept in host memory;
+  # "decoded" keeps pixels (no JPEG decoding per step), "encoded" the JPEGs.
+  # Random access: one global stream of (seed, step) for any process count.
+  c.input.data = common.data(dataset)
+  c.input.cache = cache
+  c.input.batch_size = 512
+  c.num_classes = common.DATASETS[dataset]["num_classes"]
+
+  # ---- Preprocessing: one inception crop (5-100% of the area, aspect 3/4-4/3)
+  # and a flip, shared by every model; evaluation resizes the short side to
+  # 160 and takes the central 128x128.
+  r = common.res(128, local)
+  c.input.pp = "decode"
+  c.input.pp_random = f"inception_crop({r})|flip_lr"
+  c.input.pp_fixed = f"resize_small({r * 5 // 4})|central_crop({r})"
+  c.input.pp_post = "value_range(-1, 1)"
+  pp_eval = f"decode|resize_small({r * 5 // 4})|central_crop({r})|value_range(-1, 1)"
+
+  # ---- Models: a BiT R50x1 student from scratch (patience beats a pretrained
+  # start), a BiT-M R152x2 teacher fine-tuned at 128px.
+  # `:student=mobilenet_v3`: MobileNet v3 Large with GroupNorm (Section 3.6).
+  c.student_name = arg.student
+  c.student = common.student(arg.student)
+  c.student_res = r
+  c.student_init = None
+  c.teachers = ("t1",)
+  c.t1_name = "bit"
+  # The paper's released teacher; big_vision's bit_paper pads the stem's
+  # max-pool with -inf. runlocal's teacher is the tiny one that
+  # configs/teachers/DATASET.py:runlocal trains (BiT's zero padding).
+  c.t1 = dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
+  c.t1_res = r
+  c.t1_init = f"workdirs/teachers/{dataset}_local/student.npz" if local else teacher
+  # bfloat16 activations (parameters and logits stay float32).
+  c.compute_dtype = "bfloat16"
+
+  # ---- Distillation: function matching. The same mixed image for student and
+  # teacher (consistent views, then mixup on the device), KL at temperature t,
+  # labels unused (train/label_loss is only logged).
+  c.distill.views = "consistent"
+  c.mixup.p = 1.0
+  c.distill.loss = "kl"
+  c.distill.t = t
+  c.distill.label_weight = 0.0
+
+  # ---- Optimizer and schedule: Adam with a bfloat16 first moment, clipping at
+  # 1.0, decoupled weight decay on kernels, warm-up then cosine decay.
+  c.optim.name = "adam"
+  c.optim.mu_dtype = "bfloat16"
+  c.lr, c.wd = lr, wd
+  c.grad_clip_norm = 1.0
+  c.schedule.decay_type = "cosine"
+  c.schedule.warmup_steps = 1500
+  c.total_epochs = epochs
+  c.log_training_steps, c.ckpt_steps = 100, 1000
+
+  # ---- Evaluators: student and teacher accuracy, their distances and
+  # calibration (`val/student_top1`, `dist_test/t1_agree_top1`,
+  # `calib_test/student_ece`, ...), 20 points per curve. The teacher's own
+  # metrics are computed once (it is frozen) and repeated.
+  # `:images=`: distil on another data set's images (Section 3.8); periods in
+  # steps of the in-domain schedule.
+  steps = round(epochs * common.DATASETS[dataset]["train_size"] / c.input.batch_size)
+  own_images = not other_images or common.source_dataset(arg.images) == dataset
+  period = (dict(log_epochs=epochs / 20, cache_raw=eval_cache_raw) if own_images
+            else dict(log_steps=max(steps // 20, 1), cache_raw=eval_cache_raw))
+  for prefix, kind, splits in (("", "classification", ("train", "val", "test")),
+                               ("dist_", "distance", ("train", "val", "test")),
+                               ("calib_", "calibration", ("val", "test"))):
+    for split in splits:
+      common.add_eval(c, prefix + split, kind, dataset, split, pp=pp_eval, **period)
+
+  if not own_images:
+    common.set_image_source(c, arg.images, other_images, steps)
+  # `:fixed=rs|cc|ic_ens`: the paper's fixed-teacher baselines instead
+  # (common.FIXED: each one's views; the teacher's outputs computed once).
+  if arg.fixed:
+    common.fixed_teacher(c, arg.fixed, short_side=r * 5 // 4, runlocal=local)
+  if local:
+    common.shrink_for_local(c)
+  return c
