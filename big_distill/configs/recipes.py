@@ -119,3 +119,92 @@ def small_data_distill(dataset: str, arg: mlc.ConfigDict, *, variants: dict,
   if local:
     common.shrink_for_local(c)
   return c
+
+
+# ---- Teachers: BiT-M R152x2 fine-tuned with BiT-HyperRule ----------------------
+
+BIT_M = dict(depth=152, width=2.0)
+# BiT-HyperRule's learning rate at batch 512 (it scales with the batch).
+HYPERRULE_LR = 0.003
+
+
+def bit_hyperrule_finetune(c: mlc.ConfigDict, *, res: int, init: str, steps: int,
+                           warmup: int, mixup: float) -> None:
+  """The model and optimizer of a teacher's fine-tuning (Kolesnikov et al. 2020).
+
+  BiT-M R152x2 trained with labels (no teachers: the labelled cross-entropy
+  is the loss) from `init` (the public BiT-M checkpoint; bit.load replaces
+  its 21,843-class head by a zero head) at `res`. SGD with momentum 0.9, lr
+  0.003 at batch 512, no weight decay, `steps` steps, `warmup` of warm-up,
+  mixup `mixup` (BiT-HyperRule by training-set size). BiT divides the lr by 10
+  at 30%, 60% and 90% of the steps; the trainer has no step schedule, so a
+  linear decay to 0 stands in for it.
+  """
+  c.teachers = ()
+  c.student_name = "bit"
+  c.student = dict(BIT_M)
+  c.student_res = res
+  c.student_init = init
+  c.compute_dtype = "bfloat16"
+  c.mixup.p = mixup
+  c.optim.name = "sgd"
+  c.optim.momentum, c.optim.nesterov = 0.9, False
+  c.optim.mu_dtype = "float32"
+  c.lr = HYPERRULE_LR
+  c.wd = 0.0
+  c.grad_clip_norm = None
+  c.schedule.decay_type = "linear"
+  c.schedule.linear_end = 0.0
+  c.schedule.warmup_steps = warmup
+  c.total_steps = steps
+
+
+def shrink_teacher_for_local(c: mlc.ConfigDict) -> None:
+  """common.shrink_for_local, then BiT-HyperRule's lr for the smaller batch."""
+  common.shrink_for_local(c)
+  c.lr = HYPERRULE_LR * c.input.batch_size / 512
+
+
+def small_data_teacher(dataset: str, arg: mlc.ConfigDict, *, steps: int, warmup: int,
+                       mixup: float, log_training_steps: int, ckpt_steps: int,
+                       log_steps: int) -> mlc.ConfigDict:
+  """A small-data set's 128px teacher (configs/teachers/DATASET.py).
+
+  `arg`: the parsed `res` (128 only) and `runlocal`. `steps`, `warmup`,
+  `mixup`: BiT-HyperRule's for the data set's size; `log_training_steps`,
+  `ckpt_steps`, `log_steps` (the evaluators'): how often the run reports.
+  """
+  if arg.res != 128:
+    raise errors.ConfigError(f"res={arg.res}: the {dataset} teachers are fine-tuned at 128.")
+  local = arg.runlocal
+  c = config_lib.base()
+
+  # ---- Data: the training split (common.DATASETS), its images kept encoded.
+  c.input.data = common.data(dataset)
+  c.input.cache = "encoded"
+  c.input.batch_size = 512
+  c.num_classes = common.DATASETS[dataset]["num_classes"]
+
+  # ---- Preprocessing (BiT-HyperRule): the image resized to 160x160, a random
+  # 128px crop and a flip; evaluation: the short side to 160, the central 128.
+  r = common.res(arg.res, local)
+  c.input.pp = f"decode|resize({r * 5 // 4})"
+  c.input.pp_random = f"random_crop({r})|flip_lr"
+  c.input.pp_fixed = f"resize_small({r * 5 // 4})|central_crop({r})"
+  c.input.pp_post = "value_range(-1, 1)"
+  pp_eval = f"decode|resize_small({r * 5 // 4})|central_crop({r})|value_range(-1, 1)"
+
+  bit_hyperrule_finetune(c, res=r, init="BiT-M-R152x2.npz", steps=steps, warmup=warmup,
+                         mixup=mixup)
+  c.log_training_steps, c.ckpt_steps = log_training_steps, ckpt_steps
+
+  # ---- Evaluators: accuracy on every split, calibration on validation.
+  for split in ("train", "val", "test"):
+    common.add_eval(c, split, "classification", dataset, split, pp=pp_eval, cache_raw=False,
+                    log_steps=log_steps)
+  common.add_eval(c, "calib_val", "calibration", dataset, "val", pp=pp_eval, cache_raw=False,
+                  log_steps=log_steps)
+
+  if local:
+    shrink_teacher_for_local(c)
+  return c
