@@ -18,6 +18,57 @@ from big_distill import errors
 from big_distill.configs import common
 
 
+# ---- Function matching (the paper's Section 3) --------------------------------
+
+
+def shared_inception_crop(c: mlc.ConfigDict, r: int) -> str:
+  """One inception crop (5-100% of the area, aspect 3/4-4/3) and a flip at `r`
+  px, shared by every model; the fixed view resizes the short side to 5/4 of
+  `r` and takes the central crop. Returns the evaluators' pp string (the same
+  central crop)."""
+  c.input.pp = "decode"
+  c.input.pp_random = f"inception_crop({r})|flip_lr"
+  c.input.pp_fixed = f"resize_small({r * 5 // 4})|central_crop({r})"
+  c.input.pp_post = "value_range(-1, 1)"
+  return f"decode|resize_small({r * 5 // 4})|central_crop({r})|value_range(-1, 1)"
+
+
+def function_matching(c: mlc.ConfigDict, *, t: float, lr: float, wd: float,
+                      warmup_steps: int, epochs: float, log_training_steps: int) -> None:
+  """Function matching's loss, optimizer and schedule.
+
+  The same mixed image for student and teacher (consistent views, then mixup
+  on the device), KL at temperature `t`, labels unused (train/label_loss is
+  only logged). Adam with a bfloat16 first moment, clipping at 1.0, decoupled
+  weight decay `wd` on kernels, `warmup_steps` of warm-up to `lr` then cosine
+  decay over `epochs`; a checkpoint every 1,000 steps.
+  """
+  c.distill.views = "consistent"
+  c.mixup.p = 1.0
+  c.distill.loss = "kl"
+  c.distill.t = t
+  c.distill.label_weight = 0.0
+  c.optim.name = "adam"
+  c.optim.mu_dtype = "bfloat16"
+  c.lr, c.wd = lr, wd
+  c.grad_clip_norm = 1.0
+  c.schedule.decay_type = "cosine"
+  c.schedule.warmup_steps = warmup_steps
+  c.total_epochs = epochs
+  c.log_training_steps, c.ckpt_steps = log_training_steps, 1000
+
+
+def add_distill_evals(c: mlc.ConfigDict, dataset: str, splits: tuple[str, ...],
+                      calib_splits: tuple[str, ...], **kwargs) -> None:
+  """Student and teacher accuracy and their distances on `splits`, calibration
+  on `calib_splits` of `dataset` (`val/student_top1`, `dist_val/t1_agree_top1`,
+  `calib_val/student_ece`, ...); `kwargs`: common.add_eval's."""
+  for prefix, kind, names in (("", "classification", splits), ("dist_", "distance", splits),
+                              ("calib_", "calibration", calib_splits)):
+    for split in names:
+      common.add_eval(c, prefix + split, kind, dataset, split, **kwargs)
+
+
 def small_data_distill(dataset: str, arg: mlc.ConfigDict, *, variants: dict,
                        cache: str, eval_cache_raw: bool, teacher: str,
                        other_images: tuple[str, ...] = ()) -> mlc.ConfigDict:
@@ -50,11 +101,7 @@ def small_data_distill(dataset: str, arg: mlc.ConfigDict, *, variants: dict,
   # and a flip, shared by every model; evaluation resizes the short side to
   # 160 and takes the central 128x128.
   r = common.res(128, local)
-  c.input.pp = "decode"
-  c.input.pp_random = f"inception_crop({r})|flip_lr"
-  c.input.pp_fixed = f"resize_small({r * 5 // 4})|central_crop({r})"
-  c.input.pp_post = "value_range(-1, 1)"
-  pp_eval = f"decode|resize_small({r * 5 // 4})|central_crop({r})|value_range(-1, 1)"
+  pp_eval = shared_inception_crop(c, r)
 
   # ---- Models: a BiT R50x1 student from scratch (patience beats a pretrained
   # start), a BiT-M R152x2 teacher fine-tuned at 128px.
@@ -74,25 +121,8 @@ def small_data_distill(dataset: str, arg: mlc.ConfigDict, *, variants: dict,
   # bfloat16 activations (parameters and logits stay float32).
   c.compute_dtype = "bfloat16"
 
-  # ---- Distillation: function matching. The same mixed image for student and
-  # teacher (consistent views, then mixup on the device), KL at temperature t,
-  # labels unused (train/label_loss is only logged).
-  c.distill.views = "consistent"
-  c.mixup.p = 1.0
-  c.distill.loss = "kl"
-  c.distill.t = t
-  c.distill.label_weight = 0.0
-
-  # ---- Optimizer and schedule: Adam with a bfloat16 first moment, clipping at
-  # 1.0, decoupled weight decay on kernels, warm-up then cosine decay.
-  c.optim.name = "adam"
-  c.optim.mu_dtype = "bfloat16"
-  c.lr, c.wd = lr, wd
-  c.grad_clip_norm = 1.0
-  c.schedule.decay_type = "cosine"
-  c.schedule.warmup_steps = 1500
-  c.total_epochs = epochs
-  c.log_training_steps, c.ckpt_steps = 100, 1000
+  function_matching(c, t=t, lr=lr, wd=wd, warmup_steps=1500, epochs=epochs,
+                    log_training_steps=100)
 
   # ---- Evaluators: student and teacher accuracy, their distances and
   # calibration (`val/student_top1`, `dist_test/t1_agree_top1`,
@@ -104,11 +134,8 @@ def small_data_distill(dataset: str, arg: mlc.ConfigDict, *, variants: dict,
   own_images = not other_images or common.source_dataset(arg.images) == dataset
   period = (dict(log_epochs=epochs / 20, cache_raw=eval_cache_raw) if own_images
             else dict(log_steps=max(steps // 20, 1), cache_raw=eval_cache_raw))
-  for prefix, kind, splits in (("", "classification", ("train", "val", "test")),
-                               ("dist_", "distance", ("train", "val", "test")),
-                               ("calib_", "calibration", ("val", "test"))):
-    for split in splits:
-      common.add_eval(c, prefix + split, kind, dataset, split, pp=pp_eval, **period)
+  add_distill_evals(c, dataset, ("train", "val", "test"), ("val", "test"), pp=pp_eval,
+                    **period)
 
   if not own_images:
     common.set_image_source(c, arg.images, other_images, steps)
