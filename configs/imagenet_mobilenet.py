@@ -62,6 +62,7 @@ WORKDIR/metrics.jsonl.
 from big_distill import config_lib
 from big_distill.errors import ConfigError
 from big_distill.configs import common
+from big_distill.configs import recipes
 
 VARIANTS = ("large", "small")
 NORMS = ("group", "batch")
@@ -122,28 +123,13 @@ def get_config(arg=None):
   # ---- Distillation, optimizer, schedule: the paper's ImageNet recipe (it
   # gives no MobileNet-specific setting): function matching, KL at t=1, Adam
   # (bfloat16 first moment), clipping at 1, 5,000 warm-up steps then cosine.
-  c.distill.views = "consistent"
-  c.mixup.p = 1.0
-  c.distill.loss = "kl"
-  c.distill.t = 1.0
-  c.distill.label_weight = 0.0
-  c.optim.name = "adam"
-  c.optim.mu_dtype = "bfloat16"
-  c.lr, c.wd = 0.03, 3e-4
-  c.grad_clip_norm = 1.0
-  c.schedule.decay_type = "cosine"
-  c.schedule.warmup_steps = 5000
-  c.total_epochs = 1200
-  c.log_training_steps, c.ckpt_steps = 50, 1000
+  recipes.function_matching(c, t=1.0, lr=0.03, wd=3e-4, warmup_steps=5000, epochs=1200,
+                            log_training_steps=50)
 
   # ---- Evaluators: accuracy and distances on train[:10000] and validation,
   # calibration on validation, every 10 epochs.
-  for prefix, kind, splits in (("", "classification", ("train", "val")),
-                               ("dist_", "distance", ("train", "val")),
-                               ("calib_", "calibration", ("val",))):
-    for split in splits:
-      common.add_eval(c, prefix + split, kind, "imagenet", split, pp=pp_eval,
-                      cache_raw=False, log_epochs=10)
+  recipes.add_distill_evals(c, "imagenet", ("train", "val"), ("val",), pp=pp_eval,
+                            cache_raw=False, log_epochs=10)
 
   if local:
     common.shrink_for_local(c)
