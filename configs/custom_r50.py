@@ -74,18 +74,11 @@ def get_config(arg=None):
 
   # ---- Models: the student from scratch; the teacher that
   # configs/teachers/custom.py fine-tuned (BiT's zero stem padding).
-  c.student_name = a.student
-  c.student = common.student(a.student)
-  c.student_res = s
-  c.student_init = None
-  c.teachers = ("t1",)
-  c.t1_name = "bit"
-  c.t1 = dict(depth=152, width=2.0)
-  c.t1_res = t_res
   teacher_arg = f"data={a.data}" + (f",data_dir={a.data_dir}" if a.data_dir else "")
-  c.t1_init = config_lib.default_workdir(
-      f"configs/teachers/custom.py:{teacher_arg}" + (",runlocal" if local else ""))
-  c.compute_dtype = "bfloat16"
+  recipes.student_and_teacher(
+      c, a.student, res=s, teacher=dict(depth=152, width=2.0), teacher_res=t_res,
+      teacher_init=config_lib.default_workdir(
+          f"configs/teachers/custom.py:{teacher_arg}" + (",runlocal" if local else "")))
 
   # ---- Distillation, optimizer and schedule: function matching (consistent
   # views, mixup, KL at t), Adam, clipping at 1.0, decoupled weight decay,

@@ -66,9 +66,6 @@ from big_distill.configs import recipes
 
 VARIANTS = ("large", "small")
 NORMS = ("group", "batch")
-# The paper's teachers (big_vision `configs/proj/distill/`), by resolution.
-PAPER_TEACHERS = {224: "gs://bit_models/distill/R152x2_T_224.npz",
-                  384: "gs://bit_models/distill/R152x2_T_384.npz"}
 
 
 def get_config(arg=None):
@@ -84,11 +81,7 @@ def get_config(arg=None):
   c = config_lib.base()
 
   # ---- Data (ImageNet-1k): streamed from TFDS 'train' (too large to cache).
-  c.input.data = common.data("imagenet")
-  c.input.cache = "none"
-  c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
-  c.input.batch_size = 4096
-  c.num_classes = 1000
+  recipes.imagenet_input(c, batch_size=4096)  # ~30 GB of shuffle buffer per process.
 
   # ---- Preprocessing: one inception crop, decoded straight from the JPEG and
   # kept at its own size: each model's image is a resize of it. Evaluation:
@@ -109,16 +102,9 @@ def get_config(arg=None):
   c.student = dict(variant=arg.variant, width=1.0, norm=arg.norm, groups=8)
   c.student_res = common.res(224, local)
   c.student_init = None
-  c.teachers = tuple(f"t{i}" for i in range(1, len(teacher_res) + 1))
-  for name, pixels in zip(c.teachers, teacher_res):
-    c[f"{name}_name"] = "bit"
-    # The paper's teachers come from big_vision's BiT (stem pool padded with
-    # -inf); runlocal's are made by configs/teachers/imagenet.py (zeros).
-    c[name] = dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
-    c[f"{name}_res"] = common.res(pixels, local)
-    c[f"{name}_init"] = (f"workdirs/teachers/imagenet_local_{pixels}/student.npz" if local
-                         else PAPER_TEACHERS[pixels])
-  c.compute_dtype = "bfloat16"
+  # The paper's teachers come from big_vision's BiT (stem pool padded with
+  # -inf); runlocal's are made by configs/teachers/imagenet.py (zeros).
+  recipes.paper_imagenet_teachers(c, teacher_res, local)
 
   # ---- Distillation, optimizer, schedule: the paper's ImageNet recipe (it
   # gives no MobileNet-specific setting): function matching, KL at t=1, Adam

@@ -74,11 +74,7 @@ def get_config(arg=None):
   c = config_lib.base()
 
   # ---- Data (ImageNet-1k): streamed from TFDS 'train' (too large to cache).
-  c.input.data = common.data("imagenet")
-  c.input.cache = "none"
-  c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
-  c.input.batch_size = 4096
-  c.num_classes = 1000
+  recipes.imagenet_input(c, batch_size=4096)  # ~30 GB of shuffle buffer per process.
 
   # ---- Preprocessing: one inception crop, decoded straight from the JPEG and
   # kept at its own size: each model's image is a resize of it to the model's
@@ -98,17 +94,10 @@ def get_config(arg=None):
   c.student = dict(depth=50, width=1.0)
   c.student_res = common.res(arg.res, local)
   c.student_init = None
-  c.teachers = ("t1", "t2")
   # The paper's released teachers (see above); big_vision's bit_paper pads
   # the stem's max-pool with -inf. runlocal's teachers are the tiny ones that
   # configs/teachers/imagenet.py:res=...,runlocal trains (BiT's zero padding).
-  for name, pixels in (("t1", 224), ("t2", 384)):
-    c[f"{name}_name"] = "bit"
-    c[name] = dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
-    c[f"{name}_res"] = common.res(pixels, local)
-    c[f"{name}_init"] = (f"workdirs/teachers/imagenet_local_{pixels}/student.npz" if local
-                         else f"gs://bit_models/distill/R152x2_T_{pixels}.npz")
-  c.compute_dtype = "bfloat16"
+  recipes.paper_imagenet_teachers(c, (224, 384), local)
 
   # ---- Distillation: function matching (consistent views + mixup, KL at
   # temperature 1, labels unused); the per-teacher KLs are summed, which

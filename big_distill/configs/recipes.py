@@ -33,6 +33,23 @@ def shared_inception_crop(c: mlc.ConfigDict, r: int) -> str:
   return f"decode|resize_small({r * 5 // 4})|central_crop({r})|value_range(-1, 1)"
 
 
+def student_and_teacher(c: mlc.ConfigDict, student: str, *, res: int, teacher: dict,
+                        teacher_res: int, teacher_init: str) -> None:
+  """The `:student=` model (common.STUDENTS) from scratch at `res`, and one BiT
+  teacher `t1` (Model kwargs `teacher`) at `teacher_res` from `teacher_init`;
+  bfloat16 activations (parameters and logits stay float32)."""
+  c.student_name = student
+  c.student = common.student(student)
+  c.student_res = res
+  c.student_init = None
+  c.teachers = ("t1",)
+  c.t1_name = "bit"
+  c.t1 = teacher
+  c.t1_res = teacher_res
+  c.t1_init = teacher_init
+  c.compute_dtype = "bfloat16"
+
+
 def function_matching(c: mlc.ConfigDict, *, t: float, lr: float, wd: float,
                       warmup_steps: int, epochs: float, log_training_steps: int) -> None:
   """Function matching's loss, optimizer and schedule.
@@ -106,20 +123,13 @@ def small_data_distill(dataset: str, arg: mlc.ConfigDict, *, variants: dict,
   # ---- Models: a BiT R50x1 student from scratch (patience beats a pretrained
   # start), a BiT-M R152x2 teacher fine-tuned at 128px.
   # `:student=mobilenet_v3`: MobileNet v3 Large with GroupNorm (Section 3.6).
-  c.student_name = arg.student
-  c.student = common.student(arg.student)
-  c.student_res = r
-  c.student_init = None
-  c.teachers = ("t1",)
-  c.t1_name = "bit"
   # The paper's released teacher; big_vision's bit_paper pads the stem's
   # max-pool with -inf. runlocal's teacher is the tiny one that
   # configs/teachers/DATASET.py:runlocal trains (BiT's zero padding).
-  c.t1 = dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
-  c.t1_res = r
-  c.t1_init = f"workdirs/teachers/{dataset}_local/student.npz" if local else teacher
-  # bfloat16 activations (parameters and logits stay float32).
-  c.compute_dtype = "bfloat16"
+  student_and_teacher(
+      c, arg.student, res=r, teacher=dict(depth=152, width=2.0, stem_pool_pad="neg_inf"),
+      teacher_res=r,
+      teacher_init=f"workdirs/teachers/{dataset}_local/student.npz" if local else teacher)
 
   function_matching(c, t=t, lr=lr, wd=wd, warmup_steps=1500, epochs=epochs,
                     log_training_steps=100)
@@ -235,3 +245,34 @@ def small_data_teacher(dataset: str, arg: mlc.ConfigDict, *, steps: int, warmup:
   if local:
     shrink_teacher_for_local(c)
   return c
+
+
+# ---- ImageNet (configs/imagenet_r50.py, imagenet_mobilenet.py, teachers/imagenet.py) ----
+
+
+def imagenet_input(c: mlc.ConfigDict, batch_size: int) -> None:
+  """ImageNet-1k streamed from TFDS 'train' (too large to cache), a shuffle
+  buffer of 250,000 encoded JPEGs (~30 GB) per process."""
+  c.input.data = common.data("imagenet")
+  c.input.cache = "none"
+  c.input.shuffle_buffer_size = 250_000
+  c.input.batch_size = batch_size
+  c.num_classes = common.DATASETS["imagenet"]["num_classes"]
+
+
+def paper_imagenet_teachers(c: mlc.ConfigDict, resolutions: tuple[int, ...],
+                            runlocal: bool) -> None:
+  """The paper's BiT-M R152x2 ImageNet teachers t1, t2, ... at `resolutions`.
+
+  Released as gs://bit_models/distill/R152x2_T_{res}.npz, trained with
+  big_vision's BiT (stem max-pool padded with -inf); runlocal's are the tiny
+  ones that configs/teachers/imagenet.py:res=...,runlocal trains (zeros).
+  """
+  c.teachers = tuple(f"t{i}" for i in range(1, len(resolutions) + 1))
+  for name, pixels in zip(c.teachers, resolutions):
+    c[f"{name}_name"] = "bit"
+    c[name] = dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
+    c[f"{name}_res"] = common.res(pixels, runlocal)
+    c[f"{name}_init"] = (f"workdirs/teachers/imagenet_local_{pixels}/student.npz" if runlocal
+                         else f"gs://bit_models/distill/R152x2_T_{pixels}.npz")
+  c.compute_dtype = "bfloat16"

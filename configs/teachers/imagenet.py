@@ -41,11 +41,7 @@ def get_config(arg=None):
 
   # ---- Data (ImageNet-1k): streamed from TFDS 'train' (too large to cache);
   # 'validation' is the test set papers report.
-  c.input.data = common.data("imagenet")
-  c.input.cache = "none"
-  c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
-  c.input.batch_size = 512
-  c.num_classes = 1000
+  recipes.imagenet_input(c, batch_size=512)  # ~30 GB of shuffle buffer per process.
 
   # ---- Preprocessing: at 224px an inception crop decoded straight from the
   # JPEG (the paper's 224px teacher was trained so, "ic224"); at 384px the
