@@ -89,11 +89,7 @@ def get_config(arg=None):
   # 439 -> 384), resized down for the others: every model sees the same crop.
   teacher_res = (224, 384) if arg.ensemble else (224,)
   view = common.res(max(teacher_res), local)
-  c.input.pp = ""
-  c.input.pp_random = "decode_jpeg_and_inception_crop|flip_lr"
-  c.input.pp_fixed = f"decode|resize_small({round(view / 0.875)})|central_crop({view})"
-  c.input.pp_post = "value_range(-1, 1)"
-  pp_eval = f"{c.input.pp_fixed}|value_range(-1, 1)"
+  pp_eval = recipes.imagenet_shared_crop(c, view)
 
   # ---- Models: a MobileNet v3 student from scratch at 224px. GroupNorm with 8
   # groups: the paper's choice "for most experiments" (its BatchNorm student

@@ -82,11 +82,7 @@ def get_config(arg=None):
   # central 384 (ImageNet's 87.5% crop), resized down for the 224px models, so
   # every model evaluates the same crop.
   r384 = common.res(384, local)
-  c.input.pp = ""
-  c.input.pp_random = "decode_jpeg_and_inception_crop|flip_lr"
-  c.input.pp_fixed = f"decode|resize_small({round(r384 / 0.875)})|central_crop({r384})"
-  c.input.pp_post = "value_range(-1, 1)"
-  pp_eval = f"decode|resize_small({round(r384 / 0.875)})|central_crop({r384})|value_range(-1, 1)"
+  pp_eval = recipes.imagenet_shared_crop(c, r384)
 
   # ---- Models: a BiT R50x1 student from scratch at 224px (or 160px); two
   # BiT-M R152x2 teachers fine-tuned at 224px (t1) and 384px (t2).

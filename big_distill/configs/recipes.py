@@ -260,6 +260,20 @@ def imagenet_input(c: mlc.ConfigDict, batch_size: int) -> None:
   c.num_classes = common.DATASETS["imagenet"]["num_classes"]
 
 
+def imagenet_shared_crop(c: mlc.ConfigDict, view: int) -> str:
+  """One inception crop decoded straight from the JPEG (only its window is
+  decoded) and a flip, kept at its own size: each model's image is a resize of
+  it to the model's resolution. The fixed view: the short side to view / 0.875,
+  the central `view` px (ImageNet's 87.5% crop), resized down for smaller
+  models, so every model sees the same crop. Returns the evaluators' pp
+  string (the fixed view)."""
+  c.input.pp = ""
+  c.input.pp_random = "decode_jpeg_and_inception_crop|flip_lr"
+  c.input.pp_fixed = f"decode|resize_small({round(view / 0.875)})|central_crop({view})"
+  c.input.pp_post = "value_range(-1, 1)"
+  return f"{c.input.pp_fixed}|value_range(-1, 1)"
+
+
 def paper_imagenet_teachers(c: mlc.ConfigDict, resolutions: tuple[int, ...],
                             runlocal: bool) -> None:
   """The paper's BiT-M R152x2 ImageNet teachers t1, t2, ... at `resolutions`.
