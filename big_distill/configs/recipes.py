@@ -4,9 +4,13 @@
 BiT R50x1 (or MobileNet v3) student on a small data set (configs/flowers_r50.py,
 pets_r50.py, food101_r50.py, sun397_r50.py). `bit_hyperrule_teacher`: the
 teacher's BiT-HyperRule fine-tuning on the same data sets
-(configs/teachers/NAME.py). Each config file keeps its data set's settings
-(the released table) and its commands and expected accuracy, and calls one
-of these with them.
+(configs/teachers/NAME.py, and through `bit_hyperrule_finetune` the ImageNet
+and custom teachers). The smaller pieces (`shared_inception_crop`,
+`student_and_teacher`, `function_matching`, `add_distill_evals`, and
+ImageNet's input, crop and teachers) are what configs/custom_r50.py and the
+ImageNet configs share with them. Each config file keeps its data set's
+settings (the released table), its commands and expected accuracy, and calls
+these with them.
 """
 
 from __future__ import annotations
