@@ -105,13 +105,9 @@ def get_config(arg=None):
   # ---- Distillation, optimizer, schedule: the paper's ImageNet recipe (it
   # gives no MobileNet-specific setting): function matching, KL at t=1, Adam
   # (bfloat16 first moment), clipping at 1, 5,000 warm-up steps then cosine.
-  recipes.function_matching(c, t=1.0, lr=0.03, wd=3e-4, warmup_steps=5000, epochs=1200,
-                            log_training_steps=50)
-
-  # ---- Evaluators: accuracy and distances on train[:10000] and validation,
-  # calibration on validation, every 10 epochs.
-  recipes.add_distill_evals(c, "imagenet", ("train", "val"), ("val",), pp=pp_eval,
-                            cache_raw=False, log_epochs=10)
+  # Evaluators: accuracy and distances on train[:10000] and validation,
+  # calibration on validation, every 10 epochs (recipes.IMAGENET_DISTILL).
+  recipes.imagenet_distill(c, pp_eval)
 
   if local:
     common.shrink_for_local(c)
