@@ -38,6 +38,7 @@ from big_distill import config_lib
 from big_distill import errors
 from big_distill.configs import common
 from big_distill.configs import custom
+from big_distill.configs import recipes
 
 # Flowers102's released settings (configs/flowers_r50.py): epochs, lr, wd, t.
 FLOWERS_IMAGES = 1020
@@ -69,44 +70,22 @@ def get_config(arg=None):
   s = common.res(128, local)
   t_res = common.res(a.teacher_res or custom.hyperrule_res(d.image_size)[1], local)
   r = max(s, t_res)
-  c.input.pp = "decode"
-  c.input.pp_random = f"inception_crop({r})|flip_lr"
-  c.input.pp_fixed = f"resize_small({r * 5 // 4})|central_crop({r})"
-  c.input.pp_post = "value_range(-1, 1)"
-  pp_eval = f"decode|resize_small({r * 5 // 4})|central_crop({r})|value_range(-1, 1)"
+  pp_eval = recipes.shared_inception_crop(c, r)
 
   # ---- Models: the student from scratch; the teacher that
   # configs/teachers/custom.py fine-tuned (BiT's zero stem padding).
-  c.student_name = a.student
-  c.student = common.student(a.student)
-  c.student_res = s
-  c.student_init = None
-  c.teachers = ("t1",)
-  c.t1_name = "bit"
-  c.t1 = dict(depth=152, width=2.0)
-  c.t1_res = t_res
   teacher_arg = f"data={a.data}" + (f",data_dir={a.data_dir}" if a.data_dir else "")
-  c.t1_init = config_lib.default_workdir(
-      f"configs/teachers/custom.py:{teacher_arg}" + (",runlocal" if local else ""))
-  c.compute_dtype = "bfloat16"
+  recipes.student_and_teacher(
+      c, a.student, res=s, teacher=dict(depth=152, width=2.0), teacher_res=t_res,
+      teacher_init=config_lib.default_workdir(
+          f"configs/teachers/custom.py:{teacher_arg}" + (",runlocal" if local else "")))
 
-  # ---- Distillation: function matching (consistent views, mixup, KL).
-  c.distill.views = "consistent"
-  c.mixup.p = 1.0
-  c.distill.loss = "kl"
-  c.distill.t = t
-  c.distill.label_weight = 0.0
-
-  # ---- Optimizer and schedule: Adam, clipping at 1.0, decoupled weight
-  # decay, warm-up then cosine decay.
-  c.optim.name = "adam"
-  c.optim.mu_dtype = "bfloat16"
-  c.lr, c.wd = a.lr or lr, wd  # `:lr=`: another lr (e.g. swept); 0: the variant's.
-  c.grad_clip_norm = 1.0
-  c.schedule.decay_type = "cosine"
-  c.schedule.warmup_steps = 1500
-  c.total_epochs = epochs
-  c.log_training_steps, c.ckpt_steps = 100, 1000
+  # ---- Distillation, optimizer and schedule: function matching (consistent
+  # views, mixup, KL at t), Adam, clipping at 1.0, decoupled weight decay,
+  # warm-up then cosine decay (big_distill/configs/recipes.py).
+  # `:lr=`: another lr (e.g. swept); 0: the variant's.
+  recipes.function_matching(c, t=t, lr=a.lr or lr, wd=wd, warmup_steps=1500, epochs=epochs,
+                            log_training_steps=100)
 
   # ---- Evaluators: validation (selection) 20 times, the test split at the end.
   for prefix, kind in (("", "classification"), ("dist_", "distance"),

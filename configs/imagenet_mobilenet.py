@@ -62,12 +62,10 @@ WORKDIR/metrics.jsonl.
 from big_distill import config_lib
 from big_distill.errors import ConfigError
 from big_distill.configs import common
+from big_distill.configs import recipes
 
 VARIANTS = ("large", "small")
 NORMS = ("group", "batch")
-# The paper's teachers (big_vision `configs/proj/distill/`), by resolution.
-PAPER_TEACHERS = {224: "gs://bit_models/distill/R152x2_T_224.npz",
-                  384: "gs://bit_models/distill/R152x2_T_384.npz"}
 
 
 def get_config(arg=None):
@@ -83,11 +81,7 @@ def get_config(arg=None):
   c = config_lib.base()
 
   # ---- Data (ImageNet-1k): streamed from TFDS 'train' (too large to cache).
-  c.input.data = common.data("imagenet")
-  c.input.cache = "none"
-  c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
-  c.input.batch_size = 4096
-  c.num_classes = 1000
+  recipes.imagenet_input(c, batch_size=4096)  # ~30 GB of shuffle buffer per process.
 
   # ---- Preprocessing: one inception crop, decoded straight from the JPEG and
   # kept at its own size: each model's image is a resize of it. Evaluation:
@@ -95,11 +89,7 @@ def get_config(arg=None):
   # 439 -> 384), resized down for the others: every model sees the same crop.
   teacher_res = (224, 384) if arg.ensemble else (224,)
   view = common.res(max(teacher_res), local)
-  c.input.pp = ""
-  c.input.pp_random = "decode_jpeg_and_inception_crop|flip_lr"
-  c.input.pp_fixed = f"decode|resize_small({round(view / 0.875)})|central_crop({view})"
-  c.input.pp_post = "value_range(-1, 1)"
-  pp_eval = f"{c.input.pp_fixed}|value_range(-1, 1)"
+  pp_eval = recipes.imagenet_shared_crop(c, view)
 
   # ---- Models: a MobileNet v3 student from scratch at 224px. GroupNorm with 8
   # groups: the paper's choice "for most experiments" (its BatchNorm student
@@ -108,42 +98,16 @@ def get_config(arg=None):
   c.student = dict(variant=arg.variant, width=1.0, norm=arg.norm, groups=8)
   c.student_res = common.res(224, local)
   c.student_init = None
-  c.teachers = tuple(f"t{i}" for i in range(1, len(teacher_res) + 1))
-  for name, pixels in zip(c.teachers, teacher_res):
-    c[f"{name}_name"] = "bit"
-    # The paper's teachers come from big_vision's BiT (stem pool padded with
-    # -inf); runlocal's are made by configs/teachers/imagenet.py (zeros).
-    c[name] = dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
-    c[f"{name}_res"] = common.res(pixels, local)
-    c[f"{name}_init"] = (f"workdirs/teachers/imagenet_local_{pixels}/student.npz" if local
-                         else PAPER_TEACHERS[pixels])
-  c.compute_dtype = "bfloat16"
+  # The paper's teachers come from big_vision's BiT (stem pool padded with
+  # -inf); runlocal's are made by configs/teachers/imagenet.py (zeros).
+  recipes.paper_imagenet_teachers(c, teacher_res, local)
 
   # ---- Distillation, optimizer, schedule: the paper's ImageNet recipe (it
   # gives no MobileNet-specific setting): function matching, KL at t=1, Adam
   # (bfloat16 first moment), clipping at 1, 5,000 warm-up steps then cosine.
-  c.distill.views = "consistent"
-  c.mixup.p = 1.0
-  c.distill.loss = "kl"
-  c.distill.t = 1.0
-  c.distill.label_weight = 0.0
-  c.optim.name = "adam"
-  c.optim.mu_dtype = "bfloat16"
-  c.lr, c.wd = 0.03, 3e-4
-  c.grad_clip_norm = 1.0
-  c.schedule.decay_type = "cosine"
-  c.schedule.warmup_steps = 5000
-  c.total_epochs = 1200
-  c.log_training_steps, c.ckpt_steps = 50, 1000
-
-  # ---- Evaluators: accuracy and distances on train[:10000] and validation,
-  # calibration on validation, every 10 epochs.
-  for prefix, kind, splits in (("", "classification", ("train", "val")),
-                               ("dist_", "distance", ("train", "val")),
-                               ("calib_", "calibration", ("val",))):
-    for split in splits:
-      common.add_eval(c, prefix + split, kind, "imagenet", split, pp=pp_eval,
-                      cache_raw=False, log_epochs=10)
+  # Evaluators: accuracy and distances on train[:10000] and validation,
+  # calibration on validation, every 10 epochs (recipes.IMAGENET_DISTILL).
+  recipes.imagenet_distill(c, pp_eval)
 
   if local:
     common.shrink_for_local(c)

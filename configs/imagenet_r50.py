@@ -65,6 +65,7 @@ Logs: WORKDIR/metrics.jsonl.
 
 from big_distill import config_lib
 from big_distill.configs import common
+from big_distill.configs import recipes
 
 
 def get_config(arg=None):
@@ -73,11 +74,7 @@ def get_config(arg=None):
   c = config_lib.base()
 
   # ---- Data (ImageNet-1k): streamed from TFDS 'train' (too large to cache).
-  c.input.data = common.data("imagenet")
-  c.input.cache = "none"
-  c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
-  c.input.batch_size = 4096
-  c.num_classes = 1000
+  recipes.imagenet_input(c, batch_size=4096)  # ~30 GB of shuffle buffer per process.
 
   # ---- Preprocessing: one inception crop, decoded straight from the JPEG and
   # kept at its own size: each model's image is a resize of it to the model's
@@ -85,11 +82,7 @@ def get_config(arg=None):
   # central 384 (ImageNet's 87.5% crop), resized down for the 224px models, so
   # every model evaluates the same crop.
   r384 = common.res(384, local)
-  c.input.pp = ""
-  c.input.pp_random = "decode_jpeg_and_inception_crop|flip_lr"
-  c.input.pp_fixed = f"decode|resize_small({round(r384 / 0.875)})|central_crop({r384})"
-  c.input.pp_post = "value_range(-1, 1)"
-  pp_eval = f"decode|resize_small({round(r384 / 0.875)})|central_crop({r384})|value_range(-1, 1)"
+  pp_eval = recipes.imagenet_shared_crop(c, r384)
 
   # ---- Models: a BiT R50x1 student from scratch at 224px (or 160px); two
   # BiT-M R152x2 teachers fine-tuned at 224px (t1) and 384px (t2).
@@ -97,47 +90,20 @@ def get_config(arg=None):
   c.student = dict(depth=50, width=1.0)
   c.student_res = common.res(arg.res, local)
   c.student_init = None
-  c.teachers = ("t1", "t2")
   # The paper's released teachers (see above); big_vision's bit_paper pads
   # the stem's max-pool with -inf. runlocal's teachers are the tiny ones that
   # configs/teachers/imagenet.py:res=...,runlocal trains (BiT's zero padding).
-  for name, pixels in (("t1", 224), ("t2", 384)):
-    c[f"{name}_name"] = "bit"
-    c[name] = dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
-    c[f"{name}_res"] = common.res(pixels, local)
-    c[f"{name}_init"] = (f"workdirs/teachers/imagenet_local_{pixels}/student.npz" if local
-                         else f"gs://bit_models/distill/R152x2_T_{pixels}.npz")
-  c.compute_dtype = "bfloat16"
+  recipes.paper_imagenet_teachers(c, (224, 384), local)
 
   # ---- Distillation: function matching (consistent views + mixup, KL at
   # temperature 1, labels unused); the per-teacher KLs are summed, which
-  # distills from the teachers' probability-space ensemble.
-  c.distill.views = "consistent"
-  c.mixup.p = 1.0
-  c.distill.loss = "kl"
-  c.distill.t = 1.0
-  c.distill.label_weight = 0.0
-
-  # ---- Optimizer and schedule: Adam with a bfloat16 first moment, clipping at
-  # 1.0, decoupled weight decay on kernels, 5,000 warm-up steps then cosine.
-  # 1,200 epochs: the released config's "middle ground".
-  c.optim.name = "adam"
-  c.optim.mu_dtype = "bfloat16"
-  c.lr, c.wd = 0.03, 3e-4
-  c.grad_clip_norm = 1.0
-  c.schedule.decay_type = "cosine"
-  c.schedule.warmup_steps = 5000
-  c.total_epochs = 1200
-  c.log_training_steps, c.ckpt_steps = 50, 1000
-
-  # ---- Evaluators: accuracy and distances on train[:10000] and validation,
-  # calibration on validation, every 10 epochs.
-  for prefix, kind, splits in (("", "classification", ("train", "val")),
-                               ("dist_", "distance", ("train", "val")),
-                               ("calib_", "calibration", ("val",))):
-    for split in splits:
-      common.add_eval(c, prefix + split, kind, "imagenet", split, pp=pp_eval,
-                      cache_raw=False, log_epochs=10)
+  # distills from the teachers' probability-space ensemble. Optimizer and
+  # schedule: Adam with a bfloat16 first moment, clipping at 1.0, decoupled
+  # weight decay on kernels, 5,000 warm-up steps then cosine. 1,200 epochs:
+  # the released config's "middle ground".
+  # Evaluators: accuracy and distances on train[:10000] and validation,
+  # calibration on validation, every 10 epochs (recipes.IMAGENET_DISTILL).
+  recipes.imagenet_distill(c, pp_eval)
 
   if local:
     common.shrink_for_local(c)

@@ -56,8 +56,7 @@ teacher). Logs: WORKDIR/metrics.jsonl and TensorBoard files in WORKDIR.
 """
 
 from big_distill import config_lib
-from big_distill import errors
-from big_distill.configs import common
+from big_distill.configs import recipes
 
 # The released settings (big_vision configs/proj/distill/README.md; the paper's
 # Section 3.2): epochs, learning rate, weight decay, temperature.
@@ -67,97 +66,22 @@ VARIANTS = dict(  # epochs, lr, wd, t
     long=(30_000, 0.003, 1e-5, 2.0),
 )
 
+# Data: train[:90%] (3,312 images); train[90%:] validates, TFDS 'test' tests;
+# decoded once and kept as pixels in host memory (~2 GB: several times the
+# examples/s of "encoded"; docs/performance.md).
+CACHE = "decoded"
+EVAL_CACHE_RAW = True
+TEACHER = "gs://bit_models/distill/R152x2_T_pet128.npz"
+
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, variant="fast", runlocal=False, student="bit", fixed="", images="pets")
-  if arg.variant not in VARIANTS:
-    raise errors.ConfigError(f"Unknown variant={arg.variant!r} for pets; known: "
-                             f"{', '.join(VARIANTS)}.")
-  epochs, lr, wd, t = VARIANTS[arg.variant]
-  local = arg.runlocal
-  c = config_lib.base()
-
-  # ---- Data (Oxford-IIIT Pets): train[:90%] (3,312 images); train[90%:]
-  # validates, TFDS 'test' tests.
-  c.input.data = common.data("pets")
-  # Decoded once and kept as pixels in host memory (3,312 images: ~2 GB): no JPEG decoding
-  # per step (several times the examples/s of "encoded"; docs/performance.md).
-  # Random access: one global stream of (seed, step) for any process count.
-  c.input.cache = "decoded"
-  c.input.batch_size = 512
-  c.num_classes = 37
-
-  # ---- Preprocessing: one inception crop (5-100% of the area, aspect 3/4-4/3)
-  # and a flip, shared by every model; evaluation resizes the short side to
-  # 160 and takes the central 128x128.
-  r = common.res(128, local)
-  c.input.pp = "decode"
-  c.input.pp_random = f"inception_crop({r})|flip_lr"
-  c.input.pp_fixed = f"resize_small({r * 5 // 4})|central_crop({r})"
-  c.input.pp_post = "value_range(-1, 1)"
-  pp_eval = f"decode|resize_small({r * 5 // 4})|central_crop({r})|value_range(-1, 1)"
-
-  # ---- Models: a BiT R50x1 student from scratch (patience beats a pretrained
-  # start), a BiT-M R152x2 teacher fine-tuned at 128px.
-  # `:student=mobilenet_v3`: MobileNet v3 Large with GroupNorm (Section 3.6).
-  c.student_name = arg.student
-  c.student = common.student(arg.student)
-  c.student_res = r
-  c.student_init = None
-  c.teachers = ("t1",)
-  c.t1_name = "bit"
-  # The paper's released teacher (see above); big_vision's bit_paper pads
-  # the stem's max-pool with -inf. runlocal's teacher is the tiny one that
-  # configs/teachers/pets.py:runlocal trains (BiT's zero padding).
-  c.t1 = dict(depth=152, width=2.0, stem_pool_pad="neg_inf")
-  c.t1_res = r
-  c.t1_init = ("workdirs/teachers/pets_local/student.npz" if local
-               else "gs://bit_models/distill/R152x2_T_pet128.npz")
-  # bfloat16 activations (parameters and logits stay float32).
-  c.compute_dtype = "bfloat16"
-
-  # ---- Distillation: function matching. The same mixed image for student and
-  # teacher (consistent views, then mixup on the device), KL at temperature t,
-  # labels unused (train/label_loss is only logged).
-  c.distill.views = "consistent"
-  c.mixup.p = 1.0
-  c.distill.loss = "kl"
-  c.distill.t = t
-  c.distill.label_weight = 0.0
-
-  # ---- Optimizer and schedule: Adam with a bfloat16 first moment, clipping at
-  # 1.0, decoupled weight decay on kernels, warm-up then cosine decay.
-  c.optim.name = "adam"
-  c.optim.mu_dtype = "bfloat16"
-  c.lr, c.wd = lr, wd
-  c.grad_clip_norm = 1.0
-  c.schedule.decay_type = "cosine"
-  c.schedule.warmup_steps = 1500
-  c.total_epochs = epochs
-  c.log_training_steps, c.ckpt_steps = 100, 1000
-
-  # ---- Evaluators: student and teacher accuracy, their distances and
-  # calibration (`val/student_top1`, `dist_test/t1_agree_top1`,
-  # `calib_test/student_ece`, ...), 20 points per curve. The teacher's own
-  # metrics are computed once (it is frozen) and repeated.
-  # `:images=food101|imagenet2012`: distil on another data set's images
-  # (Section 3.8); periods in steps of the in-domain schedule.
-  steps = round(epochs * common.DATASETS["pets"]["train_size"] / c.input.batch_size)
-  own_images = common.source_dataset(arg.images) == "pets"
-  period = (dict(log_epochs=epochs / 20, cache_raw=True) if own_images
-            else dict(log_steps=max(steps // 20, 1), cache_raw=True))
-  for prefix, kind, splits in (("", "classification", ("train", "val", "test")),
-                               ("dist_", "distance", ("train", "val", "test")),
-                               ("calib_", "calibration", ("val", "test"))):
-    for split in splits:
-      common.add_eval(c, prefix + split, kind, "pets", split, pp=pp_eval, **period)
-
-  if not own_images:
-    common.set_image_source(c, arg.images, ("food101", "imagenet"), steps)
-  # `:fixed=rs|cc|ic_ens`: the paper's fixed-teacher baselines instead
-  # (common.FIXED: each one's views; the teacher's outputs computed once).
-  if arg.fixed:
-    common.fixed_teacher(c, arg.fixed, short_side=r * 5 // 4, runlocal=local)
-  if local:
-    common.shrink_for_local(c)
-  return c
+  # The recipe (big_distill/configs/recipes.py): function matching with
+  # consistent views and mixup, KL at the variant's temperature, Adam, warm-up
+  # then cosine decay; `:fixed=rs|cc|ic_ens` the fixed-teacher baselines
+  # instead; `:runlocal` tiny models for 3 steps, from
+  # configs/teachers/pets.py:runlocal's teacher.
+  return recipes.small_data_distill(
+      "pets", arg, variants=VARIANTS, cache=CACHE, eval_cache_raw=EVAL_CACHE_RAW,
+      teacher=TEACHER,
+      other_images=("food101", "imagenet"))

@@ -1,9 +1,10 @@
 """What the paper configs share: the data-set table and the `runlocal` shrink.
 
-Everything else (preprocessing, models, distillation, optimizer, schedule,
-evaluators) is written out in each config file, which is the record of its
-experiment. It lives in the installed package, so that the config files,
-loaded by path, import it from any working directory.
+The recipes themselves (preprocessing, models, distillation, optimizer,
+schedule, evaluators) are written once in big_distill/configs/recipes.py;
+each config file gives its experiment's settings and calls them. Both live in
+the installed package, so that the config files, loaded by path, import them
+from any working directory.
 
 The pipeline, per data set NAME: configs/NAME_r50.py distills a BiT-M
 R152x2 teacher fine-tuned on NAME into a BiT R50x1 trained from scratch. The

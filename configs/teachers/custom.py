@@ -38,6 +38,7 @@ workdirs/teachers/custom_data_NAME_runlocal, the teacher of
 from big_distill import config_lib
 from big_distill.configs import common
 from big_distill.configs import custom
+from big_distill.configs import recipes
 
 
 def get_config(arg=None):
@@ -62,27 +63,11 @@ def get_config(arg=None):
   c.input.pp_post = "value_range(-1, 1)"
   pp_eval = f"decode|resize_small({resize})|central_crop({r})|value_range(-1, 1)"
 
-  # ---- Model: BiT-M R152x2 fine-tuned with labels (no teachers).
-  c.teachers = ()
-  c.student_name = "bit"
-  c.student = dict(depth=152, width=2.0)
-  c.student_res = r
-  c.student_init = "gs://bit_models/BiT-M-R152x2.npz"
-  c.compute_dtype = "bfloat16"
-
-  # ---- Optimizer and schedule: BiT-HyperRule by training-set size.
+  # ---- Model, optimizer and schedule: BiT-M R152x2 fine-tuned with labels,
+  # BiT-HyperRule by training-set size (big_distill/configs/recipes.py).
   steps, warmup, mixup = custom.hyperrule(d.train_size)
-  c.mixup.p = mixup
-  c.optim.name = "sgd"
-  c.optim.momentum, c.optim.nesterov = 0.9, False
-  c.optim.mu_dtype = "float32"
-  c.lr = 0.003
-  c.wd = 0.0
-  c.grad_clip_norm = None
-  c.schedule.decay_type = "linear"
-  c.schedule.linear_end = 0.0
-  c.schedule.warmup_steps = warmup
-  c.total_steps = steps
+  recipes.bit_hyperrule_finetune(c, res=r, init="gs://bit_models/BiT-M-R152x2.npz",
+                                 steps=steps, warmup=warmup, mixup=mixup)
   c.log_training_steps, c.ckpt_steps = 10, min(steps, 1000)
 
   # ---- Evaluators: validation 10 times (selection), test at the end.
@@ -91,6 +76,5 @@ def get_config(arg=None):
   custom.add_eval(c, "test", "classification", d, d.test, pp=pp_eval, log_steps=-1)
 
   if local:
-    common.shrink_for_local(c)
-    c.lr = 0.003 * c.input.batch_size / 512  # BiT-HyperRule scales the lr with the batch.
+    recipes.shrink_teacher_for_local(c)
   return c

@@ -29,6 +29,7 @@ Logs: WORKDIR/metrics.jsonl.
 from big_distill import config_lib
 from big_distill import errors
 from big_distill.configs import common
+from big_distill.configs import recipes
 
 
 def get_config(arg=None):
@@ -40,11 +41,7 @@ def get_config(arg=None):
 
   # ---- Data (ImageNet-1k): streamed from TFDS 'train' (too large to cache);
   # 'validation' is the test set papers report.
-  c.input.data = common.data("imagenet")
-  c.input.cache = "none"
-  c.input.shuffle_buffer_size = 250_000  # Per process; encoded JPEGs, ~30 GB.
-  c.input.batch_size = 512
-  c.num_classes = 1000
+  recipes.imagenet_input(c, batch_size=512)  # ~30 GB of shuffle buffer per process.
 
   # ---- Preprocessing: at 224px an inception crop decoded straight from the
   # JPEG (the paper's 224px teacher was trained so, "ic224"); at 384px the
@@ -63,31 +60,13 @@ def get_config(arg=None):
   c.input.pp_post = "value_range(-1, 1)"
   pp_eval = f"decode|resize_small({short})|central_crop({r})|value_range(-1, 1)"
 
-  # ---- Model: BiT-M R152x2, supervised (no teachers), from the public BiT-M
-  # checkpoint (https://storage.googleapis.com/bit_models/BiT-M-R152x2.npz);
-  # bit.load replaces its 21,843-class head by a zero head.
-  c.teachers = ()
-  c.student_name = "bit"
-  c.student = dict(depth=152, width=2.0)
-  c.student_res = r
-  c.student_init = "BiT-M-R152x2.npz"
-  c.compute_dtype = "bfloat16"
-
-  # ---- Optimizer and schedule (BiT-HyperRule for more than 500k images):
-  # SGD with momentum 0.9, lr 0.003 at batch 512, no weight decay, 20,000
-  # steps, warm-up 500, mixup 0.1; a linear decay to 0 stands in for BiT's
-  # steps of the lr (the trainer has no step schedule).
-  c.mixup.p = 0.1
-  c.optim.name = "sgd"
-  c.optim.momentum, c.optim.nesterov = 0.9, False
-  c.optim.mu_dtype = "float32"
-  c.lr = 0.003
-  c.wd = 0.0
-  c.grad_clip_norm = None
-  c.schedule.decay_type = "linear"
-  c.schedule.linear_end = 0.0
-  c.schedule.warmup_steps = 500
-  c.total_steps = 20_000
+  # ---- Model, optimizer and schedule (BiT-HyperRule for more than 500k
+  # images; big_distill/configs/recipes.py): BiT-M R152x2 from the public
+  # checkpoint (https://storage.googleapis.com/bit_models/BiT-M-R152x2.npz),
+  # SGD, lr 0.003 at batch 512, no weight decay, 20,000 steps, warm-up 500,
+  # mixup 0.1.
+  recipes.bit_hyperrule_finetune(c, res=r, init="BiT-M-R152x2.npz", steps=20_000,
+                                 warmup=500, mixup=0.1)
   c.log_training_steps, c.ckpt_steps = 50, 1000
 
   # ---- Evaluators: accuracy on train[:10000] and validation, calibration.
@@ -98,6 +77,5 @@ def get_config(arg=None):
                   cache_raw=False, log_steps=2000)
 
   if local:
-    common.shrink_for_local(c)
-    c.lr = 0.003 * c.input.batch_size / 512  # BiT-HyperRule scales the lr with the batch.
+    recipes.shrink_teacher_for_local(c)
   return c
