@@ -135,9 +135,9 @@ def run(dry_run: bool, steps: int, workdir: str) -> dict[str, Any]:
   demand = out["steps"][flowers_name]["images_per_s"]
   missing = benchmark.input_pipeline_missing()
   if missing:
-    out["input"] = {"skipped": f"TensorFlow is not installed here ({missing}): the input "
-                               "pipeline (tf.data) cannot run; measure it on a host with "
-                               "TensorFlow (python -m big_distill.benchmark --input)",
+    out["input"] = {"skipped": f"no TensorFlow here ({missing}): the input pipeline "
+                               "(tf.data) cannot run; measure it on a host with TensorFlow "
+                               "(python -m big_distill.benchmark --input)",
                     "flowers_step_demand_images_per_s": demand}
     print(f"  input pipeline: skipped ({missing})", file=sys.stderr, flush=True)
   else:

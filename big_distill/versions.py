@@ -11,6 +11,7 @@ has the versions it has (scripts/accelerator_check.sh prints this first).
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import sys
 import tomllib
 from pathlib import Path
@@ -47,6 +48,19 @@ def tested_ranges() -> dict[str, str]:
   return out
 
 
+# The module each distribution is imported as, where the name differs.
+MODULES = {"tensorflow": "tensorflow", "tensorflow-datasets": "tensorflow_datasets", "clu": "clu"}
+
+
+def importable(dist: str) -> bool:
+  """Whether the distribution's module can be found by an import (installed, and
+  not blocked: a test stands in for a machine without it by refusing the import)."""
+  try:
+    return importlib.util.find_spec(MODULES.get(dist, dist)) is not None
+  except (ImportError, ValueError):
+    return False
+
+
 def version(dist: str) -> str | None:
   for name in ALIASES.get(dist, (dist,)):
     try:
@@ -70,7 +84,7 @@ def report() -> list[str]:
   ranges = tested_ranges()
   lines = [f"python {sys.version.split()[0]} ({sys.executable})"]
   for dist in CORE + INPUT:
-    v = version(dist)
+    v = version(dist) if dist not in INPUT or importable(dist) else None
     spec = next((ranges[n] for n in ALIASES.get(dist, (dist,)) if n in ranges), "")
     if v is None:
       note = ("absent: the input pipeline and its benchmark are skipped" if dist in INPUT

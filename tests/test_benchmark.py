@@ -162,7 +162,7 @@ def test_step_benchmark_runs_without_tensorflow(tmp_path, config_file):
   r = run("--flops_only", "--lowered_only")
   assert r.returncode == 0, r.stderr[-3000:]
   out = json.loads(r.stdout.strip().splitlines()[-1])
-  assert out["mode"] == "train" and out["flops_per_step"] > 0
+  assert out["mode"] == "flops_only" and out["flops_per_step"] > 0
   r = run("--input")
   assert r.returncode == 0, r.stderr[-3000:]
   lines = r.stdout.strip().splitlines()
