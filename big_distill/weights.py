@@ -54,7 +54,9 @@ def load_weights(config: mlc.ConfigDict, name: str, model, path: str, *, templat
     except errors.CheckpointError as e:
       if fields is None:
         raise
-      raise errors.CheckpointError(f"{fields}{e}") from e
+      # The file does not fit the config's fields: a ConfigError (also a
+      # ValueError, as the families' own file errors are), naming them first.
+      raise errors.ConfigError(f"{fields}{e}") from e
 
 
 def load_trained(config: mlc.ConfigDict, name: str, model, path: str,
