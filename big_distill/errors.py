@@ -23,5 +23,10 @@ class CheckpointError(UserError):
   """A checkpoint or weights file that cannot be read or does not fit the model."""
 
 
+class CheckpointMismatchError(CheckpointError, ValueError):
+  """A weights file named by a config field that does not fit that config's model
+  (a ValueError too, as the families' own file errors are)."""
+
+
 class WorkdirError(UserError):
   """A workdir that cannot be used: unwritable, another config's, or held by another run."""

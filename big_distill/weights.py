@@ -54,9 +54,8 @@ def load_weights(config: mlc.ConfigDict, name: str, model, path: str, *, templat
     except errors.CheckpointError as e:
       if fields is None:
         raise
-      # The file does not fit the config's fields: a ConfigError (also a
-      # ValueError, as the families' own file errors are), naming them first.
-      raise errors.ConfigError(f"{fields}{e}") from e
+      # The file does not fit the config's fields: one error naming them first.
+      raise errors.CheckpointMismatchError(f"{fields}{e}") from e
 
 
 def load_trained(config: mlc.ConfigDict, name: str, model, path: str,
