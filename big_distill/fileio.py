@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
 from typing import IO, Iterator
@@ -117,3 +118,13 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
       if exists(tmp):
         remove(tmp)
     raise
+
+
+def write_npz(path: str, arrays: dict) -> None:
+  """`arrays` as an `.npz` at `path`, written aside then renamed: a kill
+  mid-write never leaves a torn file where a finished one is expected."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  with atomic_write(path, "wb") as f:
+    f.write(buf.getvalue())

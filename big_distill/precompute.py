@@ -317,11 +317,8 @@ def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def save(path: str, desc: dict[str, Any], tables: dict[str, np.ndarray]) -> None:
   """The tables and their description as one `.npz`, written atomically."""
-  buf = io.BytesIO()
-  np.savez(buf, fingerprint=np.array(json.dumps(desc, sort_keys=True)),
-           **{f"teacher/{t}": v for t, v in tables.items()})
-  with fileio.atomic_write(path, "wb") as f:
-    f.write(buf.getvalue())
+  fileio.write_npz(path, {"fingerprint": np.array(json.dumps(desc, sort_keys=True)),
+                          **{f"teacher/{t}": v for t, v in tables.items()}})
 
 
 def read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:

@@ -325,12 +325,7 @@ def save(params, path: str, layout: str = LAYOUTS[0]) -> None:
   """
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}: must be one of {LAYOUTS}.")
-  buf = io.BytesIO()
-  np.savez(buf, **to_arrays(_params_of(params)[0], layout))
-  # Written aside then renamed: a kill mid-write never leaves a torn file
-  # where a finished one is expected (e.g. a later run's teacher_init).
-  with fileio.atomic_write(path, "wb") as f:
-    f.write(buf.getvalue())
+  fileio.write_npz(path, to_arrays(_params_of(params)[0], layout))
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:

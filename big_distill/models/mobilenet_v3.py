@@ -54,7 +54,6 @@ Both functions take either the params tree or the whole variables dict
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 from typing import Any, Mapping
@@ -283,12 +282,7 @@ def save(tree, path: str, layout: str = LAYOUTS[0]) -> None:
   """Writes the params tree or variables dict `tree` as an `.npz` (see module doc)."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}: must be one of {LAYOUTS}.")
-  buf = io.BytesIO()
-  np.savez(buf, **to_arrays(tree))
-  # Written aside, then renamed: a kill mid-write never leaves a torn file
-  # where a finished one is expected.
-  with fileio.atomic_write(path, "wb") as f:
-    f.write(buf.getvalue())
+  fileio.write_npz(path, to_arrays(tree))
 
 
 def _as_dtype(a: np.ndarray, dtype) -> np.ndarray:

@@ -663,7 +663,4 @@ def save(variables, path: str, layout: str = LAYOUTS[0]) -> None:
   """
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}: must be one of {LAYOUTS}.")
-  buf = io.BytesIO()
-  np.savez(buf, **to_arrays(variables))
-  with fileio.atomic_write(path, "wb") as f:
-    f.write(buf.getvalue())
+  fileio.write_npz(path, to_arrays(variables))
