@@ -197,10 +197,18 @@ def test_flop_split_counts_the_steps_own_loss(config_file, monkeypatch):
 
 
 def test_input_pipeline_is_measured_in_process(run_cli, fashion_data_dir):
-  config = f"{tiny_config.__file__}:data_dir={fashion_data_dir}"
-  out = json.loads(run_cli(f"--config={config}", "--input", "--steps=3", "--warmup=1")[0])
+  """--input from the command line: --cache_modes picks the modes, and without
+  --demand the train step is timed here. One host mode is measured: the other
+  modes' measurements are test_device_cache's (run_input with each mode)."""
+  config = f"{tiny_config.__file__}:data_dir={fashion_data_dir},cache=none"
+  out = json.loads(run_cli(f"--config={config}", "--input", "--steps=3", "--warmup=1",
+                           "--cache_modes=none")[0])
   assert out["mode"] == "input" and out["data"] == "fashion_mnist"
-  assert out["examples_per_s"] > 0
+  assert set(out["cache_modes"]) == {"none"}
+  assert out["examples_per_s"] == out["cache_modes"]["none"]["examples_per_s"] > 0
+  assert out["step_demand_images_per_s"] > 0
+  assert out["step_demand_source"].startswith("train step timed here")
+  assert set(out["input_bound"]) == {"none"}
 
 
 def test_eval_step(run_cli, config_file):
