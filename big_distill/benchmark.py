@@ -553,11 +553,12 @@ def run_input(config: mlc.ConfigDict, *, steps: int, warmup: int,
   the step's demand (`demand`, else the step timed here).
   """
   # pylint: disable=g-import-not-at-top
+  from big_distill.data import datasets
   from big_distill.data import input as input_lib
   from big_distill.data import throughput
   # pylint: enable=g-import-not-at-top
   checks.check_config(config)
-  input_lib.check_prepared(config.input.data)
+  datasets.check_prepared(config.input.data)
   out = _header(config, "input", config.input.batch_size)
   cores = os.cpu_count() or 1
   out.update(data=config.input.data.name, split=config.input.data.split,

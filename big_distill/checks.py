@@ -96,7 +96,7 @@ def check_num_classes(config: mlc.ConfigDict) -> None:
   (`training_labels_are_the_tasks`); otherwise one log line says they are
   ignored. A run without teachers (supervised) needs the task's labels.
   """
-  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
+  from big_distill.data import datasets  # pylint: disable=g-import-not-at-top
   datas = _labelled_evals(config)
   if training_labels_are_the_tasks(config):
     datas = [("config.input.data", config.input.data)] + datas
@@ -112,7 +112,7 @@ def check_num_classes(config: mlc.ConfigDict) -> None:
                  "supervised metrics on the training stream).", config.input.data.name,
                  ", ".join(sorted({d.name for _, d in datas})))
   for where, data in datas:
-    n = input_lib.num_classes(data)
+    n = datasets.num_classes(data)
     if n is not None and n != config.num_classes:
       raise errors.ConfigError(
           f"config.num_classes={config.num_classes}, but {where} ({data.name}) has {n} "
@@ -122,10 +122,10 @@ def check_num_classes(config: mlc.ConfigDict) -> None:
 
 def check_data(config: mlc.ConfigDict) -> None:
   """The training and every eval data set are prepared, with the config's classes."""
-  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
-  input_lib.check_prepared(config.input.data)
+  from big_distill.data import datasets  # pylint: disable=g-import-not-at-top
+  datasets.check_prepared(config.input.data)
   for ec in config.evals.values():
-    input_lib.check_prepared(ec.data)
+    datasets.check_prepared(ec.data)
   check_num_classes(config)
 
 

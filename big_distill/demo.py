@@ -101,14 +101,14 @@ def table(results: dict) -> list[str]:
 def demo(root: Path, scale: float = 1.0, data_dir: str = "", runlocal: bool = False,
          python: str = sys.executable) -> dict:
   from big_distill import metrics  # pylint: disable=g-import-not-at-top
-  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
+  from big_distill.data import datasets  # pylint: disable=g-import-not-at-top
   from big_distill.data import prepare  # pylint: disable=g-import-not-at-top
   from big_distill.configs import fmnist  # pylint: disable=g-import-not-at-top
 
   start = time.time()
   try:
-    input_lib.check_prepared(fmnist.data("train", data_dir or None))
-  except input_lib.DataNotPreparedError:
+    datasets.check_prepared(fmnist.data("train", data_dir or None))
+  except datasets.DataNotPreparedError:
     print("Preparing Fashion-MNIST ...", flush=True)
     prepare.prepare_fashion_mnist(data_dir or None)
   results = {}

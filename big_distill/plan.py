@@ -29,10 +29,10 @@ def durations(config: mlc.ConfigDict) -> Durations:
   """The config's durations (given in steps, epochs or examples) in steps."""
   # pylint: disable=g-import-not-at-top  (TFDS: the data set's size)
   from big_distill import evaluators
-  from big_distill.data import input as input_lib
+  from big_distill.data import datasets
   # pylint: enable=g-import-not-at-top
   batch_size = config.input.batch_size
-  n_train = input_lib.num_examples(config.input.data)
+  n_train = datasets.num_examples(config.input.data)
   dur = functools.partial(config_lib.steps, num_examples=n_train, batch_size=batch_size)
   total = dur("total", config)
   if not total:

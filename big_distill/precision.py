@@ -41,6 +41,7 @@ from big_distill import checks
 from big_distill import model_set
 from big_distill import setup
 from big_distill import weights
+from big_distill.data import datasets
 from big_distill.data import input as input_lib
 
 # bfloat16 logits may differ from float32 ones (relative L2) by at most this
@@ -74,7 +75,7 @@ def _inputs(config: mlc.ConfigDict, models: model_set.Models, batch_size: int):
   """(images, source): a batch of the config's training data where it is
   prepared (trained weights see the images they know), else synthetic."""
   try:
-    input_lib.check_prepared(config.input.data)
+    datasets.check_prepared(config.input.data)
   except errors.UserError:
     return _synthetic_images(models.res, batch_size), "synthetic"
   batch = next(input_lib.make_train_dataset(config).as_numpy_iterator())

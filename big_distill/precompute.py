@@ -148,17 +148,18 @@ def make_dataset(config: mlc.ConfigDict, *, process_index: int | None = None,
   """
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
+  from big_distill.data import datasets
   from big_distill.data import input as input_lib
   from big_distill.data import pp as pp_lib
   # pylint: enable=g-import-not-at-top
   p, P = input_lib.process_index_and_count(process_index, process_count)
   b = input_lib.local_batch_size(config.input.batch_size, P, "config.input.batch_size")
   data_config = config.input.data
-  builder = input_lib.tfds_builder(data_config)
-  n = input_lib.num_examples(data_config)
-  raw = input_lib.read_split(builder, data_config)
+  builder = datasets.tfds_builder(data_config)
+  n = datasets.num_examples(data_config)
+  raw = datasets.read_split(builder, data_config)
   if data_config.balanced_subset:
-    raw = input_lib.select_examples(raw, input_lib.subset_mask(builder, data_config))
+    raw = datasets.select_examples(raw, datasets.subset_mask(builder, data_config))
   crops = num_views(config)
   pre = pp_lib.parse(config.input.pp)
   view = pp_lib.parse(teacher_pp(config))
@@ -214,8 +215,9 @@ def compute(config: mlc.ConfigDict, models, mesh, teacher_params) -> dict[str, n
   Call it on every process (the forward is a collective); each gets the
   whole table.
   """
+  from big_distill.data import datasets  # pylint: disable=g-import-not-at-top
   from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
-  n = input_lib.num_examples(config.input.data)
+  n = datasets.num_examples(config.input.data)
   crops = num_views(config)
   ic_ens = config.distill.fixed == "ic_ens"
   ds, num_batches = make_dataset(config)
@@ -280,7 +282,7 @@ def describe(config: mlc.ConfigDict, teacher_params: Any, mesh) -> dict[str, Any
   neither changes. Collective (gathers sharded teachers): call it on every
   process.
   """
-  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
+  from big_distill.data import datasets  # pylint: disable=g-import-not-at-top
   host = parallel.to_host(teacher_params, mesh)
   d = config.input.data
   desc = {
@@ -288,7 +290,7 @@ def describe(config: mlc.ConfigDict, teacher_params: Any, mesh) -> dict[str, Any
       "seed": config.seed,
       "compute_dtype": config.compute_dtype,
       "data": {"name": d.name, "split": d.split, "balanced_subset": d.balanced_subset,
-               "num_examples": input_lib.num_examples(d),
+               "num_examples": datasets.num_examples(d),
                **({"classes": list(d.classes)} if d.get("classes") is not None else {})},
       "pp": {"pp": config.input.pp, "view": teacher_pp(config), "post": config.input.pp_post},
       "teachers": {t: {"model": config[f"{t}_name"], "kwargs": config[t].to_dict(),

@@ -31,6 +31,7 @@ from big_distill import model_set
 from big_distill import plan
 from big_distill import setup
 from big_distill import weights
+from big_distill.data import datasets
 from big_distill.data import input as input_lib
 from tests import helpers
 from tests import tiny_config
@@ -239,7 +240,7 @@ def _foreign_config(fashion_data_dir, folder_data_dir, **fields):
 def test_check_num_classes_accepts_another_data_sets_images(fashion_data_dir, folder_data_dir,
                                                             caplog):
   c = _foreign_config(fashion_data_dir, folder_data_dir)
-  assert input_lib.num_classes(c.input.data) == 3 != c.num_classes
+  assert datasets.num_classes(c.input.data) == 3 != c.num_classes
   assert not checks.training_labels_are_the_tasks(c)
   with caplog.at_level(logging.INFO):
     checks.check_num_classes(c)

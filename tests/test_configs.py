@@ -24,7 +24,7 @@ from big_distill import evaluate
 from big_distill import export
 from big_distill import setup
 from big_distill import train
-from big_distill.data import input as input_lib
+from big_distill.data import datasets
 from big_distill.data import prepare
 from big_distill.models import bit
 from tests import helpers
@@ -106,8 +106,8 @@ def test_splits_exist_with_the_real_sizes(name, tfds_metadata):
   with mock_data(tfds_metadata):
     for data in [config.input.data, *(ec.data for ec in config.evals.values())]:
       assert data.name == tfds_name
-      input_lib.check_prepared(data)
-    assert input_lib.num_examples(config.input.data) == train_size
+      datasets.check_prepared(data)
+    assert datasets.num_examples(config.input.data) == train_size
   assert {ec.type for ec in config.evals.values()} >= (
       {"classification", "distance", "calibration"} if config.teachers
       else {"classification"})

@@ -143,6 +143,7 @@ def test_digits_images_for_the_fashion_mnist_teacher(fashion_data_dir, tmp_path,
 def test_related_images_are_the_other_fashion_mnist_classes(fashion_data_dir):
   """configs/fmnist_other_images.py:source=fmnist_other: the student's images
   come from the odd classes only; test_heldout reads the even classes only."""
+  from big_distill.data import datasets  # pylint: disable=g-import-not-at-top
   from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
   from configs import fmnist_other_images  # pylint: disable=g-import-not-at-top
   c = fmnist_other_images.get_config(f"source=fmnist_other,images=100,data_dir={fashion_data_dir}")
@@ -151,11 +152,11 @@ def test_related_images_are_the_other_fashion_mnist_classes(fashion_data_dir):
   labels = np.concatenate([b["label"] for b in
                            input_lib.make_train_dataset(c).take(2).as_numpy_iterator()])
   assert set(labels.tolist()) == {1, 3, 5, 7, 9} and len(labels) == 128
-  assert input_lib.num_examples(c.evals.train_dist.data) == 100
+  assert datasets.num_examples(c.evals.train_dist.data) == 100
   assert tuple(c.evals.train_dist.data.classes) == (1, 3, 5, 7, 9)
   ds, num_batches = input_lib.make_eval_dataset(c, "test_heldout")
   assert num_batches == 5 * 1000 // c.evals.test_heldout.batch_size
   held = [b["label"][b["_mask"] > 0] for b in ds.as_numpy_iterator()]
   np.testing.assert_array_equal(np.bincount(np.concatenate(held), minlength=10),
                                 [1000, 0] * 5)
-  assert input_lib.num_examples(c.evals.test.data) == 10_000  # All ten classes.
+  assert datasets.num_examples(c.evals.test.data) == 10_000  # All ten classes.

@@ -164,13 +164,13 @@ def test_digits_as_tfds(tmp_path, capsys):
   # Read by name as any prepared data set, through the trainer's readers
   # (a class-balanced subset too); preparing again is a no-op.
   from big_distill import config_lib  # pylint: disable=g-import-not-at-top
-  from big_distill.data import input as input_lib  # pylint: disable=g-import-not-at-top
+  from big_distill.data import datasets  # pylint: disable=g-import-not-at-top
   d = config_lib.data_config()
   d.name, d.split, d.data_dir = "sklearn_digits", "train[:1500]", data_dir
-  input_lib.check_prepared(d)
-  assert (input_lib.num_examples(d), input_lib.num_classes(d)) == (1500, 10)
+  datasets.check_prepared(d)
+  assert (datasets.num_examples(d), datasets.num_classes(d)) == (1500, 10)
   d.balanced_subset = 100
-  assert input_lib.num_examples(d) == 100
+  assert datasets.num_examples(d) == 100
   assert prepare.command("sklearn_digits", data_dir) == (
       f"python -m big_distill.data.prepare digits --data_dir={data_dir}")
   prepare.main(["digits", f"--data_dir={data_dir}"])

@@ -29,6 +29,7 @@ import pytest
 from big_distill import checkpoint as ckpt_lib
 from big_distill import errors
 from big_distill import train
+from big_distill.data import datasets
 from big_distill.data import input as input_lib
 from big_distill.data import prepare
 from tests import tiny_config
@@ -438,7 +439,7 @@ def test_data_set_not_prepared(refuse, tmp_path, teacher):
   empty = tmp_path / "no_data"
   empty.mkdir()
   config = make_config(run_arg(str(empty), teacher))
-  msg = refuse(config, existing_run(tmp_path / "w", config), input_lib.DataNotPreparedError,
+  msg = refuse(config, existing_run(tmp_path / "w", config), datasets.DataNotPreparedError,
                "Data set 'fashion_mnist' is not prepared in data_dir")
   assert prepare.command("fashion_mnist", str(empty)) in msg, msg
 

@@ -17,6 +17,7 @@ from absl import flags
 import ml_collections as mlc
 from ml_collections import config_flags
 
+from big_distill.data import datasets
 from big_distill.data import input as input_lib
 
 FLAGS = flags.FLAGS
@@ -50,7 +51,7 @@ def measure(config: mlc.ConfigDict, num_batches: int = 30, *, warmup: int = 5,
 def main(argv):
   del argv
   config = FLAGS.config
-  input_lib.check_prepared(config.input.data)
+  datasets.check_prepared(config.input.data)
   rate = measure(config, FLAGS.num_batches, warmup=FLAGS.warmup)
   res = {n: config[f"{n}_res"] for n in input_lib.model_names(config)}
   print(f"{rate:.1f} examples/s  ({config.input.data.name} {config.input.data.split}, "

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Mapping
 
 import flax.linen as nn
