@@ -206,14 +206,28 @@ def shrink_teacher_for_local(c: mlc.ConfigDict) -> None:
   c.lr = HYPERRULE_LR * c.input.batch_size / 512
 
 
-def small_data_teacher(dataset: str, arg: mlc.ConfigDict, *, steps: int, warmup: int,
-                       mixup: float, log_training_steps: int, ckpt_steps: int,
-                       log_steps: int) -> mlc.ConfigDict:
+# BiT-HyperRule's schedule by training-set size (Kolesnikov et al. 2020, sec.
+# 3.3): (fewer images than this, steps, warm-up steps, mixup alpha).
+HYPERRULE_SCHEDULES = ((20_000, 500, 100, 0.0), (500_000, 10_000, 500, 0.1),
+                       (float("inf"), 20_000, 500, 0.1))
+
+
+def hyperrule_schedule(train_images: int) -> dict:
+  """{steps, warmup, mixup} of BiT-HyperRule for a training set of this size."""
+  for below, steps, warmup, mixup in HYPERRULE_SCHEDULES:
+    if train_images < below:
+      return dict(steps=steps, warmup=warmup, mixup=mixup)
+  raise AssertionError(train_images)
+
+
+def small_data_teacher(dataset: str, arg: mlc.ConfigDict, *, log_training_steps: int,
+                       ckpt_steps: int, log_steps: int) -> mlc.ConfigDict:
   """A small-data set's 128px teacher (configs/teachers/DATASET.py).
 
-  `arg`: the parsed `res` (128 only) and `runlocal`. `steps`, `warmup`,
-  `mixup`: BiT-HyperRule's for the data set's size; `log_training_steps`,
-  `ckpt_steps`, `log_steps` (the evaluators'): how often the run reports.
+  `arg`: the parsed `res` (128 only) and `runlocal`. The schedule is
+  BiT-HyperRule's for the data set's training size (`hyperrule_schedule` of
+  common.DATASETS' `train_size`); `log_training_steps`, `ckpt_steps`,
+  `log_steps` (the evaluators'): how often the run reports.
   """
   if arg.res != 128:
     raise errors.ConfigError(f"res={arg.res}: the {dataset} teachers are fine-tuned at 128.")
@@ -235,8 +249,8 @@ def small_data_teacher(dataset: str, arg: mlc.ConfigDict, *, steps: int, warmup:
   c.input.pp_post = "value_range(-1, 1)"
   pp_eval = f"decode|resize_small({r * 5 // 4})|central_crop({r})|value_range(-1, 1)"
 
-  bit_hyperrule_finetune(c, res=r, init="BiT-M-R152x2.npz", steps=steps, warmup=warmup,
-                         mixup=mixup)
+  bit_hyperrule_finetune(c, res=r, init="BiT-M-R152x2.npz",
+                         **hyperrule_schedule(common.DATASETS[dataset]["train_size"]))
   c.log_training_steps, c.ckpt_steps = log_training_steps, ckpt_steps
 
   # ---- Evaluators: accuracy on every split, calibration on validation.

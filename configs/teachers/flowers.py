@@ -30,17 +30,14 @@ WORKDIR/metrics.jsonl.
 from big_distill import config_lib
 from big_distill.configs import recipes
 
-# BiT-HyperRule for fewer than 20,000 images: 500 steps, warm-up 100, no
-# mixup; SGD, lr 0.003 at batch 512, no weight decay
-# (big_distill/configs/recipes.py bit_hyperrule_finetune).
-STEPS, WARMUP, MIXUP = 500, 100, 0.0
+# How often the run logs training, checkpoints and evaluates.
 LOG_TRAINING_STEPS, CKPT_STEPS, EVAL_STEPS = 10, 500, 50
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, res=128, runlocal=False)
-  # BiT-M R152x2 from BiT-M-R152x2.npz at 128px (random crops of the image
-  # resized to 160x160); `:runlocal` a tiny R26 from scratch for 3 steps.
-  return recipes.small_data_teacher(
-      "flowers", arg, steps=STEPS, warmup=WARMUP, mixup=MIXUP,
-      log_training_steps=LOG_TRAINING_STEPS, ckpt_steps=CKPT_STEPS, log_steps=EVAL_STEPS)
+  # BiT-M R152x2 from BiT-M-R152x2.npz at 128px, BiT-HyperRule for 1,020 images
+  # (recipes.hyperrule_schedule): 500 steps of batch 512, warm-up 100, no mixup; SGD, lr 0.003 at
+  # batch 512, no weight decay. `:runlocal`: a tiny R26 from scratch for 3 steps.
+  return recipes.small_data_teacher("flowers", arg, log_training_steps=LOG_TRAINING_STEPS,
+                                    ckpt_steps=CKPT_STEPS, log_steps=EVAL_STEPS)

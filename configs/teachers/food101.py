@@ -28,17 +28,14 @@ WORKDIR/metrics.jsonl.
 from big_distill import config_lib
 from big_distill.configs import recipes
 
-# BiT-HyperRule for 20,000-500,000 images: 10,000 steps, warm-up 500,
-# mixup 0.1; SGD, lr 0.003 at batch 512, no weight decay
-# (big_distill/configs/recipes.py bit_hyperrule_finetune).
-STEPS, WARMUP, MIXUP = 10_000, 500, 0.1
+# How often the run logs training, checkpoints and evaluates.
 LOG_TRAINING_STEPS, CKPT_STEPS, EVAL_STEPS = 50, 1000, 1000
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, res=128, runlocal=False)
-  # BiT-M R152x2 from BiT-M-R152x2.npz at 128px (random crops of the image
-  # resized to 160x160); `:runlocal` a tiny R26 from scratch for 3 steps.
-  return recipes.small_data_teacher(
-      "food101", arg, steps=STEPS, warmup=WARMUP, mixup=MIXUP,
-      log_training_steps=LOG_TRAINING_STEPS, ckpt_steps=CKPT_STEPS, log_steps=EVAL_STEPS)
+  # BiT-M R152x2 from BiT-M-R152x2.npz at 128px, BiT-HyperRule for 68,175 images
+  # (recipes.hyperrule_schedule): 10,000 steps of batch 512, warm-up 500, mixup 0.1; SGD, lr 0.003
+  # at batch 512, no weight decay. `:runlocal`: a tiny R26 from scratch for 3 steps.
+  return recipes.small_data_teacher("food101", arg, log_training_steps=LOG_TRAINING_STEPS,
+                                    ckpt_steps=CKPT_STEPS, log_steps=EVAL_STEPS)
