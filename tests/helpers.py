@@ -532,6 +532,37 @@ def write_checkpoint(model_kwargs, num_classes, path):
   return write_random_bit(path, num_classes, **model_kwargs)
 
 
+@contextlib.contextmanager
+def jax_settings(**settings):
+  """jax.config `settings` (and a fresh compilation cache) inside, restored after."""
+  old = {k: jax.config.values[k] for k in settings}
+  for k, v in settings.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    for k, v in old.items():
+      jax.config.update(k, v)
+    compilation_cache.reset_cache()
+
+
+def persistent_cache(directory) -> dict:
+  """jax.config settings that keep every compiled program in `directory`: a
+  program compiled again (an evaluator's step for another split, a resumed
+  run's train step) is then read back instead of compiled."""
+  return {"jax_compilation_cache_dir": str(directory),
+          "jax_persistent_cache_min_compile_time_secs": 0.0,
+          "jax_persistent_cache_min_entry_size_bytes": -1}
+
+
+@pytest.fixture(scope="module")
+def persistent_compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for the test module, nothing else changed."""
+  with jax_settings(**persistent_cache(tmp_path_factory.mktemp("jax_cache"))):
+    yield
+
+
 @pytest.fixture(scope="module", autouse=True)
 def fast_compiles(tmp_path_factory):
   """Makes compiling, which is most of a runlocal run's time, cheaper here.
@@ -542,21 +573,10 @@ def fast_compiles(tmp_path_factory):
   repay XLA's optimizations (they halve the compile time). All is restored
   afterwards, for the other test modules of this process.
   """
-  settings = {
-      "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-      "jax_persistent_cache_min_compile_time_secs": 0.0,
-      "jax_persistent_cache_min_entry_size_bytes": -1,
-      "jax_default_prng_impl": "unsafe_rbg",
-      "jax_disable_most_optimizations": True,
-  }
-  old = {k: jax.config.values[k] for k in settings}
-  for k, v in settings.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
+  with jax_settings(**persistent_cache(tmp_path_factory.mktemp("jax_cache")),
+                    jax_default_prng_impl="unsafe_rbg",
+                    jax_disable_most_optimizations=True):
+    yield
 
 
 def read_metrics(workdir):

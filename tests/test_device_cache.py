@@ -14,6 +14,11 @@ import pytest
 from big_distill import errors
 from big_distill import train
 from tests import tiny_config
+from tests.helpers import persistent_compilation_cache  # pylint: disable=unused-import  (fixture)
+
+# The resumed run, the refused ones and the benchmark compile what the first
+# run compiled: read back from the module's persistent cache.
+pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")
 
 
 def _rows(workdir):
@@ -42,7 +47,9 @@ def _config(data_dir, teacher, **kw):
 
 
 @pytest.fixture(scope="module")
-def device_run(tmp_path_factory, fashion_data_dir):
+def device_run(tmp_path_factory, fashion_data_dir,
+               persistent_compilation_cache):  # pylint: disable=redefined-outer-name
+  del persistent_compilation_cache  # Active from here on.
   root = tmp_path_factory.mktemp("device_cache")
   teacher = tiny_config.write_teacher(root / "teacher.npz")
   config = _config(fashion_data_dir, teacher, cache="device")
