@@ -556,13 +556,6 @@ def persistent_cache(directory) -> dict:
           "jax_persistent_cache_min_entry_size_bytes": -1}
 
 
-@pytest.fixture(scope="module")
-def persistent_compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for the test module, nothing else changed."""
-  with jax_settings(**persistent_cache(tmp_path_factory.mktemp("jax_cache"))):
-    yield
-
-
 @pytest.fixture(scope="module", autouse=True)
 def fast_compiles(tmp_path_factory):
   """Makes compiling, which is most of a runlocal run's time, cheaper here.
