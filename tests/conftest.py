@@ -104,6 +104,13 @@ def small_config():
   return make
 
 
+@pytest.fixture(scope="session")
+def shared_folder(tmp_path_factory):
+  """make(name, build) -> a folder that every xdist worker of the session
+  shares, filled once by build(path) (under a file lock)."""
+  return lambda name, build: _shared(tmp_path_factory, name, build)
+
+
 # ---- Training runs shared by the CLI tests (tests/helpers.py runs them) ----------
 
 

@@ -532,6 +532,30 @@ def write_checkpoint(model_kwargs, num_classes, path):
   return write_random_bit(path, num_classes, **model_kwargs)
 
 
+@contextlib.contextmanager
+def jax_settings(**settings):
+  """jax.config `settings` (and a fresh compilation cache) inside, restored after."""
+  old = {k: jax.config.values[k] for k in settings}
+  for k, v in settings.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    for k, v in old.items():
+      jax.config.update(k, v)
+    compilation_cache.reset_cache()
+
+
+def persistent_cache(directory) -> dict:
+  """jax.config settings that keep every compiled program in `directory`: a
+  program compiled again (an evaluator's step for another split, a resumed
+  run's train step) is then read back instead of compiled."""
+  return {"jax_compilation_cache_dir": str(directory),
+          "jax_persistent_cache_min_compile_time_secs": 0.0,
+          "jax_persistent_cache_min_entry_size_bytes": -1}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def fast_compiles(tmp_path_factory):
   """Makes compiling, which is most of a runlocal run's time, cheaper here.
@@ -542,21 +566,10 @@ def fast_compiles(tmp_path_factory):
   repay XLA's optimizations (they halve the compile time). All is restored
   afterwards, for the other test modules of this process.
   """
-  settings = {
-      "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-      "jax_persistent_cache_min_compile_time_secs": 0.0,
-      "jax_persistent_cache_min_entry_size_bytes": -1,
-      "jax_default_prng_impl": "unsafe_rbg",
-      "jax_disable_most_optimizations": True,
-  }
-  old = {k: jax.config.values[k] for k in settings}
-  for k, v in settings.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
+  with jax_settings(**persistent_cache(tmp_path_factory.mktemp("jax_cache")),
+                    jax_default_prng_impl="unsafe_rbg",
+                    jax_disable_most_optimizations=True):
+    yield
 
 
 def read_metrics(workdir):
@@ -566,3 +579,75 @@ def read_metrics(workdir):
   for row in rows:
     last.update(row)
   return rows, last
+
+
+def eval_metrics(config, ec) -> list[str]:
+  """The metrics that an evaluator `ec` (of config.evals) reports for `config`'s models."""
+  models = ("student", *config.teachers)
+  return {
+      "classification": [f"{m}_{k}" for m in models for k in ("top1", "top5", "loss")],
+      "distance": [f"{t}_{k}" for t in config.teachers
+                   for k in ("kl", "euclidean", "agree_top1", "agree_top5")],
+      "calibration": [f"{m}_{k}" for m in models for k in ("ece", "confidence")],
+  }[ec.type]
+
+
+def with_random_checkpoints(config, folder, student_init_classes=None):
+  """`config` with random BiT files (nonzero heads) for its teachers, shaped as
+  its teachers; without teachers and with `student_init_classes`, a student
+  start of that many classes (a BiT-M stand-in: 21,843). Returns `config`."""
+  for t in config.teachers:
+    config[f"{t}_init"] = write_checkpoint(config[t].to_dict(), config.num_classes,
+                                           Path(folder) / f"{t}.npz")
+  if not config.teachers and student_init_classes:
+    config.student_init = write_checkpoint(config.student.to_dict(), student_init_classes,
+                                           Path(folder) / "student_init.npz")
+  return config
+
+
+def trace_training(config) -> types.SimpleNamespace:
+  """What `train.train(config, ...)` checks, loads and reads before its first
+  compile, and the shapes of what its programs compute, traced, never compiled.
+
+  The config's checks, its data (prepared, the config's classes), its models,
+  the teachers' and the student start's files loaded into them, the set-up,
+  the first training batch of its input pipeline and every evaluator's data
+  set; then `jax.eval_shape` of the train step on that batch and every
+  evaluator run with a step of `eval_shape` (ones of its sums' shapes), so
+  its metric names are the real `Evaluator.run`'s. Call it inside the data's
+  context (`mock_data`). Returns models, setup, batch (ShapeDtypeStructs),
+  state (the step's new state), metrics (the train step's, by name) and evals
+  ({evaluator: its metrics' names}).
+  """
+  from big_distill import checks, feeding, model_set, plan, setup, weights  # pylint: disable=g-import-not-at-top
+  checks.check_config(config)
+  models = model_set.build_models(config)
+  checks.check_data(config)
+  checks.check_inits(config)
+  mesh = plan.make_mesh(config)
+  d = plan.durations(config)
+  s = setup.build(config, models, mesh, total_steps=d.total, warmup_steps=d.warmup)
+  teachers = weights.load_teachers(config, models, mesh)
+  if config.student_init:  # load_student_init's load, into zeros (its template compiles).
+    start = weights.load_weights(
+        config, "student", models.student, config.student_init,
+        template=weights.zeros_template(models.student, models.res["student"]))
+    assert (jax.tree.map(lambda x: (x.shape, x.dtype), start)
+            == jax.tree.map(lambda x: (x.shape, x.dtype), s.state["variables"])), (
+                "the student start does not fit the student")
+  data = feeding.prepare_train_data(config, mesh)
+  batch = next(feeding.train_batches(config, mesh, 0, data))
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+  state, metrics = jax.eval_shape(s.train_step, s.state, teachers, batch)
+  evals = {}
+  for e in feeding.make_evaluators(config, models, mesh):
+    step = e._step  # pylint: disable=protected-access
+
+    def shape_only(student, teacher_params, b, which, step=step):
+      sums = jax.eval_shape(lambda st, tp, bb: step(st, tp, bb, which), student,
+                            teacher_params, b)
+      return jax.tree.map(lambda x: np.ones(x.shape, x.dtype), sums)
+    e._step = shape_only  # pylint: disable=protected-access
+    evals[e.name] = set(e.run(s.state["variables"], teachers))
+  return types.SimpleNamespace(models=models, setup=s, batch=batch, state=state,
+                               metrics=metrics, evals=evals)

@@ -13,6 +13,7 @@ import pytest
 
 from big_distill import errors
 from big_distill import train
+from tests import helpers
 from tests import tiny_config
 
 
@@ -41,13 +42,26 @@ def _config(data_dir, teacher, **kw):
   return c
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(shared_folder):
+  """One persistent compilation cache for both xdist workers: the resumed
+  run, the refused ones and the benchmark compile what the first run
+  compiled, and read it back."""
+  with helpers.jax_settings(**helpers.persistent_cache(
+      shared_folder("device_cache_jax_cache", lambda path: None))):
+    yield
+
+
 @pytest.fixture(scope="module")
-def device_run(tmp_path_factory, fashion_data_dir):
-  root = tmp_path_factory.mktemp("device_cache")
-  teacher = tiny_config.write_teacher(root / "teacher.npz")
-  config = _config(fashion_data_dir, teacher, cache="device")
-  train.train(config, str(root / "run"))
-  return config, root
+def device_run(shared_folder, fashion_data_dir):
+  """The device-cache run, made once per session and shared by both xdist
+  workers (each test writes only its own folder beside it)."""
+  def build(root):
+    shutil.rmtree(root / "run", ignore_errors=True)  # A build that failed midway.
+    teacher = tiny_config.write_teacher(root / "teacher.npz")
+    train.train(_config(fashion_data_dir, teacher, cache="device"), str(root / "run"))
+  root = shared_folder("device_cache_run", build)
+  return _config(fashion_data_dir, str(root / "teacher.npz"), cache="device"), root
 
 
 def test_device_cache_trains_and_logs_every_step(device_run):

@@ -1,10 +1,12 @@
 """MobileNet students and other data sets' images through the paper configs.
 
-`:runlocal` on TFDS mock data (tests/test_configs.py's fixtures): the
-ImageNet MobileNet config with BatchNorm and two teachers, Pets distilled on
-Food101's images into a MobileNet student, SUN397 on ImageNet's images; and
-the Fashion-MNIST miniature on scikit-learn's digits. Runs with images of
-another data set report the teacher task's evaluations and no label loss.
+`:runlocal` on TFDS mock data (the paper configs' fixtures, tests/helpers.py):
+the ImageNet MobileNet config with BatchNorm and two teachers trains end to
+end; Pets distilled on Food101's images into a MobileNet student and SUN397
+on ImageNet's images are built and traced up to their first compile; the
+Fashion-MNIST miniature trains end to end on scikit-learn's digits. Runs with
+images of another data set report the teacher task's evaluations and no
+label loss.
 """
 
 import math
@@ -24,15 +26,12 @@ from tests.helpers import get_config
 from tests.helpers import mock_data
 from tests.helpers import read_metrics
 from tests.helpers import tfds_metadata  # pylint: disable=unused-import  (fixture)
-from tests.helpers import write_checkpoint
 
 OTHER_IMAGES = "labels of the training data are ignored"
 
 
 def _run(config, tmp_path, metadata, caplog):
-  for t in config.teachers:
-    config[f"{t}_init"] = write_checkpoint(config[t].to_dict(), config.num_classes,
-                                           tmp_path / f"{t}.npz")
+  helpers.with_random_checkpoints(config, tmp_path)
   workdir = tmp_path / "workdir"
   with mock_data(metadata), caplog.at_level("INFO"):
     train.train(config, str(workdir))
@@ -50,28 +49,48 @@ def _assert_task_evals(config, last):
     assert math.isfinite(last[f"{ev}/{key}"]), ev
 
 
+def test_runlocal_trains_end_to_end(tfds_metadata, tmp_path, caplog):
+  """The BatchNorm MobileNet from the two-teacher ensemble trains, on its own
+  images: with the label loss logged, saved with its batch statistics."""
+  config = get_config("imagenet_mobilenet", "variant=small,norm=batch,ensemble,runlocal")
+  workdir, rows, last = _run(config, tmp_path, tfds_metadata, caplog)
+  _assert_task_evals(config, last)
+  for ev, ec in config.evals.items():  # Both teachers' too: test_configs' ImageNet run.
+    for metric in helpers.eval_metrics(config, ec):
+      assert math.isfinite(last[f"{ev}/{metric}"]), f"{ev}/{metric}"
+  assert not [r for r in caplog.records if OTHER_IMAGES in r.getMessage()]
+  assert any("train/label_loss" in r for r in rows)
+  arrays = mobilenet_v3.to_arrays(
+      mobilenet_v3.load(_template(config), str(workdir / "student.npz")))
+  assert arrays["head/kernel"].shape[-1] == config.num_classes
+  assert any(k.startswith("batch_stats/") for k in arrays)
+
+
 @pytest.mark.parametrize("name,arg,source", [
-    ("imagenet_mobilenet", "variant=small,norm=batch,ensemble,runlocal", None),
     ("pets_r50", "runlocal,images=food101,student=mobilenet_v3", "food101"),
     ("sun397_r50", "runlocal,images=imagenet2012", "imagenet2012"),
 ])
-def test_runlocal_trains_end_to_end(name, arg, source, tfds_metadata, tmp_path, caplog):
-  config = get_config(name, arg)
-  workdir, rows, last = _run(config, tmp_path, tfds_metadata, caplog)
-  _assert_task_evals(config, last)
-  ignored = [r for r in caplog.records if OTHER_IMAGES in r.getMessage()]
-  if source is None:
-    assert not ignored
-    assert any("train/label_loss" in r for r in rows)
-  else:
-    assert config.input.data.name == source
-    assert {ec.data.name for ec in config.evals.values()} != {source}
-    assert len(ignored) == 1 and not any("train/label_loss" in r for r in rows)
-  if config.student_name == "mobilenet_v3":
-    arrays = mobilenet_v3.to_arrays(
-        mobilenet_v3.load(_template(config), str(workdir / "student.npz")))
-    assert arrays["head/kernel"].shape[-1] == config.num_classes
-    assert any(k.startswith("batch_stats/") for k in arrays) == (config.student.norm == "batch")
+def test_runlocal_on_other_images_builds_without_compiling(name, arg, source, tfds_metadata,
+                                                          tmp_path, caplog):
+  """Another data set's images: the run reads them, says once that their labels
+  are ignored, has no label loss and evaluates the teacher's task. Traced up
+  to its first compile (helpers.trace_training); such a run trains end to end
+  in test_digits_images_for_the_fashion_mnist_teacher."""
+  config = helpers.with_random_checkpoints(get_config(name, arg), tmp_path)
+  with mock_data(tfds_metadata), caplog.at_level("INFO"):
+    run = helpers.trace_training(config)
+  assert config.input.data.name == source
+  assert {ec.data.name for ec in config.evals.values()} != {source}
+  assert len([r for r in caplog.records if OTHER_IMAGES in r.getMessage()]) == 1
+  assert "train/loss" in run.metrics and "train/label_loss" not in run.metrics
+  for ev, ec in config.evals.items():
+    key = {"classification": "student_top1", "distance": "t1_kl",
+           "calibration": "student_ece"}[ec.type]
+    assert f"{ev}/{key}" in run.evals[ev], ev
+  variables = run.state["variables"]
+  assert variables["params"]["head"]["kernel"].shape[-1] == config.num_classes
+  if config.student_name == "mobilenet_v3":  # GroupNorm: no batch statistics to save.
+    assert config.student.norm == "group" and "batch_stats" not in variables
 
 
 def _template(config):
@@ -134,6 +153,8 @@ def test_digits_images_for_the_fashion_mnist_teacher(fashion_data_dir, tmp_path,
   with caplog.at_level("INFO"):
     train.train(c, str(workdir))
   rows, last = read_metrics(str(workdir))
+  losses = [r["train/loss"] for r in rows if "train/loss" in r]
+  assert losses and all(math.isfinite(x) for x in losses)
   assert any(OTHER_IMAGES in r.getMessage() for r in caplog.records)
   assert not any("train/label_loss" in r for r in rows)
   _assert_task_evals(c, last)
