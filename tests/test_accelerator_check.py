@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from big_distill import versions
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 ABSENT = ("tensorflow", "tensorflow_datasets", "clu")
@@ -37,9 +38,13 @@ def _without(tmp_path: Path, names=ABSENT) -> Path:
 
 
 def test_dry_run_on_a_machine_without_tensorflow(tmp_path):
+  # The tests' XLA flags (conftest: LLVM -O0, one CPU device): the dry run
+  # compiles far more than it runs, and what it checks (the code path, the
+  # imports, the JSON it writes, no recompiles) does not depend on XLA's
+  # optimization level.
   env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(_without(tmp_path)),
-         "BD_WHEEL_SITE": str(tmp_path / "site"), "JAX_PLATFORMS": "cpu"}
-  env.pop("XLA_FLAGS", None)
+         "BD_WHEEL_SITE": str(tmp_path / "site"), "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": helpers.xla_flags(1)}
   out = tmp_path / "out"
   r = subprocess.run(["bash", str(REPO / "scripts" / "accelerator_check.sh"), "--dry_run",
                       f"--out={out}"], env=env, capture_output=True, text=True, timeout=600)

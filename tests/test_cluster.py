@@ -370,16 +370,22 @@ def test_resume_on_2_and_8_devices_of_a_4_device_run(four_device_run, tmp_path, 
 # ---- A dead process in a 2-process job -------------------------------------------
 
 
-MP_STEPS, MP_CKPT = 24, 4
+# The kill comes as soon as the first checkpoint (step 4) is finished, a step
+# or a few after step 4 (the save is asynchronous), and process 0 stops at the
+# next step's collectives: 16 steps leave it well mid-run (the test asserts so).
+MP_STEPS, MP_CKPT = 16, 4
 PEER_TIMEOUT_S = 10  # What the test sets; the default is parallel.DEFAULT_PEER_TIMEOUT_S.
 
 
 def _job(workdir, arg, tag, tmp_path):
   """The 2 processes (2 CPU devices each) of one jax.distributed job, over gloo.
 
-  Each job gets its own compilation cache: with one shared by the jobs, a job
-  whose processes found their executables there failed to set up its gloo
-  communicators (a 30 s key timeout), seen once under load.
+  Each job gets its own compilation cache, and none is shared with the other
+  tests' runs: the CPU backend's cache key includes the device assignment, so
+  the processes of a job do not find the same entries. Where one of them finds
+  its executables and the other compiles, the first waits at the gloo
+  communicators' key exchange while the second compiles, past gloo's 30 s
+  timeout: the job fails (seen under load with one cache for all jobs).
   """
   port = free_port()
   cache = tmp_path / f"jax_cache.{tag}"

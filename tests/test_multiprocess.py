@@ -39,8 +39,10 @@ RTOL, ATOL = helpers.MULTIPROCESS_RTOL, helpers.MULTIPROCESS_ATOL
 BF16_RTOL = 1e-2  # SGD momentum is kept in bfloat16: 1 ulp is up to 8e-3.
 
 # (config arg changes, mesh flags, the mesh as logged). The 1-process job of
-# "data" is conftest's `four_device_run` (the default mesh, data=-1: all 4
-# devices), shared with test_cluster; "fsdp" runs its own.
+# both is conftest's `four_device_run` (the default mesh, data=-1: all 4
+# devices), shared with test_cluster: the fsdp job computes the same function
+# (the same config but for the mesh), sharded otherwise, and a 1-process fsdp
+# job of its own would be one more full run to compare the same quantity with.
 MESHES = {
     "data": ({}, (), "{'data': 4, 'fsdp': 1}"),
     # Parameters sharded over the 4 devices, i.e. over both processes.
@@ -97,14 +99,10 @@ def test_two_processes_match_one(tmp_path, fashion_data_dir, four_device_run, me
   two = tmp_path / "two"
   port = helpers.free_port()
   jobs = []
+  # "data": the very run; "fsdp": the same run but for its mesh.
+  one, one_log = four_device_run.workdir, four_device_run.log
+  assert arg == four_device_run.arg + "".join(f",{k}={v}" for k, v in changes.items())
   try:
-    if mesh == "data":
-      assert arg == four_device_run.arg
-      one, one_log = four_device_run.workdir, four_device_run.log
-    else:
-      one, one_log = tmp_path / "one", tmp_path / "one.log"
-      jobs.append(("1 process x 4 devices", _start(one, arg, one_log, *mesh_flags, devices=4),
-                   one_log))
     for i in range(2):
       log = tmp_path / f"two.{i}.log"
       jobs.append((f"process {i} of 2", _start(
@@ -116,7 +114,7 @@ def test_two_processes_match_one(tmp_path, fashion_data_dir, four_device_run, me
       if p.poll() is None:
         p.kill()
         p.wait()
-  assert f"mesh {mesh_text} over 4 devices (1 processes)" in helpers.read_log(one_log)
+  assert "mesh {'data': 4, 'fsdp': 1} over 4 devices (1 processes)" in helpers.read_log(one_log)
   assert f"mesh {mesh_text} over 4 devices (2 processes)" in helpers.read_log(tmp_path / "two.0.log")
   assert "process 1 of 2, 2 local / 4 global devices" in helpers.read_log(tmp_path / "two.1.log")
 

@@ -18,22 +18,25 @@ import pickle
 import re
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
+from absl import flags
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from big_distill import checkpoint as ckpt_lib
+from big_distill import config_lib
 from big_distill import errors
 from big_distill import train
 from big_distill.data import datasets
 from big_distill.data import input as input_lib
 from big_distill.data import prepare
 from tests import tiny_config
-from tests.helpers import (CKPT, STEPS, Cli, ReachedExpensiveWork, Reference,
+from tests.helpers import (CKPT, CONFIG, STEPS, Cli, ReachedExpensiveWork, Reference,
                            assert_same_as_reference, existing_run, finished_steps, make_config,
                            resumed_step, run_arg, run_to_end, snapshot, train_rows, tripwire,
                            unfinished_saves, wait_first_checkpoint)
@@ -273,34 +276,58 @@ def teacher(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def flag_errors(tmp_path_factory, fashion_data_dir, teacher, jax_cache):
-  """The CLI with a misspelt and with a mistyped --config override."""
+def misspelt(tmp_path_factory, fashion_data_dir, teacher, jax_cache):
+  """The CLI with a misspelt --config override: (exit code, output, workdir intact).
+
+  A flag error through the command itself, in a process of its own (its exit
+  code, its one line, no traceback); other flag errors go through the same
+  parser in-process (`parse_flags`).
+  """
   path = tmp_path_factory.mktemp("flags")
   arg = run_arg(fashion_data_dir, teacher)
-  out = {}
-  for name, flag in [("misspelt", "--config.lrr=1"), ("mistyped", "--config.lr=abc")]:
-    workdir = existing_run(path / name, make_config(arg))
-    before = snapshot(workdir)
-    rc, text = run_to_end(workdir, arg, flag, log=path / f"{name}.log", cache=jax_cache)
-    out[name] = (rc, text, before == snapshot(workdir))
-  return out
+  workdir = existing_run(path / "misspelt", make_config(arg))
+  before = snapshot(workdir)
+  rc, text = run_to_end(workdir, arg, "--config.lrr=1", log=path / "misspelt.log",
+                        cache=jax_cache)
+  return rc, text, before == snapshot(workdir)
 
 
-def test_misspelt_config_key_is_refused_naming_it(flag_errors):
-  rc, out, intact = flag_errors["misspelt"]
-  assert rc != 0 and intact
+@pytest.fixture
+def parse_flags(monkeypatch, capsys):
+  """parse_flags(argv) -> (exit code, stderr): the train command's flags parsed
+  in-process, as `python -m big_distill.train` parses them before main()."""
+  def parse(argv):
+    values = flags.FlagValues()
+    monkeypatch.setattr(flags, "FLAGS", values)
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides from it.
+    train.define_flags(values)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+      config_lib.flags_parser("big_distill.train")(argv)
+    return e.value.code, capsys.readouterr().err
+  return parse
+
+
+def test_misspelt_config_key_is_refused_naming_it(misspelt):
+  rc, out, intact = misspelt
+  assert rc == 2 and intact, out[-2000:]
   assert "lrr" in out and 'Did you mean "lr"' in out, out[-2000:]
 
 
-def test_misspelt_config_key_error_is_one_message(flag_errors):
-  rc, out, _ = flag_errors["misspelt"]
+def test_misspelt_config_key_error_is_one_message(misspelt):
+  rc, out, _ = misspelt
   assert "Traceback" not in out, out[-2000:]
   assert re.search(r"error: .*lrr.*", out), out[-2000:]
 
 
-def test_wrong_type_for_config_field_is_refused(flag_errors):
-  rc, out, intact = flag_errors["mistyped"]
-  assert rc != 0 and intact
+def test_wrong_type_for_config_field_is_refused(parse_flags, tmp_path, fashion_data_dir,
+                                                teacher):
+  arg = run_arg(fashion_data_dir, teacher)
+  workdir = existing_run(tmp_path / "w", make_config(arg))
+  before = snapshot(workdir)
+  rc, out = parse_flags(["big_distill.train", f"--config={CONFIG}:{arg}",
+                         f"--workdir={workdir}", "--config.lr=abc"])
+  assert rc == 2 and snapshot(workdir) == before, out[-2000:]
   assert "Traceback" not in out, out[-2000:]
   assert re.search(r"--config.lr=abc: could not convert string to float: 'abc'", out), out[-2000:]
 
