@@ -11,8 +11,14 @@ Arguments (`:epochs=30,width=0.5`):
   epochs: passes over the 60,000 images (demo: 1.5; CPU, 2 cores: ~1.2 min
           per epoch at width 0.25 when idle, 2.8 min at nice 19 beside a test
           suite. One H100: seconds per epoch).
-  width:  BiT width multiplier of the R26 (0.25: 1.5M parameters).
+  width:  BiT width multiplier of the R26 (0.25: 0.88M parameters for 10 classes).
   depth:  BiT depth (26, 50, ...).
+  model:  bit (default), or vit: the miniature's ViT teacher instead
+          (big_distill/configs/fmnist.py VIT_TEACHER: patch 8, width 128,
+          depth 4, 0.82M parameters; width and depth are then unused), the
+          same recipe otherwise. docs/results.md "ViT in the miniature":
+            python -m big_distill.train --config=configs/fmnist_teacher.py:model=vit,epochs=3,lr=0.001 \
+                --workdir=$HOME/bd_runs/fmnist_vit/vit_teacher/epochs=3,lr=0.001,model=vit
   runlocal: a few steps on 1,000 images, for tests.
 Measured test accuracy at width 0.25 (docs/results.md, README): 80.93% after
 1.5 epochs, 84.32% after 5 and 87.90% after 10 (the evaluations of one
@@ -21,13 +27,16 @@ GPU job, not measured here.
 """
 
 from big_distill import config_lib
+from big_distill import errors
 from big_distill.configs import fmnist
 from big_distill.configs.fmnist import data  # The miniature's data (also big_distill.demo's).
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, epochs=2.0, width=0.25, depth=26, data_dir="",
-                           batch=128, lr=0.003, split=fmnist.TRAIN_SPLIT, runlocal=False)
+                           batch=128, lr=0.003, split=fmnist.TRAIN_SPLIT, model="bit", runlocal=False)
+  if a.model not in fmnist.MODELS:
+    raise errors.ConfigError(f"model={a.model!r}: one of {', '.join(fmnist.MODELS)}.")
   c = config_lib.base()
   c.input.data = data("train[:1000]" if a.runlocal else a.split, a.data_dir)
   c.input.cache = "encoded"  # 50,000 28x28 PNGs: ~17 MB.
@@ -40,8 +49,8 @@ def get_config(arg=None):
 
   c.num_classes = 10
   c.teachers = ()  # Trained with labels: no teacher.
-  c.student_name = "bit"
-  c.student = dict(depth=a.depth, width=a.width)
+  c.student_name = a.model
+  c.student = dict(depth=a.depth, width=a.width) if a.model == "bit" else dict(fmnist.VIT_TEACHER)
   c.student_init = None  # From scratch.
   c.student_res = 32
   c.mixup.p = 0.2  # A little mixup, as BiT-HyperRule for data sets this size.

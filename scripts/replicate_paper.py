@@ -26,6 +26,18 @@ is never looked up on test. The plan, cheapest complete rows first:
   e10000          function matching, fixed teacher and supervised, 3 seeds
   lr_third        function matching and fixed at 10,000 epochs with lr/3, seed 0
   img1020         the 1,020-image setting: every arm, seed 0, 100/300/1,000 epochs
+
+then claims 8-11's steps (`continued`) and the ViT family's (`vit_steps`,
+issue 25; under ROOT/vit_teacher and ROOT/vit_img100):
+
+  sel_vit_teacher    the ViT teacher (fmnist_teacher.py:model=vit), lr in
+                     VIT_TEACHER_LRS: the cell chosen on validation is the teacher
+  sel_vit_to_bit     ViT teacher -> the BiT student: lr in VIT_LRS, 300 epochs, seed 0
+  sel_bit_to_vit     the BiT teacher -> a ViT student: the same
+  vit_to_bit_e1000, bit_to_vit_e1000   each at its chosen lr, 1,000 epochs, 3 seeds
+
+A step gated by a selection appears in the pass after that selection
+finished: rerun the same command (its runner loops) until nothing is left.
 """
 
 from __future__ import annotations
@@ -78,7 +90,7 @@ def plan(selected: dict[str, dict[str, str]] | None) -> list[dict]:
            grids=[f"arm={','.join(ARMS)};lr={DISTILL_LRS};seed=0"]),
   ]
   if not selected:
-    return steps + continued(None)
+    return steps + continued(None) + vit_steps(None)
 
   def arm_grid(arm, extra=""):
     fields = ";".join(f"{k}={v}" for k, v in sorted(selected[arm].items()))
@@ -109,7 +121,7 @@ def plan(selected: dict[str, dict[str, str]] | None) -> list[dict]:
       dict(name="img1020", config=f"{DISTILL}:images=1020", root="img1020", teacher=True,
            grids=[arm_grid(a, ";epochs=100,300,1000;seed=0") for a in every]),
   ]
-  return steps + continued(selected)
+  return steps + continued(selected) + vit_steps(selected)
 
 
 # Claims 8-11 (issue 27, docs/results.md), on the teachers retrained in session 8
@@ -170,19 +182,73 @@ def continued(selected) -> list[dict]:
                 if needs.get(n, "funmatch") in selected]
 
 
+# The ViT family in the miniature (issue 25, docs/results.md "ViT in the
+# miniature"), under roots of its own. The ViT teacher is the cell of
+# sel_vit_teacher chosen on validation (its workdir: ROOT/VIT_TEACHER_ROOT/<cell>);
+# the BiT teacher is --teacher, as for every other step.
+VIT = "configs/fmnist_vit.py"
+VIT_TEACHER_LRS = "0.001,0.003"
+VIT_TEACHER_EPOCHS = 3
+VIT_LRS = "0.003,0.01,0.03"
+VIT_TEACHER_ROOT, VIT_ROOT = "vit_teacher", "vit_img100"
+
+
+def vit_teacher_cell(lr: str) -> str:
+  """The name (and workdir under ROOT/VIT_TEACHER_ROOT) of the ViT teacher at `lr`."""
+  return sweep.expand(f"{TEACHER}:model=vit,epochs={VIT_TEACHER_EPOCHS}", [f"lr={lr}"])[0].name
+
+
+def vit_steps(selected) -> list[dict]:
+  """The ViT family's steps whose selections are made (`selected` may be {} or None).
+
+  `selected` holds 'vit_teacher', 'vit_to_bit' and 'bit_to_vit' ({'lr': ..})
+  once their selection steps have finished.
+  """
+  selected = selected or {}
+  to_bit = f"{VIT}:images=100,student=bit,teacher=vit"
+  to_vit = f"{VIT}:images=100,student=vit,teacher=bit"
+  steps = [dict(name="sel_vit_teacher", config=f"{TEACHER}:model=vit,epochs={VIT_TEACHER_EPOCHS}",
+                root=VIT_TEACHER_ROOT, teacher=False, grids=[f"lr={VIT_TEACHER_LRS}"]),
+           dict(name="sel_bit_to_vit", config=to_vit + ",epochs=300", root=VIT_ROOT, teacher=True,
+                grids=[f"arm=funmatch;lr={VIT_LRS};seed=0"])]
+  if "vit_teacher" in selected:
+    vit_teacher = f"{VIT_TEACHER_ROOT}/{vit_teacher_cell(selected['vit_teacher']['lr'])}"
+    steps.append(dict(name="sel_vit_to_bit", config=to_bit + ",epochs=300", root=VIT_ROOT,
+                      teacher=False, t1=vit_teacher, grids=[f"arm=funmatch;lr={VIT_LRS};seed=0"]))
+    if "vit_to_bit" in selected:
+      steps.append(dict(name="vit_to_bit_e1000", config=to_bit + ",epochs=1000", root=VIT_ROOT,
+                        teacher=False, t1=vit_teacher,
+                        grids=[f"arm=funmatch;lr={selected['vit_to_bit']['lr']};seed={SEEDS}"]))
+  if "bit_to_vit" in selected:
+    steps.append(dict(name="bit_to_vit_e1000", config=to_vit + ",epochs=1000", root=VIT_ROOT,
+                      teacher=True,
+                      grids=[f"arm=funmatch;lr={selected['bit_to_vit']['lr']};seed={SEEDS}"]))
+  return steps
+
+
+def teacher_of(step: dict, root: Path, teacher: str) -> str | None:
+  """The teacher workdir a step's cells read: its own (`t1`, under `root`), the
+  BiT teacher `teacher`, or None (trained with labels, or weaker teachers by grid)."""
+  if step.get("t1"):
+    return str(root / step["t1"])
+  return teacher if step["teacher"] else None
+
+
 def sweep_args(step: dict, root: Path, teacher: str) -> list[str]:
   args = [f"--config={step['config']}"]
   for g in step["grids"]:
     args.append(f"--sweep={g.replace('TEACHERS/', str(root / 'teachers') + '/')}")
   args.append(f"--root={root / step['root']}")
-  if step["teacher"]:
-    args.append(f"--config.t1_init={teacher}")
+  t1 = teacher_of(step, root, teacher)
+  if t1:
+    args.append(f"--config.t1_init={t1}")
   return args
 
 
 # What each selection step chooses, and under which key of `selected`.
 SEL_OVER = {"sel_supervised": ["lr", "mixup"], "sel_sup_all": ["lr", "epochs"]}  # Else ["lr"].
-SEL_KEY = {"sel_sup_all": "sup_all"}  # Else the cell's arm.
+SEL_KEY = {"sel_sup_all": "sup_all", "sel_vit_teacher": "vit_teacher",
+           "sel_vit_to_bit": "vit_to_bit", "sel_bit_to_vit": "bit_to_vit"}  # Else the cell's arm.
 # The selections every later step needs; the others only gate their own steps.
 REQUIRED = ("sel_supervised", "sel_distill")
 
@@ -196,10 +262,16 @@ def selection(root: Path, log=print, recorded: Path | None = None
   `recorded/<step>/summary.json` when given (the choice made on validation
   by an earlier session, whose cells are gone), and logged as such.
   """
-  chosen = {}
-  for step in plan(None):
-    if not step["name"].startswith("sel_"):
-      continue
+  chosen, seen = {}, set()
+  while True:
+    # plan(None)'s selections, then those that a selection made here gates
+    # (the ViT teacher's students): each once.
+    todo = [s for s in plan(None) + vit_steps(chosen)
+            if s["name"].startswith("sel_") and s["name"] not in seen]
+    if not todo:
+      break
+    step = todo[0]
+    seen.add(step["name"])
     cells = sweep.expand(step["config"], step["grids"])
     cell_root = root / step["root"]
     record = recorded / step["name"] / "summary.json" if recorded else None
@@ -620,7 +692,8 @@ def main(argv=None) -> int:
   teacher = a.teacher or str(root / "teacher_e30")
   only = [s for s in a.steps.split(",") if s]
   known = {s["name"] for s in plan({arm: {"lr": "1"} for arm in
-                                    ("supervised", *ARMS, "shampoo_paper", "sup_all")})}
+                                    ("supervised", *ARMS, "shampoo_paper", "sup_all",
+                                     "vit_teacher", "vit_to_bit", "bit_to_vit")})}
   if set(only) - known:
     p.error(f"--steps: unknown {sorted(set(only) - known)}; the steps are {sorted(known)}")
   try:
@@ -686,9 +759,10 @@ def main(argv=None) -> int:
       ran.add(step["name"])
       if only and step["name"] not in only:
         continue
-      while step["teacher"] and not sweep.finished(teacher):
+      t1 = teacher_of(step, root, teacher)
+      while t1 and not sweep.finished(t1):
         if not a.wait:
-          print(f"# {step['name']}: the teacher {teacher} has not finished (no student.npz); "
+          print(f"# {step['name']}: the teacher {t1} has not finished (no student.npz); "
                 "rerun when it has, or pass --wait.")
           return 1
         time.sleep(60)

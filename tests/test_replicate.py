@@ -130,8 +130,9 @@ def test_run_waits_for_a_selection_cell_another_runner_holds(rp, tmp_path, monke
       lock.close()
   monkeypatch.setattr(rp.time, "sleep", other_runner_finishes)
   assert rp.main([f"--root={tmp_path}", "--run", "--wait"]) == 0
-  assert ran[:6] == ["sel_supervised", "sel_distill", "sel_shampoo_paper", "sel_sup_all",
-                     "e100", "e300"] and "img1020" in ran and "c9_e30000" in ran
+  assert ran[:8] == ["sel_supervised", "sel_distill", "sel_shampoo_paper", "sel_sup_all",
+                     "sel_vit_teacher", "sel_bit_to_vit", "e100", "e300"]
+  assert "img1020" in ran and "c9_e30000" in ran
   assert len(ran) == len(set(ran))  # Each step once, also across the selection.
   assert not rp.selection_running_elsewhere(tmp_path)
 
@@ -369,7 +370,7 @@ def test_claims_8_to_11_steps_wait_for_their_own_selections(rp, tmp_path):
   assert chosen["supervised"] == {"lr": "0.01", "mixup": "1"} and chosen["funmatch"] == {"lr": "0.03"}
   assert "shampoo_paper" not in chosen and "sup_all" not in chosen
   # The new selections are made from their own cells once these have finished.
-  for step in rp.plan(None)[2:]:
+  for step in rp.continued(None):
     assert step["name"] in ("sel_shampoo_paper", "sel_sup_all")
     for c in sweep.expand(step["config"], step["grids"]):
       top1 = 0.7 if c.args["lr"] == "0.3" or c.args.get("epochs") == "30" and c.args["lr"] == "0.01" else 0.5
@@ -406,3 +407,61 @@ def test_claims_8_to_11_steps_wait_for_their_own_selections(rp, tmp_path):
   # No cell of the new teachers lands in a root of the old ones.
   assert all(s["root"] in (rp.IMG100_T2, rp.IMG_ALL_T2) for n, s in steps.items()
              if n.startswith(("c8", "c9", "c10", "c11", "sel_shampoo", "sel_sup_all")))
+
+
+def test_vit_steps_chain_their_selections(rp, tmp_path, capsys):
+  """Issue 25: the ViT teacher chosen on validation is the teacher of its students' steps;
+  each step appears once the selection it needs has finished."""
+  rec = tmp_path / "results"
+  for step, picks in (("sel_supervised", [{"within": {}, "chosen": {"lr": "0.01", "mixup": "1"}}]),
+                      ("sel_distill", [{"within": {"arm": a}, "chosen": {"lr": "0.03"}}
+                                       for a in rp.ARMS])):
+    (rec / step).mkdir(parents=True)
+    (rec / step / "summary.json").write_text(json.dumps(
+        {"selected": [{**p, "value": 0.5, "candidates": 5} for p in picks]}))
+  root = tmp_path / "root"
+  root.mkdir()
+  names = lambda chosen: [s["name"] for s in rp.plan(chosen)]
+  chosen = rp.selection(root, log=lambda *_: None, recorded=rec)
+  assert not {"vit_teacher", "vit_to_bit", "bit_to_vit"} & set(chosen)
+  assert {"sel_vit_teacher", "sel_bit_to_vit"} <= set(names(None)) <= set(names(chosen))
+  assert not {"sel_vit_to_bit", "vit_to_bit_e1000", "bit_to_vit_e1000"} & set(names(chosen))
+  steps = {s["name"]: s for s in rp.plan(chosen)}
+  teachers = sweep.expand(steps["sel_vit_teacher"]["config"], steps["sel_vit_teacher"]["grids"])
+  assert [c.name for c in teachers] == ["epochs=3,lr=0.001,model=vit", "epochs=3,lr=0.003,model=vit"]
+  assert rp.vit_teacher_cell("0.003") == teachers[1].name
+  for c in teachers:  # lr 0.003 is the better teacher on validation (and the worse on test).
+    _cell(root / rp.VIT_TEACHER_ROOT, c.args, [{"step": 10, "val/student_top1": float(c.args["lr"]) * 100,
+                                                "test/student_top1": 0.1}])
+  for c in sweep.expand(steps["sel_bit_to_vit"]["config"], steps["sel_bit_to_vit"]["grids"]):
+    assert c.args["student"] == "vit" and c.args["teacher"] == "bit" and c.args["epochs"] == "300"
+    _cell(root / rp.VIT_ROOT, c.args, [{"step": 10, "val/student_top1": 0.7 if c.args["lr"] == "0.01" else 0.5}])
+  chosen = rp.selection(root, log=lambda *_: None, recorded=rec)
+  assert chosen["vit_teacher"] == {"lr": "0.003"} and chosen["bit_to_vit"] == {"lr": "0.01"}
+  steps = {s["name"]: s for s in rp.plan(chosen)}
+  assert "vit_to_bit_e1000" not in steps  # Its own selection has not run yet.
+  to_bit = steps["sel_vit_to_bit"]
+  teacher_dir = f"{root}/{rp.VIT_TEACHER_ROOT}/epochs=3,lr=0.003,model=vit"
+  assert rp.teacher_of(to_bit, root, "/bit") == teacher_dir
+  assert f"--config.t1_init={teacher_dir}" in rp.sweep_args(to_bit, root, "/bit")
+  assert "--config.t1_init=/bit" in rp.sweep_args(steps["bit_to_vit_e1000"], root, "/bit")
+  assert rp.teacher_of(steps["sel_vit_teacher"], root, "/bit") is None
+  e1000 = sweep.expand(steps["bit_to_vit_e1000"]["config"], steps["bit_to_vit_e1000"]["grids"])
+  assert {(c.args["epochs"], c.args["lr"], c.args["seed"]) for c in e1000} == {
+      ("1000", "0.01", s) for s in "012"}
+  for c in sweep.expand(to_bit["config"], to_bit["grids"]):
+    assert c.args["student"] == "bit" and c.args["teacher"] == "vit"
+    _cell(root / rp.VIT_ROOT, c.args, [{"step": 10, "val/student_top1": 0.7 if c.args["lr"] == "0.03" else 0.5}])
+  chosen = rp.selection(root, log=lambda *_: None, recorded=rec)  # One call: the chain.
+  assert chosen["vit_to_bit"] == {"lr": "0.03"}
+  steps = {s["name"]: s for s in rp.plan(chosen)}
+  assert rp.teacher_of(steps["vit_to_bit_e1000"], root, "/bit") == teacher_dir
+  # Every cell's config builds; the two families share a root but never a cell.
+  cells = [c for n in ("sel_bit_to_vit", "sel_vit_to_bit", "vit_to_bit_e1000", "bit_to_vit_e1000")
+           for c in sweep.expand(steps[n]["config"], steps[n]["grids"])]
+  assert len({c.name for c in cells}) == len(cells) == 12
+  sweep.check_cells(cells, [f"--config.t1_init={tmp_path}"])
+  sweep.check_cells(teachers, [])
+  # The run waits for (or stops at) the ViT teacher as for the BiT one.
+  assert rp.main([f"--root={root}", f"--selection_from={rec}", "--steps=sel_vit_to_bit"]) == 0
+  assert f"--config.t1_init={teacher_dir}" in capsys.readouterr().out

@@ -52,6 +52,23 @@ def split_arg(arg, own: dict):
   return config_lib.parse_arg(",".join(mine), **own), ",".join(rest)
 
 
+# The ViT family in the miniature (docs/results.md, "ViT in the miniature"):
+# big_distill/models/vit.py kwargs at 32px. Patch 8 (16 tokens of 8x8
+# pixels; the 28px item fills the frame): patch 4's 64 tokens cost ~4x the
+# FLOPs, more than this CPU affords for a teacher and a student.
+# Parameters for 10 classes (jax.eval_shape) and forward FLOPs per 32px image
+# (XLA's cost analysis on this CPU) against the BiT models they stand beside.
+# The teacher (configs/fmnist_teacher.py:model=vit): 819,338 parameters, 27.0
+# MFLOPs (the BiT R26x0.25 teacher: 882,394 and 6.2).
+VIT_TEACHER = dict(variant=None, patch_size=8, width=128, depth=4, mlp_dim=512, num_heads=4,
+                   posemb="sincos2d", pool_type="gap")
+# The student (configs/fmnist_vit.py:student=vit): 213,066 parameters, 7.2
+# MFLOPs (the BiT R26x0.125 student: 223,922 and 1.9).
+VIT_STUDENT = dict(variant=None, patch_size=8, width=64, depth=4, mlp_dim=256, num_heads=4,
+                   posemb="sincos2d", pool_type="gap")
+MODELS = ("bit", "vit")
+
+
 ARMS = ("funmatch", "consistent", "independent", "fixed", "supervised", "shampoo", "lowres",
         "fix_rs", "fix_ic_ens", "shampoo_paper")
 # Images in the student's training set: 10 or 102 per class (a balanced
