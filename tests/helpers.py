@@ -584,6 +584,8 @@ def read_metrics(workdir):
 def eval_metrics(config, ec) -> list[str]:
   """The metrics that an evaluator `ec` (of config.evals) reports for `config`'s models."""
   models = ("student", *config.teachers)
+  if ec.type != "distance" and ec.get("models", "all") != "all":  # E.g. "student".
+    models = tuple(m.strip() for m in ec.models.split(","))
   return {
       "classification": [f"{m}_{k}" for m in models for k in ("top1", "top5", "loss")],
       "distance": [f"{t}_{k}" for t in config.teachers

@@ -485,3 +485,65 @@ def test_unreadable_siglip_tower_is_one_error_with_the_file_to_copy(tfds_metadat
   msg = str(e.value)
   assert "gsutil cp gs://big_vision/siglip/webli_en_b16_224_63724782.npz DIR/" in msg
   assert "--config.student_init=DIR/webli_en_b16_224_63724782.npz:img" in msg
+
+
+# ---- The Fashion-MNIST miniature's ViT configs (docs/results.md, issue 25) ----------
+
+
+def _random_vit_file(config, name, path):
+  """A random ViT file (non-zero head) shaped as the config's model `name`; no compile."""
+  from big_distill import weights  # pylint: disable=g-import-not-at-top
+  from big_distill.models import vit  # pylint: disable=g-import-not-at-top
+  model = vit.Model(config.num_classes, **config[name].to_dict())
+  shapes = jax.eval_shape(lambda k: weights.random_params(model, config[f"{name}_res"], k),
+                          jax.random.key(0))
+  rng = np.random.default_rng(0)
+  vit.save(jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(s.dtype), shapes),
+           str(path))
+  return str(path)
+
+
+def test_fmnist_vit_configs_swap_one_model_of_the_miniature():
+  from big_distill.configs import fmnist  # pylint: disable=g-import-not-at-top
+  bit_c = get_config("fmnist_distill", "")
+  teacher = get_config("fmnist_teacher", "model=vit")
+  assert teacher.student_name == "vit" and teacher.student.to_dict() == fmnist.VIT_TEACHER
+  vit_to_bit = get_config("fmnist_vit", "student=bit,teacher=vit")
+  assert vit_to_bit.student_name == "bit" and vit_to_bit.student == bit_c.student
+  assert vit_to_bit.t1_name == "vit" and vit_to_bit.t1.to_dict() == fmnist.VIT_TEACHER
+  bit_to_vit = get_config("fmnist_vit", "")
+  assert bit_to_vit.student_name == "vit" and bit_to_vit.student.to_dict() == fmnist.VIT_STUDENT
+  assert bit_to_vit.t1_name == "bit" and bit_to_vit.t1 == bit_c.t1
+  # Everything else is fmnist_distill.py's recipe.
+  for c in (vit_to_bit, bit_to_vit):
+    for field in ("lr", "wd", "total_steps", "total_epochs", "mixup", "distill", "input",
+                  "schedule", "optim", "evals", "seed"):
+      assert c.get(field) == bit_c.get(field), field
+  assert get_config("fmnist_vit", "arm=supervised").teachers == ()
+  with pytest.raises(errors.ConfigError, match="student='resnet'"):
+    get_config("fmnist_vit", "student=resnet")
+  with pytest.raises(errors.ConfigError, match="model='cnn'"):
+    get_config("fmnist_teacher", "model=cnn")
+
+
+@pytest.mark.parametrize("name,arg", [
+    ("fmnist_teacher", "model=vit"), ("fmnist_vit", "student=bit,teacher=vit"),
+    ("fmnist_vit", "student=vit,teacher=bit"), ("fmnist_vit", "student=vit,teacher=vit"),
+    ("fmnist_vit", "arm=supervised")])
+def test_fmnist_vit_runlocal_builds_its_run_without_compiling(name, arg, fashion_data_dir,
+                                                              tmp_path):
+  config = get_config(name, f"{arg},runlocal,data_dir={fashion_data_dir}")
+  config_lib.check_required(config, f"{name}:{arg}")
+  for t in config.teachers:
+    config[f"{t}_init"] = (
+        _random_vit_file(config, t, tmp_path / f"{t}.npz") if config[f"{t}_name"] == "vit"
+        else helpers.write_checkpoint(config[t].to_dict(), config.num_classes,
+                                      tmp_path / f"{t}.npz"))
+  run = helpers.trace_training(config)
+  b = config.input.batch_size
+  for m in ("student", *config.teachers):
+    assert run.batch["image"][m] == jax.ShapeDtypeStruct((b, 32, 32, 3), np.float32), m
+  assert (run.metrics["train/loss"].shape, run.metrics["train/loss"].dtype) == ((), np.float32)
+  for ev, ec in config.evals.items():
+    assert {f"{ev}/{m}" for m in helpers.eval_metrics(config, ec)} <= run.evals[ev], ev
+  assert run.state["variables"]["params"]["head"]["kernel"].shape[-1] == 10
