@@ -36,7 +36,18 @@ CONFIG = str(REPO / "tests" / "tiny_config.py")
 STEPS, CKPT = helpers.FOUR_DEVICE_ARG["steps"], helpers.FOUR_DEVICE_ARG["ckpt"]
 TIMEOUT = 900  # For the jobs of one test; they take 2.5 (2 free cores) to 5 min, mostly compiling.
 RTOL, ATOL = helpers.MULTIPROCESS_RTOL, helpers.MULTIPROCESS_ATOL
-BF16_RTOL = 1e-2  # SGD momentum is kept in bfloat16: 1 ulp is up to 8e-3.
+# SGD momentum is kept in bfloat16 (1 ulp: up to 8e-3 of a value), and is
+# compared array by array: the relative L2 difference of the two jobs' arrays
+# at most BF16_RTOL. Not element by element: the gradients are summed across
+# devices in bfloat16 (compute_dtype), the 2-process job's gloo sum may add
+# them in another order than the 1-process job's, and a difference of an ulp
+# can grow in a few elements over 4 steps. Measured on an AMD EPYC at XLA's
+# default level, in three runs: at step 4 one momentum array each (a different
+# one each run) had 1 to 13 elements apart by 1-2% of its largest value, one
+# output channel's by ~15%; every float32 array and metric agreed to RTOL.
+# Another machine matched to 1e-7. A shard saved or restored in the wrong
+# place differs by O(1).
+BF16_RTOL = 1e-2
 
 # (config arg changes, mesh flags, the mesh as logged). The 1-process job of
 # both is conftest's `four_device_run` (the default mesh, data=-1: all 4
@@ -158,9 +169,13 @@ def test_two_processes_match_one(tmp_path, fashion_data_dir, four_device_run, me
     for name, a in state1.items():
       b = state2[name]
       assert (a.dtype, a.shape) == (b.dtype, b.shape), name
-      rtol = BF16_RTOL if a.dtype.itemsize == 2 else RTOL
-      np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), rtol=rtol,
-                                 atol=ATOL, err_msg=f"step {step} {name}")
+      if a.dtype.itemsize == 2:  # bfloat16 momentum: the array as a whole (see BF16_RTOL).
+        a32, b32 = a.astype(np.float64), b.astype(np.float64)
+        rel = np.linalg.norm(b32 - a32) / max(np.linalg.norm(a32), 1e-30)
+        assert rel <= BF16_RTOL, f"step {step} {name}: relative L2 difference {rel:.2e}"
+      else:
+        np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), rtol=RTOL,
+                                   atol=ATOL, err_msg=f"step {step} {name}")
   # The last checkpoint holds exactly the exported parameters.
   saved = bit.to_bit_arrays(_restore(two / "checkpoints" / str(STEPS) / "default")["params"])
   assert sorted(saved) == sorted(s2)
