@@ -123,8 +123,12 @@ def test_the_model_contract_on_variables_dicts(tiny, bv_tiny, tmp_path, caplog):
   assert frozen_model.kernels_standardized and none is None
   _, frozen = bit.freeze(model, {"params": jax.device_get(params)})
   assert set(frozen) == {"params"}
-  np.testing.assert_allclose(model.apply({"params": params}, x)[0],
-                             frozen_model.apply(frozen, x)[0], rtol=1e-4, atol=1e-4)
+  logits = np.asarray(model.apply({"params": params}, x)[0])
+  frozen_logits = np.asarray(frozen_model.apply(frozen, x)[0])
+  # Relative to the logits' scale (up to ~70 here): op-by-op float32 rounds
+  # differently on another CPU (6.6e-6 measured on an AMD EPYC).
+  max_rel = np.abs(frozen_logits - logits).max() / np.abs(logits).max()
+  assert max_rel < 3e-5, max_rel
   # A big_vision file into a "zeros" model warns, told by `model=`.
   p, bv_model, *_ = bv_tiny
   np.savez(tmp_path / "bv.npz", **p)
