@@ -172,12 +172,17 @@ def split_sub_tree(path: str) -> tuple[str, str]:
 
 
 def check_inits(config: mlc.ConfigDict, student: bool = True) -> None:
-  """The teachers' (and, with `student`, the student's initial) checkpoints exist."""
+  """The teachers' (and, with `student`, the student's initial) checkpoints
+  exist: a name of a family's published checkpoints is checked as the file it
+  stands for (the contract's `locate`)."""
+  from big_distill import model_set  # pylint: disable=g-import-not-at-top
+  located = lambda name: model_set.model_module(config[f"{name}_name"]).locate(
+      config[f"{name}_init"])
   for t in config.teachers:
-    path = config[f"{t}_init"]
-    if not path:
+    if not config[f"{t}_init"]:
       raise errors.ConfigError(f"Teacher {t!r} has no checkpoint: set config.{t}_init to its "
                                "weights .npz or the workdir of a finished run.")
+    path = located(t)
     if not readable(path, f"{t}_init"):
       raise errors.ConfigError(
           f"Teacher {t!r}: checkpoint {path} does not exist. Fine-tune the teacher "
@@ -185,6 +190,7 @@ def check_inits(config: mlc.ConfigDict, student: bool = True) -> None:
           f"config.{t}_init to its student.npz, its workdir, or a gs:// path.")
     resolve_init(path)  # A workdir must hold its student.npz.
   if student and config.student_init:
-    if not readable(config.student_init, "student_init"):
-      raise errors.ConfigError(f"config.student_init: {config.student_init} does not exist.")
-    resolve_init(config.student_init)
+    path = located("student")
+    if not readable(path, "student_init"):
+      raise errors.ConfigError(f"config.student_init: {path} does not exist.")
+    resolve_init(path)

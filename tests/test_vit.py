@@ -381,6 +381,31 @@ def test_unreadable_files_and_zoo_names(tmp_path, monkeypatch):
     assert entry.path.startswith("gs://") and ".npz" in entry.path, name
 
 
+def test_the_start_up_checks_take_zoo_names(tmp_path, monkeypatch):
+  """Init paths accept the zoo's names: the trainer's checks read the file a
+  name stands for (the contract's `locate`); BiT and MobileNet name none."""
+  import ml_collections as mlc  # pylint: disable=g-import-not-at-top
+  from big_distill import checks  # pylint: disable=g-import-not-at-top
+  from big_distill.models import bit, mobilenet_v3  # pylint: disable=g-import-not-at-top
+  local = str(tmp_path / "tower.npz")
+  vit.save(random_params(tiny(), 32), local)
+  gs = "gs://big-distill-test-no-such-bucket/w.npz"
+  monkeypatch.setitem(vit.ZOO, "test local", vit.ZooEntry(local, {}, 32, None))
+  monkeypatch.setitem(vit.ZOO, "test remote", vit.ZooEntry(f"{gs}:img", {}, 32, None))
+  assert vit.locate("test local") == local and vit.locate(str(tmp_path)) == str(tmp_path)
+  assert bit.locate("test local") == mobilenet_v3.locate("test local") == "test local"
+  config = mlc.ConfigDict(dict(teachers=("t1",), t1_name="vit", t1_init="test local",
+                               student_name="vit", student_init="test local"))
+  checks.check_inits(config)  # Both names stand for the local file.
+  config.student_init = "test remote"
+  with pytest.raises(errors.CheckpointError) as e:
+    checks.check_inits(config)
+  assert f"gsutil cp {gs} DIR/" in str(e.value) and "student_init" in str(e.value)
+  config.t1_init, config.t1_name = "test local", "bit"  # Not a BiT name: a missing file.
+  with pytest.raises(errors.ConfigError, match="checkpoint test local does not exist"):
+    checks.check_inits(config)
+
+
 # ---- Both roles, through the trainer (issue 25) --------------------------------
 # Teachers are random models written with vit.save / bit.save; the runs use
 # configs/flowers_vit_r50.py:runlocal on TFDS mock data (tests/helpers.py).

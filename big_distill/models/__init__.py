@@ -8,7 +8,7 @@ know nothing else about a family: they use only what this contract lists.
 The model contract
 ==================
 
-A family module provides exactly these four things.
+A family module provides exactly these five things.
 
 1. `Model(num_classes: int, dtype=jnp.float32, **family_kwargs)`: a flax
    linen Module. Every family kwarg has a default, so that
@@ -61,6 +61,11 @@ A family module provides exactly these four things.
    casts them to the compute dtype afterwards, once. `freeze(model, None)`
    returns `(frozen model, None)`: the trainer builds the step with the
    frozen model before any weights are read.
+5. `locate(init: str) -> str`: the file an init string stands for. A name
+   of the family's published checkpoints (ViT: `vit.ZOO`, e.g. `"SigLIP
+   B/16 224"`) becomes its path (with any sub-tree suffix); any other string
+   comes back unchanged. The trainer checks that the located file can be
+   read before anything is built; `load` accepts the name itself too.
 
 And the constant `LAYOUTS`: the names `save` accepts.
 

@@ -45,6 +45,12 @@ LAYOUTS = ("bit", "big_vision")
 HEAD_MISMATCH = ("reinit", "error")
 
 
+def locate(init: str) -> str:
+  """The model contract's name resolution: BiT's published files are given by
+  their paths (gs://bit_models/...), so every init is its own path."""
+  return init
+
+
 def _groups(channels: int) -> int:
   # 32 groups as in BiT. Tiny test/demo models (width < 1) have fewer channels
   # than that in places, so they use one channel per group there.

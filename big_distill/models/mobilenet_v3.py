@@ -256,6 +256,12 @@ HEAD_MISMATCH = ("reinit", "error")
 _STATS_PREFIX = "batch_stats/"
 
 
+def locate(init: str) -> str:
+  """The model contract's name resolution: this family names no published
+  checkpoints, so every init is its own path."""
+  return init
+
+
 def _as_variables(tree) -> tuple[dict, bool]:
   """`(variables, was_variables)`: a params tree is wrapped as {"params": tree}."""
   if isinstance(tree, Mapping) and "params" in tree and set(tree) <= set(COLLECTIONS):

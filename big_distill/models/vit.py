@@ -341,6 +341,11 @@ def resolve(init: str) -> tuple[str, Optional[ZooEntry]]:
   return (entry.path, entry) if entry else (init, None)
 
 
+def locate(init: str) -> str:
+  """The model contract's name resolution: a zoo name -> its file (`ZOO`)."""
+  return resolve(init)[0]
+
+
 # ---------------------------------------------------------------------------
 # Reading and writing big_vision `.npz` files.
 # ---------------------------------------------------------------------------
