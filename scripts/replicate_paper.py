@@ -4,8 +4,10 @@ r"""The paper's small-data claims in miniature, as a list of sweeps (docs/result
     python scripts/replicate_paper.py --teacher=$HOME/bd_runs/fmnist/teacher_e30 --root=$HOME/bd_runs/fmnist
     # run the plan in order; rerun to resume (finished cells are skipped)
     python scripts/replicate_paper.py ... --run [--steps=sel_supervised,sel_distill,e100]
-    # tables and figures of what has finished, into docs/results/ and docs/figures/
-    python scripts/replicate_paper.py ... --collect
+    # tables and figures of what has finished, into docs/results/ and docs/figures/;
+    # with --selection_from=docs/results, the finished cells recorded there count too
+    # (another machine's), and a step's record is never collected over with fewer cells
+    python scripts/replicate_paper.py ... --collect [--selection_from=docs/results --update_doc=docs/results.md]
 
 Each step is one `python -m big_distill.sweep` call (printed as it runs), over
 configs/fmnist_distill.py (or configs/fmnist_teacher.py for the weaker
@@ -27,8 +29,10 @@ is never looked up on test. The plan, cheapest complete rows first:
   lr_third        function matching and fixed at 10,000 epochs with lr/3, seed 0
   img1020         the 1,020-image setting: every arm, seed 0, 100/300/1,000 epochs
 
-then claims 8-11's steps (`continued`) and the ViT family's (`vit_steps`,
-issue 25; under ROOT/vit_teacher and ROOT/vit_img100):
+then claims 8-11's steps (`continued`, under ROOT/img100_t2 and
+ROOT/img50000_t2, with img1020_t2: the 1,020-image setting's 9 cells that the
+earlier machine did not finish, under ROOT/img1020_t2) and the ViT family's
+(`vit_steps`, issue 25; under ROOT/vit_teacher and ROOT/vit_img100):
 
   sel_vit_teacher    the ViT teacher (fmnist_teacher.py:model=vit), lr in
                      VIT_TEACHER_LRS: the cell chosen on validation is the teacher
@@ -131,6 +135,12 @@ SHAMPOO_PAPER_LRS = "0.03,0.1,0.3,1,3"
 SUP_ALL_LRS = "0.003,0.01,0.03"
 SUP_ALL_EPOCHS = "10,30"
 IMG100_T2, IMG_ALL_T2 = "img100_t2", "img50000_t2"
+# The 1,020-image setting's cells that sessions 1-7 did not finish (9 of 27;
+# docs/results.md, "The 1,020-image setting"): run with the new 30-epoch
+# teacher under a root of their own, beside the 18 recorded cells of the old.
+IMG1020_T2 = "img1020_t2"
+IMG1020_MISSING = {"lowres": "100,300", "fix_rs": "100,300", "fix_ic_ens": "100,300,1000",
+                   "shampoo": "300,1000"}
 
 
 def continued(selected) -> list[dict]:
@@ -162,6 +172,9 @@ def continued(selected) -> list[dict]:
           grids=[grid("shampoo_paper", f";epochs=100,300,1000,3000;seed={SEEDS}")]),
       "c8_adam": lambda: dict(config=base + ",epochs=3000", root=IMG100_T2, teacher=True,
                               grids=[grid("funmatch", f";seed={SEEDS}")]),
+      "img1020_t2": lambda: dict(
+          config=f"{DISTILL}:images=1020", root=IMG1020_T2, teacher=True,
+          grids=[grid(a, f";epochs={e};seed=0") for a, e in IMG1020_MISSING.items()]),
       "c10_e1000": lambda: dict(config=base + ",epochs=1000", root=IMG100_T2, teacher=True,
                                 grids=[grid("funmatch", f";seed={SEEDS}"),
                                        grid("funmatch", f";seed={SEEDS};{weaker}")]),
@@ -327,6 +340,12 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
       plots = [f"{SELECT}:lr"]
     elif step["name"] != "teachers":
       plots = [f"{SELECT}:step"]
+    lost = _lost_cells(root / step["root"], results / step["name"] / "summary.json", names)
+    if lost:
+      print(f"# {step['name']}: its record is kept: {len(lost)} of its finished cells "
+            f"({', '.join(lost[:2])}{' ...' if len(lost) > 2 else ''}) are not finished under "
+            f"{root / step['root']} (another machine's)")
+      continue
     try:
       s = sweep.collect(str(root / step["root"]), str(results / step["name"]),
                         select_metric=SELECT if step["name"].startswith("sel_") else None,
@@ -350,6 +369,17 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
     print(f"# {step['name']}: {done}/{len(names)} cells finished -> {results / step['name']}")
 
 
+def _lost_cells(cell_root: Path, record: Path, names) -> list[str]:
+  """The cells that `record` (a step's collected summary.json) has finished and
+  `cell_root` has not: collecting there again would drop them from the record."""
+  if not record.exists():
+    return []
+  here = {c["name"] for c in sweep.read_cells(str(cell_root), names) if c["finished"]} \
+      if cell_root.is_dir() else set()
+  return [c["name"] for c in json.loads(record.read_text()).get("cells", [])
+          if c["finished"] and c["name"] in names and c["name"] not in here]
+
+
 def portable(text: str, home: str | None = None) -> str:
   """Commands as anyone can rerun them: `python` for this machine's interpreter
   path, `$HOME` for its home folder (the sweep records the absolute paths)."""
@@ -358,14 +388,15 @@ def portable(text: str, home: str | None = None) -> str:
   return re.sub(re.escape(home) + r"(?=/)", "$HOME", text) if home else text
 
 
-def teacher_quality_figure(root: Path, figures: Path, selected):
+def teacher_quality_figure(root: Path, figures: Path, selected, recorded: Path | None = None):
   """Claim 7: student validation cross-entropy against the teacher's; (path, points) or None.
 
   points: [(teacher val/t1_loss, student val/student_loss mean, std, seeds)] by
   teacher, from `teacher_quality_points` (claim 7's own), any number of seeds.
   """
   from big_distill import plotting  # pylint: disable=g-import-not-at-top
-  points = [p[:4] for p in teacher_quality_points(table_groups(root, selected))]
+  points = [p[:4] for p in teacher_quality_points(table_groups(root, selected,
+                                                                recorded=recorded))]
   if len(points) < 2:
     return None
   path = plotting.plot_against_field(
@@ -381,20 +412,47 @@ TOP1 = {"val": "val/student_top1", "test": "test/student_top1"}
 TABLE_BUDGETS = (*BUDGETS, 10000)
 
 
-def table_groups(root: Path, selected, setting: str = "img100") -> dict[tuple[str, int, str], dict]:
+def recorded_cells(recorded: Path | None, setting: str) -> dict[str, dict]:
+  """The finished cells of `setting` in the collected records (every
+  `recorded/<step>/summary.json`), by name: what an earlier session's machine
+  ran, whose workdirs are gone."""
+  out = {}
+  for summary in sorted(recorded.glob("*/summary.json")) if recorded else ():
+    for c in json.loads(summary.read_text()).get("cells", []):
+      if c["finished"] and c.get("workdir", "").split("/")[0] == setting:
+        out[c["name"]] = c
+  return out
+
+
+def finished_cells(root: Path, setting: str, recorded: Path | None = None) -> list[dict]:
+  """The finished cells of ROOT/`setting`, and those of its collected records
+  that are not there (a cell finished here wins over its record)."""
+  cells = recorded_cells(recorded, setting)
+  if (root / setting).is_dir():
+    cells.update({c["name"]: c for c in sweep.read_cells(str(root / setting)) if c["finished"]})
+  return list(cells.values())
+
+
+def table_groups(root: Path, selected, setting: str | tuple[str, ...] = "img100",
+                 recorded: Path | None = None, key_of=None) -> dict[tuple[str, int, str], dict]:
   """One setting's finished cells, by (arm, epochs, variant): n, mean, std.
 
-  setting: the folder under `root` ('img100', the table and the claims, or
-  'img1020', the 1,020-image setting). Only cells at the arm's chosen lr (and
-  the supervised arm's mixup) count. variant: '' (the plan's cells), 'hard'
-  (claim 6) or the teacher's workdir name (claim 7's weaker teachers).
+  setting: the folder(s) under `root` ('img100', the table and the claims;
+  'img1020' and IMG1020_T2, the 1,020-image setting; IMG100_T2 and
+  IMG_ALL_T2, claims 8-11), with the finished cells of their collected
+  records in `recorded`. Only cells at the arm's chosen fields count (its
+  lr, the supervised arm's mixup); `key_of(arm)` names the `selected` entry
+  an arm's cells are judged by (claim 11's supervised arm on all images:
+  'sup_all'), and their key in the result. variant: '' (the plan's cells),
+  'hard' (claim 6) or the teacher's workdir name (the weaker teachers).
   """
-  cells = [c for c in sweep.read_cells(str(root / setting)) if c["finished"]] \
-      if (root / setting).is_dir() else []
+  settings = (setting,) if isinstance(setting, str) else setting
+  cells = [c for s in settings for c in finished_cells(root, s, recorded)]
   keep = []
   for c in cells:
     f = c["fields"]
     arm = f.get("arm", "funmatch")
+    arm = key_of(arm) if key_of else arm
     if arm not in selected or any(f.get(k) != v for k, v in selected[arm].items()):
       continue
     variant = "hard" if f.get("loss") == "hard" else ""
@@ -580,8 +638,14 @@ def answer_claims(groups) -> list[dict]:
       return b, b and _claim5(groups, b)
     return None, None
 
+  return _answer(CLAIMS, own, interim)
+
+
+def _answer(claims, own, interim) -> list[dict]:
+  """Rows of claims: each `own[n]()` at its budget, else 'not run' with `interim(n)`'s
+  (budget, reading) beside it."""
   out = []
-  for n, text in CLAIMS:
+  for n, text in claims:
     got = own[n]()
     row = {"claim": n, "text": text,
            "answer": "not run" if got is None else ("holds" if got[0] else "does not hold"),
@@ -593,6 +657,132 @@ def answer_claims(groups) -> list[dict]:
                           "numbers": reading[1]}
     out.append(row)
   return out
+
+
+# ---- Claims 8-11 (docs/results.md), on the new teachers' cells ----------------
+
+CLAIMS_8_11 = (
+    ("8", "the paper's Shampoo reaches Adam's 3,000-epoch validation top-1 within <= 1,500 epochs"),
+    ("9", "FM at 30,000 epochs beats 10,000 (validation, > 2 std); gap closed on test at both"),
+    ("10", "at 10,000 epochs the 30-epoch teacher's student beats the 5- and 1-epoch "
+           "teachers' (validation, > 2 std)"),
+    ("11a", "supervised on all 50,000 images within 2 points of the teacher (validation)"),
+    ("11b", "FM on all 50,000 images (the steps of 10,000 epochs of 100) closes >= 90% of "
+            "the gap, test"),
+)
+WEAKER = ("epochs=5", "epochs=1")  # The weaker teachers' workdirs (claim 10's variants).
+
+
+def _claim8(g, adam_epochs=3000, arm="shampoo_paper"):
+  """Decided once Adam's `adam_epochs` cells and enough of `arm`'s budgets
+  have 3 seeds: the first budget that reaches Adam with every budget below it
+  run, or every budget up to adam_epochs / 2 run."""
+  m = TOP1["val"]
+  adam = _stat(g, "funmatch", adam_epochs, m)
+  if not adam or adam[2] < 3:
+    return None
+  done = {b: _stat(g, arm, b, m) for b in BUDGETS if _full(g, (arm,), b, m)}
+  reached = sorted(b for b, st in done.items() if st[0] >= adam[0])
+  first = next((b for b in reached if all(c in done for c in BUDGETS if c < b)), None)
+  if first is None and not all(b in done for b in BUDGETS if b <= adam_epochs / 2):
+    return None
+  curve = ", ".join(f"{b}: {_ms(st)}" for b, st in sorted(done.items()))
+  return first is not None and first <= adam_epochs / 2, (
+      f"Adam (function matching) at {adam_epochs} epochs {_ms(adam)}; {arm} {curve}; "
+      + (f"{arm} reaches it at {first} epochs" if first else f"{arm} does not reach it "
+         f"at any budget run up to {adam_epochs // 2}"))
+
+
+def _gap_closed(g100, epochs, fm=None):
+  """`(FM - sup) / (teacher - sup)` on test at `epochs` (means), and its text;
+  `fm`: another FM stat than g100's at `epochs` (claim 11b's)."""
+  m = TOP1["test"]
+  sup = _full(g100, ("supervised",), epochs, m)
+  fm = fm or (_full(g100, ("funmatch",), epochs, m) or [None])[0]
+  teacher = _stat(g100, "funmatch", epochs, "test/t1_top1")
+  if not (sup and fm and teacher):
+    return None
+  closed = (fm[0] - sup[0][0]) / (teacher[0] - sup[0][0])
+  return closed, (f"supervised {_ms(sup[0])}, FM {_ms(fm)}, teacher {_pct(teacher[0])}: "
+                  f"{100 * closed:.1f}% of the gap")
+
+
+def _claim9(g, lo=10000, hi=30000):
+  m = TOP1["val"]
+  a, b = _full(g, ("funmatch",), lo, m), _full(g, ("funmatch",), hi, m)
+  if not (a and b):
+    return None
+  gaps = [f"test at {e}: {gap[1]}" for e in (lo, hi) if (gap := _gap_closed(g, e))]
+  return _beats(b[0], a[0]), (
+      f"validation top-1 {lo} -> {hi} epochs: FM {_ms(a[0])} -> {_ms(b[0])} (gain "
+      f"{_pct(b[0][0] - a[0][0])}, 2 std {_pct(2 * max(a[0][1], b[0][1]))})"
+      + "".join(f"; {x}" for x in gaps))
+
+
+def _claim10(g, epochs=10000):
+  m = TOP1["val"]
+  strong = _stat(g, "funmatch", epochs, m)
+  weak = [_stat(g, "funmatch", epochs, m, v) for v in WEAKER]
+  if not all(st and st[2] >= 3 for st in (strong, *weak)):
+    return None
+  return all(_beats(strong, w) for w in weak), (
+      f"validation top-1 at {epochs} epochs, by teacher: 30 epochs {_ms(strong)}; " + "; ".join(
+          f"{v.split('=')[1]} epochs {_ms(w)} (diff {_pct(strong[0] - w[0])}, 2 std "
+          f"{_pct(2 * max(strong[1], w[1]))})" for v, w in zip(WEAKER, weak)))
+
+
+def _teacher_val(*groups):
+  """The 30-epoch teacher's validation top-1 (every FM cell logs it)."""
+  for g in groups:
+    for (arm, _, variant), grp in sorted(g.items()):
+      st = grp["metrics"].get("val/t1_top1")
+      if arm == "funmatch" and not variant and st:
+        return st["mean"]
+  return None
+
+
+def _claim11a(g100, gall, sup_epochs):
+  sup = _stat(gall, "sup_all", sup_epochs, TOP1["val"]) if sup_epochs else None
+  teacher = _teacher_val(g100, gall)
+  if not (sup and sup[2] >= 3 and teacher):
+    return None
+  return teacher - sup[0] <= 0.02, (
+      f"validation top-1: supervised on 50,000 images ({sup_epochs} epochs) {_ms(sup)}, "
+      f"teacher {_pct(teacher)} ({_pct(teacher - sup[0])} points below)")
+
+
+def _claim11b(g100, gall, epochs=20, sup_epochs=10000):
+  fm = _full(gall, ("funmatch",), epochs, TOP1["test"])
+  got = fm and _gap_closed(g100, sup_epochs, fm[0])
+  if not got:
+    return None
+  return got[0] >= 0.9, (f"test top-1: FM on 50,000 images ({epochs} epochs) against the "
+                         f"100-image supervised student at {sup_epochs} epochs: {got[1]}")
+
+
+def answer_claims_8_11(g100, gall, selected) -> list[dict]:
+  """Claims 8-11, each at its own budget, else 'not run' with its interim reading:
+  claim 8 at the longest budget N where both arms have 3 seeds (Shampoo within
+  N/2); claim 9 from the longest FM budget below the longest to it; claim 10
+  at 1,000 epochs (docs/results.md)."""
+  sup_epochs = int((selected.get("sup_all") or {}).get("epochs", 0))
+  own = {"8": lambda: _claim8(g100), "9": lambda: _claim9(g100),
+         "10": lambda: _claim10(g100), "11a": lambda: _claim11a(g100, gall, sup_epochs),
+         "11b": lambda: _claim11b(g100, gall)}
+
+  def interim(n):
+    val = TOP1["val"]
+    if n == "8":
+      b = _longest(g100, ("funmatch", "shampoo_paper"), val, BUDGETS)
+      return b, b and _claim8(g100, b)
+    if n == "9":
+      ran = [b for b in (*TABLE_BUDGETS, 30000) if _full(g100, ("funmatch",), b, val)]
+      return (ran[-1], _claim9(g100, ran[-2], ran[-1])) if len(ran) >= 2 else (None, None)
+    if n == "10":
+      return 1000, _claim10(g100, 1000)
+    return None, None
+
+  return _answer(CLAIMS_8_11, own, interim)
 
 
 def claims_markdown(rows) -> str:
@@ -610,12 +800,12 @@ def claims_markdown(rows) -> str:
 ARM_ORDER = ("supervised", *ARMS)
 
 
-def table_markdown(groups, split: str, seeds: int = 3) -> str:
+def table_markdown(groups, split: str, seeds: int = 3, arms=ARM_ORDER) -> str:
   """Arms x budgets: `split` top-1 in %, mean ± std over the seeds (n if not `seeds`)."""
   budgets = sorted({e for (_, e, v) in groups if not v})
   lines = ["| arm | " + " | ".join(f"{b} epochs" for b in budgets) + " |",
            "|---|" + "---|" * len(budgets)]
-  for arm in ARM_ORDER:
+  for arm in arms:
     cells = []
     for b in budgets:
       st = _stat(groups, arm, b, TOP1[split])
@@ -680,11 +870,13 @@ def main(argv=None) -> int:
   p.add_argument("--selection_from", default=None, metavar="RESULTS_DIR",
                  help="read the lr selections sel_supervised and sel_distill from their "
                       "collected summary.json under this folder (e.g. docs/results) when their "
-                      "cells are not under --root (a machine without the earlier cells)")
+                      "cells are not under --root (a machine without the earlier cells); with "
+                      "--collect, the tables and claims count the finished cells recorded there "
+                      "too")
   p.add_argument("--results_dir", default=str(REPO / "docs" / "results"))
   p.add_argument("--update_doc", default=None, metavar="FILE.md",
-                 help="with --collect: rewrite the table_val, table_test, img1020_val, img1020_test "
-                      "and claims blocks "
+                 help="with --collect: rewrite the table_val, table_test, img1020_val, "
+                      "img1020_test, t2_val, t2_test and claims blocks "
                       "(<!-- NAME: begin --> ... <!-- NAME: end -->) of this file")
   p.add_argument("--figures_dir", default=str(REPO / "docs" / "figures"))
   a = p.parse_args(argv)
@@ -701,18 +893,26 @@ def main(argv=None) -> int:
     selected = selection(root, recorded=recorded) if root.exists() else None
     if a.collect:
       collect_all(root, Path(a.results_dir), Path(a.figures_dir), selected)
-      claim7 = teacher_quality_figure(root, Path(a.figures_dir), selected) if selected else None
+      claim7 = (teacher_quality_figure(root, Path(a.figures_dir), selected, recorded)
+                if selected else None)
       if claim7:
         print(f"# claim 7: {claim7[0]}: (teacher val loss, student val loss mean, std, n) = "
               f"{claim7[1]}")
       if selected:
-        groups = table_groups(root, selected)
-        rows = answer_claims(groups)
+        # The cells of an earlier machine count through their records (--selection_from).
+        groups = table_groups(root, selected, recorded=recorded)
+        g100, gall = (table_groups(root, selected, IMG100_T2, recorded),
+                      table_groups(root, selected, IMG_ALL_T2, recorded,
+                                   key_of=lambda arm: "sup_all" if arm == "supervised" else arm))
+        rows = answer_claims(groups) + answer_claims_8_11(g100, gall, selected)
         Path(a.results_dir, "claims.json").write_text(json.dumps(rows, indent=1) + "\n")
         Path(a.results_dir, "claims.md").write_text(claims_markdown(rows))
         tables = {split: table_markdown(groups, split) for split in ("val", "test")}
+        tables_t2 = {split: table_markdown(g100, split, arms=("supervised", "funmatch",
+                                                              "shampoo_paper"))
+                     for split in ("val", "test")}
         # The 1,020-image setting runs seed 0 only (the plan's img1020 step).
-        groups1020 = table_groups(root, selected, "img1020")
+        groups1020 = table_groups(root, selected, ("img1020", IMG1020_T2), recorded)
         tables1020 = {split: table_markdown(groups1020, split, seeds=1) if groups1020 else ""
                       for split in ("val", "test")}
         Path(a.results_dir, "table.md").write_text(
@@ -722,6 +922,7 @@ def main(argv=None) -> int:
           found = update_blocks(Path(a.update_doc), {
               "table_val": tables["val"], "table_test": tables["test"],
               "img1020_val": tables1020["val"], "img1020_test": tables1020["test"],
+              "t2_val": tables_t2["val"], "t2_test": tables_t2["test"],
               "claims": claims_markdown(rows)})
           print(f"# updated the blocks {found} of {a.update_doc}")
         fig = patience_figure(groups, Path(a.figures_dir) / "patience_val_student_top1_vs_epochs.png")

@@ -6,6 +6,7 @@ faked. One tiny real run of the demo's three commands (a few steps each).
 
 import importlib.util
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -244,15 +245,16 @@ def test_teacher_quality_figure(rp, tmp_path):
 
 # ---- The claims ------------------------------------------------------------------
 
-def _table_cell(root, arm, epochs, seed, lr="0.01", teacher=None, images=100, **metrics):
+def _table_cell(root, arm, epochs, seed, lr="0.01", teacher=None, images=100, setting=None,
+                mixup="1", **metrics):
   args = {"arm": arm, "epochs": str(epochs), "images": str(images), "lr": lr, "seed": str(seed)}
-  if arm == "supervised":
-    args["mixup"] = "1"
+  if arm == "supervised" and mixup:
+    args["mixup"] = mixup
   if metrics.pop("hard", False):
     args["loss"] = "hard"
   overrides = {"config.t1_init": teacher} if teacher else {}
   c = sweep.Cell("configs/fmnist_distill.py", args, overrides, sorted(args))
-  wd = root / f"img{images}" / c.name
+  wd = root / (setting or f"img{images}") / c.name
   wd.mkdir(parents=True)
   (wd / sweep.CELL_FILE).write_text(json.dumps({"args": args, "overrides": overrides}))
   (wd / "student.npz").write_bytes(b"x")
@@ -353,16 +355,21 @@ def test_the_1020_image_setting_has_its_own_table(rp, tmp_path):
   assert rp.table_markdown(g100, "val").splitlines()[2] == "| funmatch | 70.00 ± 0.20 |"
 
 
-def test_claims_8_to_11_steps_wait_for_their_own_selections(rp, tmp_path):
-  # A machine without the earlier cells: the required selections come from
-  # their collected records, the new arms' only from their own cells.
-  rec = tmp_path / "results"
+def _recorded_selections(rp, rec):
+  """rec/sel_supervised and rec/sel_distill as an earlier session collected them."""
   for step, picks in (("sel_supervised", [{"within": {}, "chosen": {"lr": "0.01", "mixup": "1"}}]),
                       ("sel_distill", [{"within": {"arm": a}, "chosen": {"lr": "0.03"}}
                                        for a in rp.ARMS])):
     (rec / step).mkdir(parents=True)
     (rec / step / "summary.json").write_text(json.dumps(
         {"selected": [{**p, "value": 0.5, "candidates": 5} for p in picks]}))
+  return rec
+
+
+def test_claims_8_to_11_steps_wait_for_their_own_selections(rp, tmp_path):
+  # A machine without the earlier cells: the required selections come from
+  # their collected records, the new arms' only from their own cells.
+  rec = _recorded_selections(rp, tmp_path / "results")
   root = tmp_path / "root"
   root.mkdir()
   assert rp.selection(root) is None  # No cells, no record: nothing is chosen.
@@ -412,13 +419,7 @@ def test_claims_8_to_11_steps_wait_for_their_own_selections(rp, tmp_path):
 def test_vit_steps_chain_their_selections(rp, tmp_path, capsys):
   """Issue 25: the ViT teacher chosen on validation is the teacher of its students' steps;
   each step appears once the selection it needs has finished."""
-  rec = tmp_path / "results"
-  for step, picks in (("sel_supervised", [{"within": {}, "chosen": {"lr": "0.01", "mixup": "1"}}]),
-                      ("sel_distill", [{"within": {"arm": a}, "chosen": {"lr": "0.03"}}
-                                       for a in rp.ARMS])):
-    (rec / step).mkdir(parents=True)
-    (rec / step / "summary.json").write_text(json.dumps(
-        {"selected": [{**p, "value": 0.5, "candidates": 5} for p in picks]}))
+  rec = _recorded_selections(rp, tmp_path / "results")
   root = tmp_path / "root"
   root.mkdir()
   names = lambda chosen: [s["name"] for s in rp.plan(chosen)]
@@ -465,3 +466,128 @@ def test_vit_steps_chain_their_selections(rp, tmp_path, capsys):
   # The run waits for (or stops at) the ViT teacher as for the BiT one.
   assert rp.main([f"--root={root}", f"--selection_from={rec}", "--steps=sel_vit_to_bit"]) == 0
   assert f"--config.t1_init={teacher_dir}" in capsys.readouterr().out
+
+
+# ---- Records of another machine's cells; claims 8-11 (issue 27) ------------------
+
+
+def _record(rp, root, setting, results, step):
+  """results/<step>/summary.json as collect_all writes it, from ROOT/setting's cells."""
+  cells = sweep.read_cells(str(root / setting))
+  for c in cells:
+    c["workdir"] = os.path.relpath(c["workdir"], root)
+  (results / step).mkdir(parents=True)
+  (results / step / "summary.json").write_text(json.dumps({"cells": cells}))
+  return [c["name"] for c in cells]
+
+
+def test_recorded_cells_count_where_their_workdirs_are_gone(rp, tmp_path):
+  """A new machine has the collected records, not the cells: the tables and
+  claims read the records, a cell finished here wins, and collecting a step
+  again keeps a record that would lose finished cells."""
+  chosen = {arm: {"lr": "0.01"} for arm in ("supervised", *rp.ARMS)}
+  chosen["supervised"]["mixup"] = "1"
+  old, new, rec = tmp_path / "old", tmp_path / "new", tmp_path / "results"
+  for arm, top1 in (("funmatch", 0.8), ("fixed", 0.7), ("supervised", 0.6)):
+    _arm_cells(old, arm, 1000, top1)
+  _table_cell(old, "funmatch", 300, 0, val__student_top1=0.5)
+  names = _record(rp, old, "img100", rec, "e1000")
+  before = rp.table_groups(old, chosen)
+  assert rp.table_groups(new, chosen) == {}  # Nothing here, no record given.
+  assert rp.table_groups(new, chosen, recorded=rec) == before
+  assert rp.answer_claims(rp.table_groups(new, chosen, recorded=rec)) == rp.answer_claims(before)
+  assert rp.table_groups(new, chosen, "img1020", recorded=rec) == {}  # Another setting's.
+  # One seed rerun here (another value): it replaces its record.
+  _table_cell(new, "funmatch", 1000, 0, val__student_top1=0.83, test__student_top1=0.83)
+  merged = rp.table_groups(new, chosen, recorded=rec)[("funmatch", 1000, "")]
+  assert merged["n"] == 3 and merged["metrics"]["val/student_top1"]["mean"] == pytest.approx(
+      (0.83 + 0.8 + 0.802) / 3)
+  # Collecting e1000 here would drop the record's other finished cells: kept.
+  rerun = next(n for n in names if n.startswith("arm=funmatch,epochs=1000,") and "seed=0" in n)
+  lost = rp._lost_cells(new / "img100", rec / "e1000" / "summary.json", names)
+  assert lost == [n for n in names if n != rerun] and len(lost) == 9
+  assert rp._lost_cells(old / "img100", rec / "e1000" / "summary.json", names) == []
+  assert rp._lost_cells(new / "img100", rec / "nothing" / "summary.json", names) == []
+
+
+def test_the_1020_image_settings_new_cells_are_exactly_its_missing_ones(rp):
+  """img1020_t2 runs the 9 cells that docs/results/img1020 has not finished, no other."""
+  record = json.loads((REPO / "docs" / "results" / "img1020" / "summary.json").read_text())
+  done = {(c["fields"]["arm"], c["fields"]["epochs"]) for c in record["cells"] if c["finished"]}
+  missing = {(a, e) for a, es in rp.IMG1020_MISSING.items() for e in es.split(",")}
+  every = {(a, e) for a in ("supervised", *rp.ARMS) for e in ("100", "300", "1000")}
+  assert not done & missing and done | missing == every and len(missing) == 9
+  chosen = {arm: {"lr": "0.01"} for arm in ("supervised", *rp.ARMS)}
+  step = next(s for s in rp.plan(chosen) if s["name"] == "img1020_t2")
+  cells = sweep.expand(step["config"], step["grids"])
+  assert {(c.args["arm"], c.args["epochs"]) for c in cells} == missing
+  assert step["root"] == rp.IMG1020_T2 and step["teacher"]
+  assert {c.args["seed"] for c in cells} == {"0"} and {c.args["images"] for c in cells} == {"1020"}
+
+
+def test_claims_8_to_11_answered_from_the_new_teachers_cells(rp, tmp_path):
+  chosen = {"supervised": {"lr": "0.01", "mixup": "1"}, "funmatch": {"lr": "0.01"},
+            "shampoo_paper": {"lr": "0.01"}, "sup_all": {"epochs": "30", "lr": "0.01"}}
+  root = tmp_path / "root"
+  t2 = dict(setting=rp.IMG100_T2)
+
+  def answers():
+    g100 = rp.table_groups(root, chosen, rp.IMG100_T2)
+    gall = rp.table_groups(root, chosen, rp.IMG_ALL_T2,
+                           key_of=lambda arm: "sup_all" if arm == "supervised" else arm)
+    return {r["claim"]: r for r in rp.answer_claims_8_11(g100, gall, chosen)}
+
+  assert all(r["answer"] == "not run" and not r["interim"] for r in answers().values())
+  # Claim 8 is decided by a budget that reaches Adam with all below it run, or
+  # by every budget up to 1,500: not by 100 and 300 alone, below Adam.
+  g = lambda: rp.table_groups(tmp_path / "part", chosen, rp.IMG100_T2)
+  _arm_cells(tmp_path / "part", "funmatch", 3000, 0.80, **t2)
+  for epochs, top1 in ((100, 0.70), (300, 0.78)):
+    _arm_cells(tmp_path / "part", "shampoo_paper", epochs, top1, **t2)
+  assert rp._claim8(g()) is None
+  _arm_cells(tmp_path / "part", "shampoo_paper", 3000, 0.81, **t2)  # 1,000 still missing.
+  assert rp._claim8(g()) is None
+  _arm_cells(tmp_path / "part", "shampoo_paper", 1000, 0.805, **t2)
+  assert rp._claim8(g()) == (True, rp._claim8(g())[1])
+  assert "shampoo_paper reaches it at 1000 epochs" in rp._claim8(g())[1]
+  # The 1,000-epoch cells and Shampoo's first budgets: interim readings only.
+  _arm_cells(root, "funmatch", 1000, 0.76, **t2)
+  for teacher, top1 in (("TEACHERS/epochs=5", 0.77), ("TEACHERS/epochs=1", 0.75)):
+    _arm_cells(root, "funmatch", 1000, top1, teacher=teacher, **t2)
+  for epochs, top1 in ((100, 0.70), (300, 0.78), (1000, 0.79)):
+    _arm_cells(root, "shampoo_paper", epochs, top1, **t2)
+  rows = answers()
+  assert all(r["answer"] == "not run" for r in rows.values())
+  # 8: Adam's 0.76 at 1,000 reached by Shampoo at 300 <= 500. 10: the 5-epoch teacher's ahead.
+  assert rows["8"]["interim"]["epochs"] == 1000 and rows["8"]["interim"]["answer"] == "holds"
+  assert "reaches it at 300 epochs" in rows["8"]["interim"]["numbers"]
+  assert rows["10"]["interim"] == {"epochs": 1000, "answer": "does not hold",
+                                   "numbers": rows["10"]["interim"]["numbers"]}
+  assert "5 epochs 77.00 ± 0.20 (diff -1.00" in rows["10"]["interim"]["numbers"]
+  # Adam at 3,000 (0.80): Shampoo below it at every budget up to 1,500.
+  _arm_cells(root, "funmatch", 3000, 0.80, **t2)
+  rows = answers()
+  assert rows["8"]["answer"] == "does not hold" and "does not reach it" in rows["8"]["numbers"]
+  # 9 and 10 at their budgets; 11 on all 50,000 images.
+  for epochs, fm, sup in ((10000, 0.82, 0.70), (30000, 0.83, 0.71)):
+    _arm_cells(root, "funmatch", epochs, fm, **t2)
+    _arm_cells(root, "supervised", epochs, sup, **t2)
+  for teacher, top1 in (("TEACHERS/epochs=5", 0.80), ("TEACHERS/epochs=1", 0.79)):
+    _arm_cells(root, "funmatch", 10000, top1, teacher=teacher, **t2)
+  every = dict(setting=rp.IMG_ALL_T2, images=50000)
+  _arm_cells(root, "supervised", 30, 0.885, mixup=None, **every)
+  _arm_cells(root, "supervised", 10, 0.5, mixup=None, **every)  # Not the chosen epochs.
+  _arm_cells(root, "funmatch", 20, 0.89, **every)
+  rows = answers()
+  assert [rows[n]["answer"] for n in ("9", "10", "11a", "11b")] == ["holds"] * 4
+  # (0.82 - 0.70) / (0.90 - 0.70) and (0.83 - 0.71) / (0.90 - 0.71); (0.89 - 0.70) / 0.20.
+  assert "test at 10000: " in rows["9"]["numbers"] and "60.0% of the gap" in rows["9"]["numbers"]
+  assert "63.2% of the gap" in rows["9"]["numbers"]
+  assert "supervised on 50,000 images (30 epochs) 88.50 ± 0.20, teacher 90.00 (1.50 points" \
+      in rows["11a"]["numbers"]
+  assert "95.0% of the gap" in rows["11b"]["numbers"]
+  # A claim that fails: FM at 30,000 within 2 std of 10,000.
+  _table_cell(root, "funmatch", 30000, 3, val__student_top1=0.70, test__student_top1=0.70, **t2)
+  assert answers()["9"]["answer"] == "does not hold"
+  markdown = rp.claims_markdown(list(answers().values()))
+  assert "| 11b. FM on all 50,000 images" in markdown and "| 8. the paper's Shampoo" in markdown
