@@ -45,7 +45,6 @@ import math
 import os
 import resource
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
@@ -615,7 +614,7 @@ def main(argv):
   if len(picked) > 1:
     raise app.UsageError(f"Choose one of --eval, --input, --flops_only; got {picked}.")
   mode = picked[0] if picked else "train"
-  try:
+  with errors.reported("big_distill.benchmark"):
     config = f.config  # The config file runs here: its errors are caught too.
     if mode in ("train", "flops_only"):
       out = run_train(config, steps=f.steps, warmup=f.warmup, flops_only=mode == "flops_only",
@@ -631,9 +630,6 @@ def main(argv):
     else:
       out = run_input(config, steps=f.steps, warmup=f.warmup, modes=tuple(f.cache_modes),
                       demand=f.demand)
-  except errors.UserError as e:
-    print(f"big_distill.benchmark: error: {e}", file=sys.stderr)
-    sys.exit(2)
   print(json.dumps(out, sort_keys=True), flush=True)
 
 

@@ -1,10 +1,13 @@
 """The project's error types for mistakes in what the user gave.
 
 `main()` of every command catches `UserError` and prints its message as one
-line (`big_distill.<command>: error: ...`), exit code 2. Anything else is a
-bug in the code and keeps its traceback. The message of a `UserError` says
-what is wrong, where, and how to fix it.
+line (`big_distill.<command>: error: ...`), exit code 2 (`reported`).
+Anything else is a bug in the code and keeps its traceback. The message of a
+`UserError` says what is wrong, where, and how to fix it.
 """
+
+import contextlib
+import sys
 
 
 class UserError(Exception):
@@ -30,3 +33,14 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 
 class WorkdirError(UserError):
   """A workdir that cannot be used: unwritable, another config's, or held by another run."""
+
+
+@contextlib.contextmanager
+def reported(command: str, *also: type[Exception]):
+  """Inside, a `UserError` (or one of `also`) ends the command as one line on
+  stderr, `<command>: error: <message>`, with exit code 2."""
+  try:
+    yield
+  except (UserError, *also) as e:
+    print(f"{command}: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)

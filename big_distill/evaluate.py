@@ -130,11 +130,8 @@ def main(argv):
   f = flags.FLAGS
   if not f["config"].present:
     raise app.UsageError("Give --config=configs/X.py[:args] [--init=PATH].")
-  try:
+  with errors.reported("big_distill.evaluate", ckpt_lib.CheckpointError):
     out = evaluate_checkpoint(f.config, f.init or None)  # The config file runs here.
-  except (errors.UserError, ckpt_lib.CheckpointError) as e:
-    print(f"big_distill.evaluate: error: {e}", file=sys.stderr)
-    sys.exit(2)
   workdir = f.workdir
   if not workdir:
     is_run = f.init and tf.io.gfile.isdir(f.init)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -88,11 +87,8 @@ def main(argv):
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError("Give --workdir=DIR, the workdir of a finished run.")
-  try:
+  with errors.reported("big_distill.export"):
     path, layout = export(f.workdir, f.layout, f.out)
-  except errors.UserError as e:
-    print(f"big_distill.export: error: {e}", file=sys.stderr)
-    sys.exit(2)
   print(f"Wrote {path} (the student of {f.workdir}, layout {layout}).", flush=True)
 
 

@@ -23,7 +23,6 @@ max(sensitivity, BF16_EPS) for every model.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, Callable
 
 from absl import app
@@ -155,11 +154,8 @@ def main(argv):
   f = flags.FLAGS
   if not f["config"].present:
     raise app.UsageError("Give --config=configs/X.py[:args].")
-  try:
+  with errors.reported("big_distill.precision"):
     out = compare(f.config, f.batch)  # The config file runs here: its errors are caught too.
-  except errors.UserError as e:
-    print(f"big_distill.precision: error: {e}", file=sys.stderr)
-    sys.exit(2)
   print(json.dumps(out, sort_keys=True), flush=True)
 
 

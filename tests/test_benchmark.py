@@ -56,6 +56,15 @@ def run_cli(capsys, monkeypatch):
   return run
 
 
+def test_a_config_the_step_cannot_run_is_one_line(run_cli, config_file, capsys):
+  with pytest.raises(SystemExit) as e:
+    run_cli(f"--config={config_file}", "--config.distill.views=paper", "--flops_only")
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "big_distill.benchmark: error: config.distill.views='paper'" in err, err
+  assert "Traceback" not in err
+
+
 def test_train_json_line(run_cli, config_file):
   lines = run_cli(f"--config={config_file}", "--steps=3", "--warmup=1")
   assert len(lines) == 1
