@@ -145,8 +145,9 @@ def reference(tmp_path_factory, fashion_data_dir, jax_cache):
 @pytest.fixture(scope="session")
 def four_device_run(tmp_path_factory, fashion_data_dir, jax_cache):
   """1 process x 4 devices, helpers.FOUR_DEVICE_ARG, default mesh (data=4),
-  XLA's default optimization level: the run that test_multiprocess's 2-process
-  job and test_cluster's resumes on 2 and 8 devices are compared with.
+  the tests' -O0 (TEST_XLA_FLAGS): the run that test_multiprocess's 2-process
+  jobs and test_cluster's resumes on 2 and 8 devices are compared with, all at
+  -O0 (helpers.FOUR_DEVICE_ARG's comment says why).
   Read-only: copy it before resuming it."""
   from tests import helpers, tiny_config  # pylint: disable=g-import-not-at-top
 
@@ -154,8 +155,7 @@ def four_device_run(tmp_path_factory, fashion_data_dir, jax_cache):
     shutil.rmtree(path / "run", ignore_errors=True)
     teacher = tiny_config.write_teacher(path / "teacher.npz")
     arg = helpers.run_arg(fashion_data_dir, teacher, **helpers.FOUR_DEVICE_ARG)
-    cli = helpers.Cli(path / "run", arg, log=path / "run.log", cache=jax_cache, devices=4,
-                      fast_compile=False)
+    cli = helpers.Cli(path / "run", arg, log=path / "run.log", cache=jax_cache, devices=4)
     rc = cli.wait()
     assert rc == 0, cli.tail()
     (path / "run.json").write_text(json.dumps({"teacher": teacher, "arg": arg}))

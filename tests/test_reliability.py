@@ -18,6 +18,7 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -138,6 +139,11 @@ def check_resume(result, out, ran_on, failures):
 
 def test_sigterm_saves_where_it_stopped_and_rerun_is_bitwise_exact(reference, tmp_path,
                                                                     jax_cache):
+  """SIGTERM: a checkpoint where it stopped; the rerun resumes there and ends
+  bitwise as the uninterrupted run. The rerun also meets a second launch on
+  its workdir (issue #18, test_cluster's fault): refused, writing nothing,
+  while the rerun finishes as if alone (one run for both; a run of its own
+  for the second launch cost ~25 CPU-s more)."""
   workdir = tmp_path / "term"
   cli = Cli(workdir, reference.arg, log=tmp_path / "term.log", cache=jax_cache)
   wait_first_checkpoint(cli)  # 13 steps to go: SIGTERM lands mid-run even on a busy machine.
@@ -154,10 +160,31 @@ def test_sigterm_saves_where_it_stopped_and_rerun_is_bitwise_exact(reference, tm
   assert stopped in finished_steps(workdir), (stopped, finished_steps(workdir))
   assert stopped < STEPS and not (workdir / "student.npz").exists()
   assert max(train_rows(workdir)) == stopped
-  rc, out = run_to_end(workdir, reference.arg, log=tmp_path / "term.rerun.log", cache=jax_cache)
-  assert rc == 0, out[-4000:]
-  assert resumed_step(out) == stopped, out[-3000:]
-  assert_same_as_reference(reference, workdir, "after SIGTERM")
+  first = Cli(workdir, reference.arg, log=tmp_path / "term.rerun.log", cache=jax_cache)
+  try:
+    while first.proc.poll() is None and resumed_step(first.output) is None:
+      time.sleep(0.005)
+    # Paused mid-run (as a slow step would be), so that the second launch
+    # surely meets it running; a pause changes nothing it computes.
+    first.proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.5)  # Let the stop land before the snapshot.
+    before = snapshot(workdir)
+    rc2, out2 = run_to_end(workdir, reference.arg, log=tmp_path / "second.log", cache=jax_cache)
+    assert first.proc.poll() is None and not (workdir / "student.npz").exists()
+    assert snapshot(workdir) == before, "the refused launch wrote into the workdir"
+    first.proc.send_signal(signal.SIGCONT)
+    assert rc2 == 2, out2[-3000:]
+    errors = [l for l in out2.splitlines() if "error:" in l]
+    assert len(errors) == 1 and "Traceback" not in out2, out2[-3000:]
+    assert (f"is in use by process {first.proc.pid} on host {socket.gethostname()}"
+            in errors[0]), errors
+    assert first.wait() == 0, first.tail()
+  finally:
+    if first.proc.poll() is None:
+      first.proc.send_signal(signal.SIGCONT)
+      first.proc.kill()
+  assert resumed_step(first.output) == stopped, first.tail(3000)
+  assert_same_as_reference(reference, workdir, "after SIGTERM, the run that a second launch met")
 
 
 # ---- 2. Damaged checkpoints ---------------------------------------------------
