@@ -22,6 +22,9 @@ from big_distill import evaluators
 from big_distill import train
 from tests import helpers
 from tests import tiny_config
+# (autouse) A persistent cache: every evaluate call after the trainer's own
+# evaluators reads their compiled steps back instead of compiling them again.
+from tests.helpers import fast_compiles  # pylint: disable=unused-import
 
 CONFIG = os.path.join(os.path.dirname(__file__), "tiny_config.py")
 
