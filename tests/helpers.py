@@ -32,12 +32,14 @@ from big_distill import sweep
 
 def xla_flags(devices: int, fast_compile: bool = True) -> str:
   """XLA_FLAGS for a test's subprocess: this session's flags (conftest sets
-  the tests' -O0) with `devices` CPU devices instead of any device count they
-  name. `fast_compile=False`: XLA's default optimization level instead, for a
-  test whose numbers are calibrated there or that runs more than it compiles."""
+  the tests' fast-compile flags) with `devices` CPU devices instead of any
+  device count they name. `fast_compile=False`: XLA's defaults instead of
+  conftest's TEST_XLA_FLAGS, for a test whose numbers are calibrated there or
+  that runs more than it compiles."""
+  fast = ("--xla_backend_optimization_level", "--xla_cpu_use_fusion_emitters")
   kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
           if not f.startswith("--xla_force_host_platform_device_count")
-          and (fast_compile or not f.startswith("--xla_backend_optimization_level"))]
+          and (fast_compile or not f.startswith(fast))]
   return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
 
 

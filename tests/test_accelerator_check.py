@@ -18,9 +18,6 @@ from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 ABSENT = ("tensorflow", "tensorflow_datasets", "clu")
-# XLA:CPU's elemental emitters in place of its (default) fusion emitters:
-# the same programs, compiled ~3x faster on this CPU at -O0.
-FAST_CPU_COMPILE = "--xla_cpu_use_fusion_emitters=false"
 
 
 def _without(tmp_path: Path, names=ABSENT) -> Path:
@@ -41,15 +38,15 @@ def _without(tmp_path: Path, names=ABSENT) -> Path:
 
 
 def test_dry_run_on_a_machine_without_tensorflow(tmp_path):
-  # The tests' XLA flags (conftest: LLVM -O0, one CPU device) and XLA:CPU's
-  # older elemental emitters instead of its fusion emitters, which compile
-  # these programs ~3x faster here (the flowers step: 15.7 -> 5.4 CPU-s): the
+  # The tests' XLA flags (conftest's TEST_XLA_FLAGS: LLVM -O0 and XLA:CPU's
+  # older elemental emitters, which compile these programs ~3x faster here,
+  # the flowers step: 15.7 -> 5.4 CPU-s; one CPU device): the
   # dry run compiles far more than it runs (15 programs), and what it checks
   # (the code path, the imports, the JSON it writes, no recompiles) does not
   # depend on how XLA emits code for the CPU.
   env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(_without(tmp_path)),
          "BD_WHEEL_SITE": str(tmp_path / "site"), "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"{helpers.xla_flags(1)} {FAST_CPU_COMPILE}"}
+         "XLA_FLAGS": helpers.xla_flags(1)}
   out = tmp_path / "out"
   r = subprocess.run(["bash", str(REPO / "scripts" / "accelerator_check.sh"), "--dry_run",
                       f"--out={out}"], env=env, capture_output=True, text=True, timeout=600)
