@@ -94,6 +94,19 @@ def finished() -> None:
     _Watchdog.current.finish()
 
 
+def stop_if_a_peer_is_lost() -> None:
+  """Called when this process failed: a failure caused by a lost peer exits as that.
+
+  A peer that dies can make this process's collective fail before the watchdog's
+  timeout has passed. Then the failure is the lost peer's, not a bug here: wait
+  (at most the peer timeout) for the watchdog to see every peer alive, done or
+  exited, and return so that the failure shows as itself; a peer that stays
+  silent stops this process with the lost-process message and exit code.
+  """
+  if _Watchdog.current is not None:
+    _Watchdog.current.wait_for_peers()
+
+
 def heartbeat_period(timeout: float) -> float:
   """Seconds between heartbeats (and checks of the peers') for a peer timeout."""
   return min(5.0, timeout / 5)
@@ -139,6 +152,25 @@ class _Watchdog:
       self.client.key_value_set(f"{_KV}/{self.index}/done", "1", allow_overwrite=True)
     except Exception:  # pylint: disable=broad-except  (the service may be gone)
       pass
+
+  def wait_for_peers(self) -> None:
+    """Returns once each peer has beaten since the call (or said it is done or
+    exited); a lost peer is the watchdog thread's to report, which ends the process."""
+    deadline = time.monotonic() + self.timeout + 3 * self.period
+    first = None
+    while time.monotonic() < deadline and not self._stop.is_set():
+      try:
+        entries = dict(self.client.key_value_dir_get(_KV))
+      except Exception:  # pylint: disable=broad-except  (the watchdog thread reports it)
+        entries = None
+      if entries is not None:
+        first = entries if first is None else first
+        if all(peer == self.index or entries.get(f"{_KV}/{peer}/done")
+               or entries.get(f"{_KV}/{peer}/exited")
+               or entries.get(f"{_KV}/{peer}/beat") != first.get(f"{_KV}/{peer}/beat")
+               for peer in range(self.count)):
+          return
+      time.sleep(self.period / 2)
 
   def _on_exit(self) -> None:
     if not self._stop.is_set():

@@ -328,7 +328,11 @@ def main(argv):
     parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
     if jax.process_index() != 0:
       logging.set_verbosity(logging.WARNING)
-    train(f.config, workdir)  # The config file runs here: its errors are caught too.
+    try:
+      train(f.config, workdir)  # The config file runs here: its errors are caught too.
+    except BaseException:
+      parallel.stop_if_a_peer_is_lost()  # A collective that failed with its peer.
+      raise
     parallel.finished()
   except Preempted as e:
     logging.warning("%s", e)

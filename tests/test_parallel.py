@@ -4,6 +4,9 @@ The multi-device checks run in one subprocess with 8 fake CPU devices (the
 test process has one device and cannot change that once JAX started).
 """
 
+import threading
+import time
+
 import jax
 import ml_collections as mlc
 import pytest
@@ -64,6 +67,64 @@ def test_initialize_distributed_starts_nothing_for_one_local_process(monkeypatch
   parallel.initialize_distributed(peer_timeout=20)
   # JAX's own heartbeat is the backstop: it waits longer than the watchdog.
   assert called == {"heartbeat_timeout_seconds": 50}
+
+
+class _KeyValueStore:
+  """The two calls of jax.distributed's coordination client that the watchdog uses."""
+
+  def __init__(self):
+    self.values, self.lock = {}, threading.Lock()
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    del allow_overwrite
+    with self.lock:
+      self.values[key] = value
+
+  def key_value_dir_get(self, prefix):
+    with self.lock:
+      return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+
+def _watchdog(store, monkeypatch, lost):
+  monkeypatch.setattr(parallel._Watchdog, "current", None)
+  monkeypatch.setattr(parallel._Watchdog, "_lost",
+                      lambda self, peer, info, why: lost.append((peer, why)))
+  monkeypatch.setattr(parallel.atexit, "register", lambda fn: None)
+  parallel._Watchdog.start(store, 0, 2, timeout=1.0)  # Beats and checks every 0.2 s.
+  return parallel._Watchdog.current
+
+
+def test_a_failure_with_live_peers_returns_after_one_heartbeat(monkeypatch):
+  store, lost = _KeyValueStore(), []
+  watchdog = _watchdog(store, monkeypatch, lost)
+  peer = parallel._Watchdog(store, 1, 2, timeout=1.0)
+  stop = threading.Event()
+  threading.Thread(target=lambda: [peer._beat() for _ in iter(lambda: stop.wait(0.05), True)],
+                   daemon=True).start()
+  try:
+    start = time.monotonic()
+    parallel.stop_if_a_peer_is_lost()
+    assert time.monotonic() - start < 0.8 and not lost  # Not the timeout: the peer beat.
+    store.key_value_set(f"{parallel._KV}/1/done", "1")
+    parallel.stop_if_a_peer_is_lost()  # A finished peer is not lost either.
+    assert not lost
+  finally:
+    stop.set()
+    watchdog.finish()
+
+
+def test_a_failure_with_a_silent_peer_waits_for_the_watchdog_to_report_it(monkeypatch):
+  store, lost = _KeyValueStore(), []
+  watchdog = _watchdog(store, monkeypatch, lost)
+  store.key_value_set(f"{parallel._KV}/1/beat", "1")  # Then killed: never beats again.
+  try:
+    start = time.monotonic()
+    parallel.stop_if_a_peer_is_lost()  # Waits past the timeout (the real _lost exits).
+    took = time.monotonic() - start
+    assert 1.0 < took < 3.0, took
+    assert [peer for peer, _ in lost] == [1] and "killed" in lost[0][1], lost
+  finally:
+    watchdog.finish()
 
 
 @pytest.fixture(scope="module")
