@@ -146,25 +146,60 @@ def reference(tmp_path_factory, fashion_data_dir, jax_cache):
 
 
 @pytest.fixture(scope="session")
-def four_device_run(tmp_path_factory, fashion_data_dir, jax_cache):
+def four_device_teacher(tmp_path_factory):
+  """The random teacher of helpers.FOUR_DEVICE_ARG's runs (a file's path)."""
+  from tests import tiny_config  # pylint: disable=g-import-not-at-top
+  path = _shared(tmp_path_factory, "four_device_teacher",
+                 lambda p: tiny_config.write_teacher(p / "teacher.npz"))
+  return str(path / "teacher.npz")
+
+
+@pytest.fixture(scope="session")
+def four_device_arg(fashion_data_dir, four_device_teacher):
+  """tests/tiny_config.py's arg of helpers.FOUR_DEVICE_ARG's runs (four_device_run,
+  two_process_run)."""
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  return helpers.run_arg(fashion_data_dir, four_device_teacher, **helpers.FOUR_DEVICE_ARG)
+
+
+@pytest.fixture(scope="session")
+def four_device_run(tmp_path_factory, four_device_arg, four_device_teacher, jax_cache):
   """1 process x 4 devices, helpers.FOUR_DEVICE_ARG, default mesh (data=4),
   the tests' -O0 (TEST_XLA_FLAGS): the run that test_multiprocess's 2-process
   jobs and test_cluster's resumes on 2 and 8 devices are compared with, all at
   -O0 (helpers.FOUR_DEVICE_ARG's comment says why).
   Read-only: copy it before resuming it."""
-  from tests import helpers, tiny_config  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
 
   def build(path):
     shutil.rmtree(path / "run", ignore_errors=True)
-    teacher = tiny_config.write_teacher(path / "teacher.npz")
-    arg = helpers.run_arg(fashion_data_dir, teacher, **helpers.FOUR_DEVICE_ARG)
-    cli = helpers.Cli(path / "run", arg, log=path / "run.log", cache=jax_cache, devices=4)
+    cli = helpers.Cli(path / "run", four_device_arg, log=path / "run.log", cache=jax_cache,
+                      devices=4)
     rc = cli.wait()
     assert rc == 0, cli.tail()
-    (path / "run.json").write_text(json.dumps({"teacher": teacher, "arg": arg}))
   path = _shared(tmp_path_factory, "four_device_run", build)
-  info = json.loads((path / "run.json").read_text())
-  return types.SimpleNamespace(workdir=path / "run", log=path / "run.log", **info)
+  return types.SimpleNamespace(workdir=path / "run", log=path / "run.log", arg=four_device_arg,
+                               teacher=four_device_teacher)
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory, four_device_arg, four_device_teacher):
+  """four_device_run's very run (the same arg) as a job of 2 processes x 2
+  devices (helpers.two_process_job: jax.distributed over gloo), uninterrupted.
+  test_multiprocess compares it with four_device_run; test_cluster's
+  killed-process test resumes a cut job of it, which must equal it bitwise.
+  One job for both: each 2-process job compiles everything in both of its
+  processes (helpers.two_process_job says why). Read-only."""
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+
+  def build(path):
+    shutil.rmtree(path / "run", ignore_errors=True)
+    helpers.finish_job(helpers.two_process_job(path / "run", four_device_arg, tag="run",
+                                               folder=path))
+  path = _shared(tmp_path_factory, "two_process_run", build)
+  return types.SimpleNamespace(workdir=path / "run", arg=four_device_arg,
+                               teacher=four_device_teacher,
+                               logs=[path / f"run.{i}.log" for i in range(2)])
 
 
 @pytest.fixture

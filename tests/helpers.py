@@ -182,7 +182,14 @@ MULTIPROCESS_RTOL, MULTIPROCESS_ATOL = 1e-4, 1e-6
 # and both resumes, against 507 at XLA's default level, and the 2-process jobs
 # agreed closer there (bfloat16 momentum: relative L2 1.2e-3 at -O0, up to
 # 8.7e-3 at the default level; float32: 2e-7 against 1e-5 of RTOL's scale).
-FOUR_DEVICE_ARG = dict(steps=4, ckpt=2, res=64, teacher_res=64, optim="sgd",
+# The same run on 2 processes x 2 devices (conftest's `two_process_run`) is
+# also test_cluster's uninterrupted 2-process job, which a job killed after its
+# first checkpoint and then resumed must equal bitwise; a checkpoint every step
+# leaves that kill 3 steps and saves before the end (8 steps would leave more,
+# but the 2 jobs part by float rounding as they go: measured, up to 4e-3
+# relative at steps 6-8, against 4e-7 over 4 steps). Checkpoints at 1, 2, 3
+# and 4 (orbax keeps the newest 3).
+FOUR_DEVICE_ARG = dict(steps=4, ckpt=1, res=64, teacher_res=64, optim="sgd",
                        replica_parallel=1)  # The trainer's default saving.
 
 
@@ -215,12 +222,21 @@ class Cli:
 
   def __init__(self, workdir, arg, *flags, log, cache, devices=1, env=None,
                fast_compile=True):
+    """`cache`: the persistent compilation cache's folder; None: none (not
+    even the caller's $JAX_COMPILATION_CACHE_DIR)."""
     self.log, self.workdir = Path(log), Path(workdir)
+    changes = env or {}
     env = dict(os.environ, XLA_FLAGS=xla_flags(devices, fast_compile),
-               PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", **(env or {}))
+               PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    # No job of the caller's (a multi-process job passes its own flags).
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+                 "JAX_COMPILATION_CACHE_DIR"):
+      env.pop(name, None)
+    if cache is not None:
+      env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    env.update(changes)
     cmd = [sys.executable, "-m", "big_distill.train", f"--config={CONFIG}:{arg}",
            f"--workdir={workdir}", *flags]
     with open(self.log, "w") as f:
@@ -377,6 +393,43 @@ def read_log(log, tail=None):
   except OSError as e:
     return f"<{e}>"
   return text[-tail:] if tail else text
+
+
+def two_process_job(workdir, arg, *flags, tag, folder, env=None) -> list[Cli]:
+  """The 2 processes (2 CPU devices each) of one jax.distributed job of the
+  CLI over gloo, started; their logs are `folder`/`tag`.{0,1}.log.
+
+  Without a persistent compilation cache: one shared with another job (or
+  the caller's $JAX_COMPILATION_CACHE_DIR) can fail such a job, and a job's
+  own cache would serve no other job. A cache can only ever serve process 0:
+  the CPU backend's cache key hashes the topology of the process's own
+  devices, so the two processes' keys for one program differ, and JAX writes
+  entries from process 0 alone. Measured (jax 0.10.2, 2 vCPU
+  AMD EPYC): a second job over a first one's cache, process 0 found all its
+  56 programs, process 1 none. Where one process finds its executables and
+  the other compiles (the train step: 16-35 s here), the first waits at the
+  gloo communicators' key exchange past gloo's 30 s timeout: the job fails
+  (seen under load with one cache for all jobs). So every job compiles
+  everything, in both processes.
+  """
+  port = free_port()
+  env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo", **(env or {})}
+  return [Cli(workdir, arg, *flags, f"--coordinator_address=localhost:{port}",
+              "--num_processes=2", f"--process_id={i}", log=Path(folder) / f"{tag}.{i}.log",
+              cache=None, devices=2, env=env) for i in range(2)]
+
+
+def finish_job(job: list[Cli], timeout=900) -> None:
+  """Waits for every process of `job` to exit 0; kills them all on a failure,
+  a timeout or an interrupt (JobFailed names each process's exit and log)."""
+  try:
+    wait_all([(f"process {i} of {len(job)}", cli.proc, cli.log)
+              for i, cli in enumerate(job)], timeout)
+  finally:
+    for cli in job:
+      if cli.proc.poll() is None:
+        cli.proc.kill()
+        cli.proc.wait()
 
 
 def wait_all(jobs, timeout):

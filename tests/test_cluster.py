@@ -5,8 +5,9 @@ running CLI run is met by test_reliability's rerun after SIGTERM.)
 
 The CLI runs use tests/helpers.py's machinery and conftest's uninterrupted
 reference run (16 steps, checkpoints every 3), so most of them cost one
-start-up each; the device-count and multi-process tests need their own
-reference runs (other shapes), kept as short as the checks allow.
+start-up each; the device-count and multi-process tests compare with other
+uninterrupted runs (another shape: helpers.FOUR_DEVICE_ARG), conftest's
+`four_device_run` and `two_process_run`, shared with test_multiprocess.
 """
 
 import json
@@ -31,10 +32,11 @@ from big_distill import workdir as workdir_lib
 from big_distill.data import input as input_lib
 from big_distill.errors import WorkdirError
 from tests import tiny_config
-from tests.helpers import (FOUR_DEVICE_ARG, MULTIPROCESS_ATOL, MULTIPROCESS_RTOL, Cli,
-                           ReachedExpensiveWork, assert_same_as_reference, existing_run, finished_steps, free_port,
-                           make_config, params_differences, read_params, resumed_step, run_arg,
-                           run_to_end, snapshot, train_rows, tripwire, unfinished_saves,
+from tests.helpers import (FOUR_DEVICE_ARG, MULTIPROCESS_ATOL, MULTIPROCESS_RTOL,
+                           ReachedExpensiveWork, assert_same_as_reference, existing_run,
+                           finish_job, finished_steps, free_port, make_config,
+                           params_differences, read_params, resumed_step, run_arg, run_to_end,
+                           snapshot, train_rows, tripwire, two_process_job, unfinished_saves,
                            wait_first_checkpoint, xla_flags)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,7 +307,8 @@ def test_disk_full_during_a_save_stops_clearly_and_resumes_after_space_is_freed(
 # ---- Resuming on another number of devices ---------------------------------------
 
 
-DEV_STEPS, DEV_CKPT = FOUR_DEVICE_ARG["steps"], FOUR_DEVICE_ARG["ckpt"]
+DEV_STEPS = FOUR_DEVICE_ARG["steps"]
+DEV_RESUME = 2  # Resumed from step 2 (the later checkpoints removed): 2 steps on the new devices.
 
 
 def test_resume_on_2_and_8_devices_of_a_4_device_run(four_device_run, tmp_path, jax_cache):
@@ -317,22 +320,25 @@ def test_resume_on_2_and_8_devices_of_a_4_device_run(four_device_run, tmp_path, 
   arg, full = four_device_run.arg, four_device_run.workdir
   out = four_device_run.log.read_text(errors="replace")
   assert "mesh {'data': 4, 'fsdp': 1} over 4 devices" in out
+  assert DEV_RESUME in finished_steps(full)
   ref_params, ref_rows = read_params(full), train_rows(full)
   for devices in (2, 8):
     workdir = tmp_path / f"on{devices}"
     shutil.copytree(full, workdir, ignore=shutil.ignore_patterns("student.npz"))
-    shutil.rmtree(workdir / "checkpoints" / str(DEV_STEPS))
+    for step in finished_steps(workdir):
+      if step > DEV_RESUME:
+        shutil.rmtree(workdir / "checkpoints" / str(step))
     rc, out = run_to_end(workdir, arg, log=tmp_path / f"on{devices}.log", cache=jax_cache,
                          devices=devices)
     assert rc == 0, out[-4000:]
-    assert resumed_step(out) == DEV_CKPT
-    assert (f"The device count changed: the checkpoint at step {DEV_CKPT} was written on 4 "
+    assert resumed_step(out) == DEV_RESUME
+    assert (f"The device count changed: the checkpoint at step {DEV_RESUME} was written on 4 "
             f"devices (1 processes), this run has {devices} devices (1 processes)") in out, \
         out[-4000:]
     assert f"mesh {{'data': {devices}, 'fsdp': 1}}" in out
     rows = train_rows(workdir)
     assert sorted(rows) == sorted(ref_rows)
-    for s in range(DEV_CKPT + 1, DEV_STEPS + 1):  # The same batches: the same losses.
+    for s in range(DEV_RESUME + 1, DEV_STEPS + 1):  # The same batches: the same losses.
       np.testing.assert_allclose(rows[s]["train/loss"], ref_rows[s]["train/loss"], rtol=1e-5)
     params = read_params(workdir)
     assert sorted(params) == sorted(ref_params)
@@ -342,7 +348,7 @@ def test_resume_on_2_and_8_devices_of_a_4_device_run(four_device_run, tmp_path, 
     ckpts = ckpt_lib.Checkpointer(str(workdir / "checkpoints"))
     try:
       assert ckpts.saved_topology(DEV_STEPS) == {"device_count": devices, "process_count": 1}
-      assert ckpts.saved_topology(DEV_CKPT) == {"device_count": 4, "process_count": 1}
+      assert ckpts.saved_topology(DEV_RESUME) == {"device_count": 4, "process_count": 1}
     finally:
       ckpts.close()
 
@@ -350,54 +356,34 @@ def test_resume_on_2_and_8_devices_of_a_4_device_run(four_device_run, tmp_path, 
 # ---- A dead process in a 2-process job -------------------------------------------
 
 
-# The kill comes as soon as the first checkpoint (step 4) is finished, a step
-# or a few after step 4 (the save is asynchronous), and process 0 stops at the
-# next step's collectives: 16 steps leave it well mid-run (the test asserts so).
-MP_STEPS, MP_CKPT = 16, 4
+# The uninterrupted job is conftest's `two_process_run` (helpers.FOUR_DEVICE_ARG,
+# shared with test_multiprocess). The kill comes as soon as the first
+# checkpoint (step 1) is finished, during step 2 (the save is asynchronous),
+# and process 0 stops at the next step's collectives: the steps and saves of
+# 2, 3 and 4 leave it mid-run (the test asserts so; measured on a loaded 2 vCPU
+# AMD EPYC, 3 s from the first checkpoint's finish to the last one's).
+MP_STEPS = FOUR_DEVICE_ARG["steps"]
 PEER_TIMEOUT_S = 10  # What the test sets; the default is parallel.DEFAULT_PEER_TIMEOUT_S.
 
 
 def _job(workdir, arg, tag, tmp_path):
-  """The 2 processes (2 CPU devices each) of one jax.distributed job, over gloo.
-
-  Each job gets its own compilation cache, shared with no other job or test.
-  A cache can only ever serve process 0: the CPU backend's cache key hashes
-  the topology of the process's own devices, so the two processes' keys for
-  one program differ, and JAX writes entries from process 0 alone. Measured
-  (jax 0.10.2, 2 vCPU AMD EPYC): a second job over a first one's cache, process
-  0 found all its 56 programs, process 1 none. Where one process finds its
-  executables and the other compiles (the train step: 16-35 s here), the first
-  waits at the gloo communicators' key exchange past gloo's 30 s timeout: the
-  job fails (seen under load with one cache for all jobs). So the whole, cut
-  and rerun jobs below each compile everything, in both processes.
-  """
-  port = free_port()
-  cache = tmp_path / f"jax_cache.{tag}"
-  env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-         parallel.PEER_TIMEOUT_ENV: str(PEER_TIMEOUT_S)}
-  return [Cli(workdir, arg, f"--coordinator_address=localhost:{port}", "--num_processes=2",
-              f"--process_id={i}", log=tmp_path / f"{tag}.{i}.log", cache=cache, devices=2,
-              env=env) for i in range(2)]
-
-
-def _finish(job, timeout=900):
-  try:
-    rcs = [cli.wait(timeout=timeout) for cli in job]
-  finally:
-    for cli in job:
-      if cli.proc.poll() is None:
-        cli.proc.kill()
-        cli.proc.wait()
-  assert rcs == [0, 0], "\n".join(f"== process {i} (exit {c.proc.returncode}):\n{c.tail(3000)}"
-                                  for i, c in enumerate(job))
+  """The 2 processes (2 CPU devices each) of one jax.distributed job, over gloo
+  (helpers.two_process_job: no compilation cache, each job compiles everything)."""
+  return two_process_job(workdir, arg, tag=tag, folder=tmp_path,
+                         env={parallel.PEER_TIMEOUT_ENV: str(PEER_TIMEOUT_S)})
 
 
 def test_a_killed_process_stops_the_job_within_the_timeout_and_a_rerun_is_exact(
-    tmp_path, fashion_data_dir):
-  teacher = tiny_config.write_teacher(tmp_path / "teacher.npz")
-  arg = run_arg(fashion_data_dir, teacher, steps=MP_STEPS, ckpt=MP_CKPT)
-  whole = tmp_path / "whole"
-  _finish(_job(whole, arg, "whole", tmp_path))
+    tmp_path, fashion_data_dir, two_process_run):
+  # The uninterrupted job saves as the trainer does by default (replica-parallel);
+  # the cut job and its rerun save each array from one replica, which spares
+  # them the slicing programs' compiling (~10 s a process at a job's first
+  # save). How a job saves changes none of its numbers: the rerun must still
+  # equal the uninterrupted job bitwise.
+  whole = two_process_run.workdir
+  arg = run_arg(fashion_data_dir, two_process_run.teacher,
+                **dict(FOUR_DEVICE_ARG, replica_parallel=0))
+  assert arg == two_process_run.arg.replace("replica_parallel=1", "replica_parallel=0")
 
   cut = tmp_path / "cut"
   job = _job(cut, arg, "cut", tmp_path)
@@ -432,7 +418,7 @@ def test_a_killed_process_stops_the_job_within_the_timeout_and_a_rerun_is_exact(
   assert saved and saved[-1] < MP_STEPS, saved
 
   rerun = _job(cut, arg, "rerun", tmp_path)
-  _finish(rerun)
+  finish_job(rerun)
   assert resumed_step(rerun[0].output) == saved[-1]
   diff = params_differences(read_params(whole), read_params(cut))
   assert not diff, f"student.npz differs from the uninterrupted 2-process run in {diff[:5]}"

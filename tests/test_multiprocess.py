@@ -21,8 +21,6 @@ gradient differences into lr-sized ones).
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -31,10 +29,9 @@ import pytest
 
 from tests import helpers
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "tests" / "tiny_config.py")
 STEPS, CKPT = helpers.FOUR_DEVICE_ARG["steps"], helpers.FOUR_DEVICE_ARG["ckpt"]
-TIMEOUT = 900  # For the jobs of one test; they take 2.5 (2 free cores) to 5 min, mostly compiling.
+KEPT = 3  # Checkpoints that the trainer keeps (orbax's max_to_keep): the newest 3.
+TIMEOUT = 900  # For the job of one test; it takes 2.5 (2 free cores) to 5 min, mostly compiling.
 RTOL, ATOL = helpers.MULTIPROCESS_RTOL, helpers.MULTIPROCESS_ATOL
 # SGD momentum is kept in bfloat16 (1 ulp: up to 8e-3 of a value), and is
 # compared array by array: the relative L2 difference of the two jobs' arrays
@@ -56,25 +53,13 @@ BF16_RTOL = 1e-2
 # devices), shared with test_cluster: the fsdp job computes the same function
 # (the same config but for the mesh), sharded otherwise, and a 1-process fsdp
 # job of its own would be one more full run to compare the same quantity with.
+# The 2-process job of "data" is conftest's `two_process_run` (the very run),
+# shared with test_cluster's killed-process test.
 MESHES = {
     "data": ({}, (), "{'data': 4, 'fsdp': 1}"),
     # Parameters sharded over the 4 devices, i.e. over both processes.
     "fsdp": ({"fsdp": 4}, ("--config.mesh.data=1",), "{'data': 1, 'fsdp': 4}"),
 }
-
-
-def _start(workdir, arg, log, *flags, devices):
-  # The tests' -O0, as conftest's `four_device_run` (helpers.FOUR_DEVICE_ARG's
-  # comment gives the measured agreement and cost).
-  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(devices),
-             PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
-             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-    env.pop(name, None)
-  cmd = [sys.executable, "-m", "big_distill.train", f"--config={CONFIG}:{arg}",
-         f"--workdir={workdir}", *flags]
-  with open(log, "w") as f:
-    return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
 
 
 def _metrics(workdir):
@@ -102,33 +87,26 @@ def _bytes(folder):
 
 
 @pytest.mark.parametrize("mesh", ["data", "fsdp"])
-def test_two_processes_match_one(tmp_path, fashion_data_dir, four_device_run, mesh):
+def test_two_processes_match_one(tmp_path, request, fashion_data_dir, four_device_run, mesh):
   from big_distill.models import bit  # pylint: disable=g-import-not-at-top
   changes, mesh_flags, mesh_text = MESHES[mesh]
-  # The trainer's default saving (replica_parallel=1): replicas across processes.
-  arg = helpers.run_arg(fashion_data_dir, four_device_run.teacher, **helpers.FOUR_DEVICE_ARG,
-                        **changes)
-  two = tmp_path / "two"
-  port = helpers.free_port()
-  jobs = []
-  # "data": the very run; "fsdp": the same run but for its mesh.
   one, one_log = four_device_run.workdir, four_device_run.log
-  assert arg == four_device_run.arg + "".join(f",{k}={v}" for k, v in changes.items())
-  try:
-    for i in range(2):
-      log = tmp_path / f"two.{i}.log"
-      jobs.append((f"process {i} of 2", _start(
-          two, arg, log, *mesh_flags, f"--coordinator_address=localhost:{port}",
-          "--num_processes=2", f"--process_id={i}", devices=2), log))
-    helpers.wait_all(jobs, TIMEOUT)
-  finally:  # Also on an interrupt: no job outlives the test.
-    for _, p, _ in jobs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  if mesh == "data":  # The very run, on 2 processes (conftest's `two_process_run`).
+    run = request.getfixturevalue("two_process_run")
+    assert run.arg == four_device_run.arg
+    two, logs = run.workdir, run.logs
+  else:  # The same run but for its mesh.
+    arg = helpers.run_arg(fashion_data_dir, four_device_run.teacher, **helpers.FOUR_DEVICE_ARG,
+                          **changes)
+    assert arg == four_device_run.arg + "".join(f",{k}={v}" for k, v in changes.items())
+    two = tmp_path / "two"
+    # The trainer's default saving (replica_parallel=1): replicas across processes.
+    job = helpers.two_process_job(two, arg, *mesh_flags, tag="two", folder=tmp_path)
+    helpers.finish_job(job, TIMEOUT)
+    logs = [cli.log for cli in job]
   assert "mesh {'data': 4, 'fsdp': 1} over 4 devices (1 processes)" in helpers.read_log(one_log)
-  assert f"mesh {mesh_text} over 4 devices (2 processes)" in helpers.read_log(tmp_path / "two.0.log")
-  assert "process 1 of 2, 2 local / 4 global devices" in helpers.read_log(tmp_path / "two.1.log")
+  assert f"mesh {mesh_text} over 4 devices (2 processes)" in helpers.read_log(logs[0])
+  assert "process 1 of 2, 2 local / 4 global devices" in helpers.read_log(logs[1])
 
   # The trajectory, written by process 0 alone.
   rows1, rows2 = _metrics(one), _metrics(two)
@@ -152,8 +130,9 @@ def test_two_processes_match_one(tmp_path, fashion_data_dir, four_device_run, me
   for k in s1:
     np.testing.assert_allclose(s2[k], s1[k], rtol=RTOL, atol=ATOL, err_msg=k)
 
-  # One orbax checkpoint per save step, written by both processes together.
-  steps = [str(s) for s in range(CKPT, STEPS + 1, CKPT)]
+  # One orbax checkpoint per save step (the newest KEPT), written by both
+  # processes together.
+  steps = [str(s) for s in range(CKPT, STEPS + 1, CKPT)][-KEPT:]
   for workdir in (one, two):
     assert sorted(os.listdir(workdir / "checkpoints")) == steps  # No tmp leftovers.
   for step in steps:
