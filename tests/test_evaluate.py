@@ -136,18 +136,23 @@ def test_period_in_any_unit():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, fashion_data_dir):
-  """A finished tiny distillation: (workdir, its last logged metrics, config arg)."""
-  path = tmp_path_factory.mktemp("trained")
-  teacher = tiny_config.write_teacher(path / "teacher.npz")
-  # The first 160 training images: the default balanced subset of 1020 reads
-  # all 60,000 training records (~13 CPU-s); what is evaluated is test[:64].
-  arg = (f"data_dir={fashion_data_dir},teacher={teacher},steps=4,ckpt=4,log=4,"
-         "split=train[:160],subset=0")
-  config = tiny_config.get_config(arg)
-  workdir = path / "run"
-  last = train.train(config, str(workdir))
-  return workdir, last, arg
+def trained(shared_folder, fashion_data_dir):
+  """A finished tiny distillation: (workdir, its last logged metrics, config arg).
+  Trained once per session for both xdist workers; read-only (tests write
+  their outputs elsewhere)."""
+  def arg(path):
+    # The first 160 training images: the default balanced subset of 1020 reads
+    # all 60,000 training records (~13 CPU-s); what is evaluated is test[:64].
+    return (f"data_dir={fashion_data_dir},teacher={path / 'teacher.npz'},steps=4,ckpt=4,"
+            "log=4,split=train[:160],subset=0")
+
+  def build(path):
+    shutil.rmtree(path / "run", ignore_errors=True)  # A build that failed midway.
+    tiny_config.write_teacher(path / "teacher.npz")
+    last = train.train(tiny_config.get_config(arg(path)), str(path / "run"))
+    (path / "last.json").write_text(json.dumps({k: float(v) for k, v in last.items()}))
+  path = shared_folder("evaluate_trained", build)
+  return path / "run", json.loads((path / "last.json").read_text()), arg(path)
 
 
 def _evaluate(arg, init, monkeypatch, capsys, *flags_):
