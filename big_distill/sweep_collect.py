@@ -200,7 +200,7 @@ def _teacher_reference(cells: Sequence[dict], metric: str) -> dict[str, float]:
 def collect(root: str, out_dir: str | None = None, *, select_metric: str | None = None,
             over: Sequence[str] | None = None, columns: Sequence[str] | None = None,
             plots: Sequence[str] = (), names: Sequence[str] | None = None,
-            log=print) -> dict:
+            recorded: Sequence[dict] = (), log=print) -> dict:
   """The sweep's tables (CSV, Markdown, JSON) and plots; returns the summary.
 
   Writes into `out_dir` (default ROOT/collect): cells.csv (every cell, final
@@ -210,11 +210,21 @@ def collect(root: str, out_dir: str | None = None, *, select_metric: str | None 
   entry 'METRIC:FIELD' (FIELD a swept field: the metric's mean ± std
   against it, one line per combination of the others; FIELD 'step' or
   'epoch': every cell's curve). `names`: only these cells (those of one
-  sweep, when several sweeps share a root).
+  sweep, when several sweeps share a root). `recorded`: finished cells of an
+  earlier summary.json (another machine's, whose workdirs are gone); each
+  joins the tables in place of a cell of its name that has not finished
+  here, marked `"recorded": True`. A cell finished here wins over its record.
   """
   if select_metric:
     check_select(select_metric)
-  cells = read_cells(root, names)
+  cells = read_cells(root, names) if os.path.isdir(root) or not recorded else []
+  here = {c["name"] for c in cells if c["finished"]}
+  extra = {c["name"]: {**c, "recorded": True} for c in recorded
+           if c["finished"] and c["name"] not in here and (names is None or c["name"] in names)}
+  cells = [extra.pop(c["name"], c) for c in cells] + list(extra.values())
+  if names is not None:
+    order = {n: i for i, n in enumerate(names)}
+    cells.sort(key=lambda c: order.get(c["name"], len(order)))
   if not cells:
     raise WorkdirError(f"--root={root}: no sweep cells (folders with {CELL_FILE}) in it.")
   out_dir = out_dir or os.path.join(root, "collect")
@@ -292,7 +302,7 @@ def plot(cells: Sequence[dict], groups: Sequence[dict], spec: str, out_dir: str,
                       "or --plot=val/student_top1:step.")
   safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{metric}_vs_{field}").strip("_")
   if field in plotting.X_AXES:
-    workdirs = [c["workdir"] for c in cells if c["final"]]
+    workdirs = [c["workdir"] for c in cells if c["final"] and not c.get("recorded")]
     if not workdirs:
       raise ConfigError(f"--plot={spec}: no cell has logged anything yet.")
     sub = os.path.join(out_dir, safe)

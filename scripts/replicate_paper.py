@@ -6,7 +6,7 @@ r"""The paper's small-data claims in miniature, as a list of sweeps (docs/result
     python scripts/replicate_paper.py ... --run [--steps=sel_supervised,sel_distill,e100]
     # tables and figures of what has finished, into docs/results/ and docs/figures/;
     # with --selection_from=docs/results, the finished cells recorded there count too
-    # (another machine's), and a step's record is never collected over with fewer cells
+    # (another machine's): a step's record keeps its finished cells whose workdirs are gone
     python scripts/replicate_paper.py ... --collect [--selection_from=docs/results --update_doc=docs/results.md]
 
 Each step is one `python -m big_distill.sweep` call (printed as it runs), over
@@ -344,23 +344,28 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
       plots = [f"{SELECT}:lr"]
     elif step["name"] != "teachers":
       plots = [f"{SELECT}:step"]
-    lost = _lost_cells(root / step["root"], results / step["name"] / "summary.json", names)
-    if lost:
-      print(f"# {step['name']}: its record is kept: {len(lost)} of its finished cells "
-            f"({', '.join(lost[:2])}{' ...' if len(lost) > 2 else ''}) are not finished under "
-            f"{root / step['root']} (another machine's)")
+    record = results / step["name"] / "summary.json"
+    lost = _lost_cells(root / step["root"], record, names)
+    if lost and not (root / step["root"]).is_dir():
+      print(f"# {step['name']}: its record is kept: none of its cells is under "
+            f"{root / step['root']}")
       continue
+    if lost:  # Another machine's finished cells join the new ones from their record.
+      print(f"# {step['name']}: {len(lost)} finished cells from its record (another machine's): "
+            f"{', '.join(lost[:2])}{' ...' if len(lost) > 2 else ''}")
     try:
       s = sweep.collect(str(root / step["root"]), str(results / step["name"]),
                         select_metric=SELECT if step["name"].startswith("sel_") else None,
                         over=(["lr", "mixup"] if step["name"] == "sel_supervised" else ["lr"]),
-                        plots=plots, names=names, log=lambda *_: None)
+                        plots=plots, names=names, log=lambda *_: None,
+                        recorded=_record_cells(record, lost))
     except UserError as e:
       print(f"# {step['name']}: nothing to collect yet ({e})")
       continue
     # The per-cell curves and figures are large: keep them out of the JSON in git.
     for c in s["cells"]:
-      c["workdir"] = os.path.relpath(c["workdir"], root)
+      if not c.get("recorded"):  # A record's workdir is relative already.
+        c["workdir"] = os.path.relpath(c["workdir"], root)
     (results / step["name"] / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
     for f in (results / step["name"]).glob("*.*"):
       if f.suffix in (".json", ".csv", ".md"):
@@ -371,6 +376,14 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
         shutil.rmtree(Path(p).parent)
     done = len(names) - len(s["unfinished"]) - len(s["not_started"])
     print(f"# {step['name']}: {done}/{len(names)} cells finished -> {results / step['name']}")
+
+
+def _record_cells(record: Path, names) -> list[dict]:
+  """The cells `names` of a step's collected summary.json, as it recorded them."""
+  if not names:
+    return []
+  wanted = set(names)
+  return [c for c in json.loads(record.read_text()).get("cells", []) if c["name"] in wanted]
 
 
 def _lost_cells(cell_root: Path, record: Path, names) -> list[str]:

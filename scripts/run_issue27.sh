@@ -1,31 +1,58 @@
 #!/usr/bin/env bash
-# Issue 27's cells, resumed (session 11). Two workers share the sweep's locks.
-# Copy of the runner used in session 11 (~/bd_runs/runner_s11b.sh); paths are the machine's.
-# Worker 1 first runs the 1,020-image setting's 9 missing cells (replicate_paper's
-# img1020_t2 step, newer than this frozen code: its sweep command is given here).
-# Stop: touch ~/bd_runs/STOP (each worker ends after its current pass) or kill the group.
-cd ~/bd_runs/code/8383b98
-# Claim 8's lr grid as main has it (lr 10 added 2026-12-05 by the claim's rule).
-sed -i 's/^SHAMPOO_PAPER_LRS = "0.03,0.1,0.3,1,3"$/SHAMPOO_PAPER_LRS = "0.03,0.1,0.3,1,3,10"/' scripts/replicate_paper.py
-PY=/work/main/.venv/bin/python
-# First pass: claim 8 and claim 10's 1,000-epoch cells before the 50,000-image
-# selection (sel_sup_all, ~3 worker-hours), which the full list runs first.
-STEPS_A=teachers,sel_shampoo_paper,c8_shampoo_paper,c8_adam,c10_e1000
-STEPS=teachers,sel_shampoo_paper,c8_shampoo_paper,c8_adam,sel_sup_all,c11_sup_all,c10_e1000,c10_e10000,c11_fm_all,c9_e10000,c9_e30000
-img1020_t2() {
-  PYTHONPATH=$PWD $PY -m big_distill.sweep --config=configs/fmnist_distill.py:images=1020 \
-    '--sweep=arm=lowres;lr=0.03;epochs=100,300;seed=0' '--sweep=arm=fix_rs;lr=0.1;epochs=100,300;seed=0' \
-    '--sweep=arm=fix_ic_ens;lr=0.01;epochs=100,300,1000;seed=0' '--sweep=arm=shampoo;lr=0.01;epochs=300,1000;seed=0' \
-    --root=$HOME/bd_runs/fmnist/img1020_t2 --config.t1_init=$HOME/bd_runs/fmnist/teacher_e30 --run
+# Issue 27's missing cells, resumed on a new machine (session 14), from the frozen
+# code 8383b98 that their steps were set up with. Idempotent: rerun to resume.
+# Two workers walk one ordered list of sweeps; a cell one worker holds (its lock)
+# is skipped by the other, and finished cells are skipped by both.
+# Only cells that no record in docs/results/ holds are listed: main's
+# `replicate_paper.py --collect --selection_from=docs/results` joins the recorded
+# cells (another machine's) to the new ones.
+# Stop: touch ~/bd_runs/STOP (each worker ends after its current sweep) or kill the group.
+set -u
+MAIN=${MAIN:-/work/main}
+PY=${PY:-$MAIN/.venv/bin/python}
+R=$HOME/bd_runs/fmnist
+CODE=$HOME/bd_runs/code/8383b98
+mkdir -p ~/bd_runs/code ~/bd_runs/logs "$R/teacher_e30" "$R/teachers/epochs=1"
+if [ ! -d "$CODE" ]; then
+  git -C "$MAIN" archive --prefix=8383b98/ 8383b98 | tar -x -C ~/bd_runs/code
+fi
+# The teachers in git: the 30-epoch one of session 8 and the 1-epoch one.
+[ -e "$R/teacher_e30/student.npz" ] || cp "$MAIN/docs/results/teachers/weights/fmnist_teacher_e30_s8.npz" "$R/teacher_e30/student.npz"
+[ -e "$R/teachers/epochs=1/student.npz" ] || cp "$MAIN/docs/results/teachers/weights/fmnist_teacher_e1.npz" "$R/teachers/epochs=1/student.npz"
+cd "$CODE"
+# Fashion-MNIST into the TFDS folder (from Debian's dataset-fashion-mnist offline); once.
+[ -d ~/tensorflow_datasets/fashion_mnist ] || PYTHONPATH=$PWD "$PY" -m big_distill.data.prepare fashion_mnist
+D=configs/fmnist_distill.py
+T="--config.t1_init=$R/teacher_e30"
+W="config.t1_init=$R/teachers/epochs=1,$R/teachers/epochs=5"
+sw() { PYTHONPATH=$PWD nice -n 19 "$PY" -m big_distill.sweep "$@" --run; }
+jobs_list() {
+  # claim 10's 5-epoch teacher (the teachers step's epochs=5 cell; epochs=1 is in git)
+  sw --config=configs/fmnist_teacher.py --sweep=epochs=5 --root=$R/teachers
+  # claim 8 at its budget: the paper's Shampoo (lr 10, chosen on validation), 1,000 epochs
+  sw --config=$D:images=100 '--sweep=arm=shampoo_paper;lr=10;epochs=1000;seed=1,2' --root=$R/img100_t2 $T
+  # claim 10 at 1,000 epochs: the three teachers' students
+  sw --config=$D:images=100,epochs=1000 '--sweep=arm=funmatch;lr=0.03;seed=0,1,2' \
+    "--sweep=arm=funmatch;lr=0.03;seed=0,1,2;$W" --root=$R/img100_t2 $T
+  # the 1,020-image table's last cell
+  sw --config=$D:images=1020 '--sweep=arm=shampoo;lr=0.01;epochs=1000;seed=0' --root=$R/img1020_t2 $T
+  # claim 10 at its budget, 10,000 epochs (the 30-epoch teacher's cells are claim 9's)
+  sw --config=$D:images=100,epochs=10000 "--sweep=arm=funmatch;lr=0.03;seed=0,1,2;$W" --root=$R/img100_t2 $T
+  # claim 9's 10,000-epoch cells: function matching and supervised
+  sw --config=$D:images=100,epochs=10000 '--sweep=arm=funmatch;lr=0.03;seed=0,1,2' \
+    '--sweep=arm=supervised;lr=0.01;mixup=1;seed=0,1,2' --root=$R/img100_t2 $T
+  # claim 8's table row at 3,000 epochs, and Adam's beside it
+  sw --config=$D:images=100 '--sweep=arm=shampoo_paper;lr=10;epochs=3000;seed=0,1,2' --root=$R/img100_t2 $T
+  sw --config=$D:images=100,epochs=3000 '--sweep=arm=funmatch;lr=0.03;seed=0,1,2' --root=$R/img100_t2 $T
+  # claim 11 (its selection gates c11_sup_all) and claim 9 at 30,000 epochs: the plan's steps
+  PYTHONPATH=$PWD nice -n 19 "$PY" scripts/replicate_paper.py --root=$R --teacher=$R/teacher_e30 \
+    --selection_from=docs/results --run --wait --steps=sel_sup_all,c11_sup_all,c11_fm_all,c9_e30000
 }
 worker() {
-  for pass in $(seq 1 30); do
+  for pass in 1 2 3; do
     [ -e ~/bd_runs/STOP ] && break
     echo "== worker $1 pass $pass $(date -u +%FT%TZ)"
-    [ "$1" = 1 ] && img1020_t2
-    PYTHONPATH=$PWD $PY scripts/replicate_paper.py --root=$HOME/bd_runs/fmnist \
-      --teacher=$HOME/bd_runs/fmnist/teacher_e30 --selection_from=docs/results \
-      --run --wait --steps=$([ "$pass" = 1 ] && echo $STEPS_A || echo $STEPS)
+    jobs_list
     sleep 20
   done
 }

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -508,6 +509,44 @@ def test_recorded_cells_count_where_their_workdirs_are_gone(rp, tmp_path):
   assert lost == [n for n in names if n != rerun] and len(lost) == 9
   assert rp._lost_cells(old / "img100", rec / "e1000" / "summary.json", names) == []
   assert rp._lost_cells(new / "img100", rec / "nothing" / "summary.json", names) == []
+
+
+def test_a_steps_record_keeps_another_machines_cells_beside_new_ones(rp, tmp_path, capsys):
+  """Collecting a step on a new machine joins the finished cells of its record
+  (whose workdirs are gone) to the cells finished here; a cell finished here
+  wins over its record; collecting again changes nothing."""
+  chosen = {arm: {"lr": "0.01"} for arm in ("supervised", *rp.ARMS)}
+  chosen["supervised"]["mixup"] = "1"
+  old, new, res, fig = (tmp_path / d for d in ("old", "new", "results", "figures"))
+  for arm, top1 in (("funmatch", 0.8), ("fixed", 0.7)):
+    _arm_cells(old, arm, 1000, top1)
+  rp.collect_all(old, res, fig, chosen)
+  record = res / "e1000" / "summary.json"
+  assert sum(c["finished"] for c in json.loads(record.read_text())["cells"]) == 6
+  capsys.readouterr()
+
+  _table_cell(new, "supervised", 1000, 0, val__student_top1=0.6, test__student_top1=0.6)
+  _table_cell(new, "fixed", 1000, 2, val__student_top1=0.75, test__student_top1=0.75)
+  rp.collect_all(new, res, fig, chosen)
+  assert "# e1000: 5 finished cells from its record (another machine's)" in capsys.readouterr().out
+  after = json.loads(record.read_text())
+  done = {c["name"]: c for c in after["cells"] if c["finished"]}
+  assert len(done) == 7 and sum(bool(c.get("recorded")) for c in done.values()) == 5
+  assert all(c["workdir"].startswith("img100/") for c in after["cells"])
+  groups = {g["fields"]["arm"]: g for g in after["groups"]}
+  assert groups["funmatch"]["n"] == 3 and groups["supervised"]["n"] == 1
+  assert groups["funmatch"]["metrics"]["val/student_top1"]["mean"] == pytest.approx(0.8)
+  # The fixed arm's seed 2: this machine's value (0.75), not the record's (0.702).
+  assert groups["fixed"]["metrics"]["val/student_top1"]["mean"] == pytest.approx(
+      (0.698 + 0.7 + 0.75) / 3)
+  rows = (res / "e1000" / "cells.csv").read_text().splitlines()
+  assert len(rows) == 1 + len(after["cells"]) and sum("fixed" in r for r in rows) == 3
+  rp.collect_all(new, res, fig, chosen)
+  assert json.loads(record.read_text()) == after
+  # A step none of whose cells is on this machine keeps its record as it is.
+  shutil.rmtree(new / "img100")
+  rp.collect_all(new, res, fig, chosen)
+  assert json.loads(record.read_text()) == after
 
 
 def test_the_1020_image_settings_new_cells_are_exactly_its_missing_ones(rp):
