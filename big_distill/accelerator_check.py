@@ -123,6 +123,7 @@ def step_configs(dry_run: bool) -> dict[str, Any]:
 def run(dry_run: bool, steps: int, workdir: str) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   from big_distill import benchmark  # pylint: disable=g-import-not-at-top
+  from big_distill import costs  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   device = jax.devices()[0]
   out: dict[str, Any] = {"device_kind": device.device_kind, "platform": device.platform,
@@ -133,8 +134,8 @@ def run(dry_run: bool, steps: int, workdir: str) -> dict[str, Any]:
   if dry_run:
     # The CPU's peak (the MFU column) from a small matmul: the dry run's
     # numbers mean nothing, and 2048x2048 in bfloat16 costs seconds here. On
-    # an accelerator the peak comes from benchmark.PEAKS, not from a matmul.
-    benchmark.CPU_PEAK_MATMUL_SIZE = 256
+    # an accelerator the peak comes from costs.PEAKS, not from a matmul.
+    costs.CPU_PEAK_MATMUL_SIZE = 256
   out["steps"] = {}
   for name, config in step_configs(dry_run).items():
     r = benchmark.run_train(config, steps=steps, warmup=warmup)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 from big_distill import benchmark
+from big_distill import costs
 from big_distill import setup
 from tests import helpers
 
@@ -32,11 +33,11 @@ TRAIN_KEYS = {
 @pytest.fixture(autouse=True)
 def tiny_cnn(monkeypatch):
   # A small matmul measures the CPU's peak well enough for these tests.
-  monkeypatch.setattr(benchmark, "CPU_PEAK_MATMUL_SIZE", 512)
-  benchmark.device_peak.cache_clear()
+  monkeypatch.setattr(costs, "CPU_PEAK_MATMUL_SIZE", 512)
+  costs.device_peak.cache_clear()
   helpers.install_tiny_cnn(monkeypatch)
   yield
-  benchmark.device_peak.cache_clear()
+  costs.device_peak.cache_clear()
 
 
 @pytest.fixture
@@ -243,23 +244,3 @@ def test_eval_step(run_cli, config_file):
   assert out["mode"] == "eval" and out["step_time_s"] > 0
   assert out["flops"]["teacher_forward"] > out["flops"]["student_forward"] > 0
   assert out["recompiles_after_first_call"] == 0
-
-
-@pytest.mark.parametrize("kind,dtype,peak", [
-    ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4e12),
-    ("NVIDIA H100 PCIe", "bfloat16", 756e12),
-    ("NVIDIA H200", "float32", 494.7e12),
-    ("NVIDIA A100-SXM4-40GB", "bfloat16", 312e12),
-    ("TPU v5 lite", "bfloat16", 197e12),
-    ("TPU v5", "bfloat16", 459e12),
-    ("TPU v3", "float32", 61.5e12),
-])
-def test_peak_table(kind, dtype, peak):
-  assert benchmark.peak_flops(kind, dtype) == peak
-
-
-def test_peak_table_unknown():
-  assert benchmark.peak_flops("Imaginary XPU 9000", "bfloat16") is None
-  assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "float16") is None
-  with pytest.raises(ValueError, match="PEAKS"):  # A ConfigError: a flag's value.
-    benchmark.projection(1e12, 8, "bfloat16", "Imaginary XPU 9000", 0.45)

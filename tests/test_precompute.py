@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from big_distill import benchmark
+from big_distill import costs
 from big_distill import errors
 from big_distill import precompute
 from big_distill import checks
@@ -208,10 +209,10 @@ def test_step_without_teacher_forward_saves_its_flops(monkeypatch):
                "teacher_logits": {"t1": f32(B, K)}}
     else:
       batch = {"image": images, "label": labels}
-    return benchmark.flops(s.train_step, s.state, teachers, batch)
+    return costs.flops(s.train_step, s.state, teachers, batch)
 
   with_forward, precomputed = step_flops(""), step_flops("cc")
-  forward = benchmark.flops(jax.jit(setup.make_teacher_forward(models)), teachers,
+  forward = costs.flops(jax.jit(setup.make_teacher_forward(models)), teachers,
                             {"t1": images["t1"]})
   print(f"\nstep FLOPs {with_forward:.4g} -> {precomputed:.4g}; teacher forward {forward:.4g}")
   assert forward > 0.2 * with_forward  # The teacher is a real share of the step.
