@@ -16,7 +16,10 @@ mkdir -p ~/bd_runs/code ~/bd_runs/logs "$R/teacher_e30" "$R/teachers/epochs=1"
 if [ ! -d "$CODE" ]; then
   git -C "$MAIN" archive --prefix=8383b98/ 8383b98 | tar -x -C ~/bd_runs/code
 fi
-# The teachers in git: the 30-epoch one of session 8 and the 1-epoch one.
+# The teachers in git: the 30-epoch one of session 8, the 1-epoch one, and the
+# 5-epoch one (session 14; the same command's result to the last logged digit).
+mkdir -p "$R/teachers/epochs=5"
+[ -e "$R/teachers/epochs=5/student.npz" ] || cp "$MAIN/docs/results/teachers/weights/fmnist_teacher_e5.npz" "$R/teachers/epochs=5/student.npz"
 [ -e "$R/teacher_e30/student.npz" ] || cp "$MAIN/docs/results/teachers/weights/fmnist_teacher_e30_s8.npz" "$R/teacher_e30/student.npz"
 [ -e "$R/teachers/epochs=1/student.npz" ] || cp "$MAIN/docs/results/teachers/weights/fmnist_teacher_e1.npz" "$R/teachers/epochs=1/student.npz"
 cd "$CODE"
