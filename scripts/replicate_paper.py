@@ -275,9 +275,11 @@ def selection(root: Path, log=print, recorded: Path | None = None
   """Each arm's lr (and the supervised arm's mixup) chosen on validation; None until done.
 
   A selection step counts once all its cells have finished under `root`. A
-  REQUIRED step whose cells are not there is read from its collected record
+  step whose cells are not all there is read from its collected record
   `recorded/<step>/summary.json` when given (the choice made on validation
-  by an earlier session, whose cells are gone), and logged as such.
+  by an earlier session, whose cells are gone), and logged as such: a
+  REQUIRED step's record as it is, another step's only if the record has
+  finished every one of its cells (a partial selection chooses nothing).
   """
   chosen, seen = {}, set()
   while True:
@@ -297,7 +299,8 @@ def selection(root: Path, log=print, recorded: Path | None = None
                             select_metric=SELECT, over=SEL_OVER.get(step["name"], ["lr"]),
                             names=[c.name for c in cells], log=lambda *_: None)["selected"]
       source = ""
-    elif step["name"] in REQUIRED and record and record.exists():
+    elif record and record.exists() and (
+        step["name"] in REQUIRED or _record_finished(record) >= {c.name for c in cells}):
       picks, source = json.loads(record.read_text())["selected"], f" (recorded in {record})"
     elif step["name"] in REQUIRED:
       return None
@@ -356,7 +359,7 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
     try:
       s = sweep.collect(str(root / step["root"]), str(results / step["name"]),
                         select_metric=SELECT if step["name"].startswith("sel_") else None,
-                        over=(["lr", "mixup"] if step["name"] == "sel_supervised" else ["lr"]),
+                        over=SEL_OVER.get(step["name"], ["lr"]),
                         plots=plots, names=names, log=lambda *_: None,
                         recorded=_record_cells(record, lost))
     except UserError as e:
@@ -370,12 +373,25 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
     for f in (results / step["name"]).glob("*.*"):
       if f.suffix in (".json", ".csv", ".md"):
         f.write_text(portable(f.read_text()))
+    joined = any(c.get("recorded") for c in s["cells"])
     for p in s["figures"]:  # Figures live in figures/ only.
-      shutil.move(p, figures / f"{step['name']}_{Path(p).name}")
+      target = figures / f"{step['name']}_{Path(p).name}"
+      if joined and target.exists() and plots == [f"{SELECT}:step"]:
+        # Curves are drawn from workdirs: the record's cells have none here.
+        print(f"# {step['name']}: {target.name} kept (it draws the recorded cells' curves; "
+              "the new cells' are in their workdirs)")
+        Path(p).unlink()
+      else:
+        shutil.move(p, target)
       if Path(p).parent != results / step["name"]:
         shutil.rmtree(Path(p).parent)
     done = len(names) - len(s["unfinished"]) - len(s["not_started"])
     print(f"# {step['name']}: {done}/{len(names)} cells finished -> {results / step['name']}")
+
+
+def _record_finished(record: Path) -> set[str]:
+  """The names of the cells that a step's collected summary.json has finished."""
+  return {c["name"] for c in json.loads(record.read_text()).get("cells", []) if c["finished"]}
 
 
 def _record_cells(record: Path, names) -> list[dict]:

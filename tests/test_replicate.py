@@ -387,6 +387,17 @@ def test_claims_8_to_11_steps_wait_for_their_own_selections(rp, tmp_path):
   assert chosen["shampoo_paper"] == {"lr": "0.3"}
   assert chosen["sup_all"] == {"epochs": "30", "lr": "0.01"}
   assert rp.selection(root, recorded=rec) == chosen
+  # On the next machine these selections come from their records, once complete.
+  rp.collect_all(root, rec, tmp_path / "figures", chosen)
+  shutil.rmtree(root / rp.IMG100_T2)
+  shutil.rmtree(root / rp.IMG_ALL_T2)
+  again = rp.selection(root, log=lambda *_: None, recorded=rec)
+  assert again == chosen, [(k, again.get(k), chosen.get(k)) for k in set(again) | set(chosen) if again.get(k) != chosen.get(k)]
+  summary = rec / "sel_sup_all" / "summary.json"
+  s = json.loads(summary.read_text())
+  s["cells"][0]["finished"] = False  # A record of a selection that had not finished.
+  summary.write_text(json.dumps(s))
+  assert "sup_all" not in rp.selection(root, log=lambda *_: None, recorded=rec)
   del chosen["shampoo_paper"], chosen["sup_all"]
   names = [s["name"] for s in rp.plan(chosen)]
   assert "c8_shampoo_paper" not in names and "c11_sup_all" not in names  # They wait.
@@ -527,8 +538,12 @@ def test_a_steps_record_keeps_another_machines_cells_beside_new_ones(rp, tmp_pat
 
   _table_cell(new, "supervised", 1000, 0, val__student_top1=0.6, test__student_top1=0.6)
   _table_cell(new, "fixed", 1000, 2, val__student_top1=0.75, test__student_top1=0.75)
+  drawn = (fig / "e1000_val_student_top1.png").read_bytes()
   rp.collect_all(new, res, fig, chosen)
-  assert "# e1000: 5 finished cells from its record (another machine's)" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "# e1000: 5 finished cells from its record (another machine's)" in out
+  assert "e1000_val_student_top1.png kept" in out
+  assert (fig / "e1000_val_student_top1.png").read_bytes() == drawn  # The old machine's curves.
   after = json.loads(record.read_text())
   done = {c["name"]: c for c in after["cells"] if c["finished"]}
   assert len(done) == 7 and sum(bool(c.get("recorded")) for c in done.values()) == 5
