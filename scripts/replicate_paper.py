@@ -364,6 +364,8 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
                         recorded=_record_cells(record, lost))
     except UserError as e:
       print(f"# {step['name']}: nothing to collect yet ({e})")
+      if not record.exists():  # No half-written tables of a step never collected.
+        shutil.rmtree(results / step["name"], ignore_errors=True)
       continue
     # The per-cell curves and figures are large: keep them out of the JSON in git.
     for c in s["cells"]:

@@ -155,6 +155,16 @@ def test_collect_writes_tables_and_figures(rp, tmp_path, capsys):
       "sel_supervised_val_student_top1_vs_lr.png"]
   out = capsys.readouterr().out
   assert "e100: nothing to collect yet" in out and "# e300: 9/27 cells finished" in out
+  # A step whose cells have started but logged nothing yet leaves no half-written tables.
+  e100 = next(s for s in rp.plan({**{a: {"lr": "0.01"} for a in rp.ARMS},
+                                  "supervised": {"lr": "0.01", "mixup": "1"}})
+              if s["name"] == "e100")
+  c = sweep.expand(e100["config"], e100["grids"])[0]
+  _cell(tmp_path / "root" / e100["root"], c.args, [], done=False)
+  assert rp.main([f"--root={tmp_path / 'root'}", "--collect", f"--results_dir={res}",
+                  f"--figures_dir={fig}"]) == 0
+  assert "e100: nothing to collect yet" in capsys.readouterr().out
+  assert not (res / "e100").exists()
 
 
 def test_update_blocks_rewrites_only_the_marked_blocks(rp, tmp_path):
