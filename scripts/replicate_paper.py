@@ -356,37 +356,42 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
     if lost:  # Another machine's finished cells join the new ones from their record.
       print(f"# {step['name']}: {len(lost)} finished cells from its record (another machine's): "
             f"{', '.join(lost[:2])}{' ...' if len(lost) > 2 else ''}")
+    # Collected aside, then moved in: a step that fails half-way (no cell has
+    # logged yet) leaves its record as it was.
+    out, tmp = results / step["name"], results / f".{step['name']}.collecting"
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
-      s = sweep.collect(str(root / step["root"]), str(results / step["name"]),
+      s = sweep.collect(str(root / step["root"]), str(tmp),
                         select_metric=SELECT if step["name"].startswith("sel_") else None,
                         over=SEL_OVER.get(step["name"], ["lr"]),
                         plots=plots, names=names, log=lambda *_: None,
                         recorded=_record_cells(record, lost))
     except UserError as e:
       print(f"# {step['name']}: nothing to collect yet ({e})")
-      if not record.exists():  # No half-written tables of a step never collected.
-        shutil.rmtree(results / step["name"], ignore_errors=True)
+      shutil.rmtree(tmp, ignore_errors=True)
       continue
     # The per-cell curves and figures are large: keep them out of the JSON in git.
     for c in s["cells"]:
       if not c.get("recorded"):  # A record's workdir is relative already.
         c["workdir"] = os.path.relpath(c["workdir"], root)
-    (results / step["name"] / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
-    for f in (results / step["name"]).glob("*.*"):
-      if f.suffix in (".json", ".csv", ".md"):
-        f.write_text(portable(f.read_text()))
     joined = any(c.get("recorded") for c in s["cells"])
-    for p in s["figures"]:  # Figures live in figures/ only.
+    drawn, s["figures"] = s["figures"], []
+    for p in drawn:  # Figures live in figures/ only.
       target = figures / f"{step['name']}_{Path(p).name}"
+      s["figures"].append(os.path.relpath(target, REPO) if target.is_relative_to(REPO)
+                          else str(target))
       if joined and target.exists() and plots == [f"{SELECT}:step"]:
         # Curves are drawn from workdirs: the record's cells have none here.
         print(f"# {step['name']}: {target.name} kept (it draws the recorded cells' curves; "
               "the new cells' are in their workdirs)")
-        Path(p).unlink()
       else:
         shutil.move(p, target)
-      if Path(p).parent != results / step["name"]:
-        shutil.rmtree(Path(p).parent)
+    (tmp / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+    out.mkdir(exist_ok=True)
+    for f in tmp.glob("*.*"):
+      if f.suffix in (".json", ".csv", ".md"):
+        (out / f.name).write_text(portable(f.read_text()))
+    shutil.rmtree(tmp)
     done = len(names) - len(s["unfinished"]) - len(s["not_started"])
     print(f"# {step['name']}: {done}/{len(names)} cells finished -> {results / step['name']}")
 

@@ -572,6 +572,14 @@ def test_a_steps_record_keeps_another_machines_cells_beside_new_ones(rp, tmp_pat
   shutil.rmtree(new / "img100")
   rp.collect_all(new, res, fig, chosen)
   assert json.loads(record.read_text()) == after
+  # Nor does one whose only cell here has started and logged nothing yet: no table
+  # of the step is rewritten half-way.
+  tables = {f.name: f.read_text() for f in (res / "e1000").iterdir()}
+  _cell(new / "img100", {"arm": "supervised", "epochs": "1000", "images": "100", "lr": "0.01",
+                         "mixup": "1", "seed": "1"}, [], done=False)
+  rp.collect_all(new, res, fig, chosen)
+  assert {f.name: f.read_text() for f in (res / "e1000").iterdir()} == tables
+  assert not list(res.glob(".*"))  # Nothing collected aside is left.
 
 
 def test_the_1020_image_settings_new_cells_are_exactly_its_missing_ones(rp):
