@@ -5,7 +5,8 @@
 # is skipped by the other, and finished cells are skipped by both.
 # Only cells that no record in docs/results/ holds are listed: main's
 # `replicate_paper.py --collect --selection_from=docs/results` joins the recorded
-# cells (another machine's) to the new ones.
+# cells (another machine's) to the new ones. When a sweep's cells are all recorded,
+# take it off the list: on a new machine it would run them again.
 # Stop: touch ~/bd_runs/STOP (each worker ends after its current sweep) or kill the group.
 set -u
 MAIN=${MAIN:-/work/main}
@@ -30,15 +31,8 @@ T="--config.t1_init=$R/teacher_e30"
 W="config.t1_init=$R/teachers/epochs=1,$R/teachers/epochs=5"
 sw() { PYTHONPATH=$PWD nice -n 19 "$PY" -m big_distill.sweep "$@" --run; }
 jobs_list() {
-  # claim 10's 5-epoch teacher (the teachers step's epochs=5 cell; epochs=1 is in git)
-  sw --config=configs/fmnist_teacher.py --sweep=epochs=5 --root=$R/teachers
-  # claim 8 at its budget: the paper's Shampoo (lr 10, chosen on validation), 1,000 epochs
-  sw --config=$D:images=100 '--sweep=arm=shampoo_paper;lr=10;epochs=1000;seed=1,2' --root=$R/img100_t2 $T
-  # claim 8's bar: function matching's (Adam's) validation top-1 at 3,000 epochs
-  sw --config=$D:images=100,epochs=3000 '--sweep=arm=funmatch;lr=0.03;seed=0,1,2' --root=$R/img100_t2 $T
-  # claim 10 at 1,000 epochs: the three teachers' students
-  sw --config=$D:images=100,epochs=1000 '--sweep=arm=funmatch;lr=0.03;seed=0,1,2' \
-    "--sweep=arm=funmatch;lr=0.03;seed=0,1,2;$W" --root=$R/img100_t2 $T
+  # Recorded in docs/results/ (session 14), so not listed: the 5-epoch teacher (in git),
+  # claim 8's Shampoo at 1,000 epochs (3 seeds), its bar c8_adam (3), c10_e1000 (9).
   # the 1,020-image table's last cell
   sw --config=$D:images=1020 '--sweep=arm=shampoo;lr=0.01;epochs=1000;seed=0' --root=$R/img1020_t2 $T
   # claim 10 at its budget, 10,000 epochs (the 30-epoch teacher's cells are claim 9's)
