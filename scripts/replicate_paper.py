@@ -300,7 +300,8 @@ def selection(root: Path, log=print, recorded: Path | None = None
                             names=[c.name for c in cells], log=lambda *_: None)["selected"]
       source = ""
     elif record and record.exists() and (
-        step["name"] in REQUIRED or _record_finished(record) >= {c.name for c in cells}):
+        step["name"] in REQUIRED
+        or {c["name"] for c in _record_cells(record)} >= {c.name for c in cells}):
       picks, source = json.loads(record.read_text())["selected"], f" (recorded in {record})"
     elif step["name"] in REQUIRED:
       return None
@@ -365,7 +366,7 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
                         select_metric=SELECT if step["name"].startswith("sel_") else None,
                         over=SEL_OVER.get(step["name"], ["lr"]),
                         plots=plots, names=names, log=lambda *_: None,
-                        recorded=_record_cells(record, lost))
+                        recorded=_record_cells(record))  # A cell finished here wins.
     except UserError as e:
       print(f"# {step['name']}: nothing to collect yet ({e})")
       shutil.rmtree(tmp, ignore_errors=True)
@@ -396,28 +397,20 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
     print(f"# {step['name']}: {done}/{len(names)} cells finished -> {results / step['name']}")
 
 
-def _record_finished(record: Path) -> set[str]:
-  """The names of the cells that a step's collected summary.json has finished."""
-  return {c["name"] for c in json.loads(record.read_text()).get("cells", []) if c["finished"]}
-
-
-def _record_cells(record: Path, names) -> list[dict]:
-  """The cells `names` of a step's collected summary.json, as it recorded them."""
-  if not names:
+def _record_cells(record: Path) -> list[dict]:
+  """The finished cells of a step's collected summary.json ([] if it has none)."""
+  if not record.exists():
     return []
-  wanted = set(names)
-  return [c for c in json.loads(record.read_text()).get("cells", []) if c["name"] in wanted]
+  return [c for c in json.loads(record.read_text()).get("cells", []) if c["finished"]]
 
 
 def _lost_cells(cell_root: Path, record: Path, names) -> list[str]:
   """The cells that `record` (a step's collected summary.json) has finished and
   `cell_root` has not: collecting there again would drop them from the record."""
-  if not record.exists():
-    return []
+  recorded = [c["name"] for c in _record_cells(record) if c["name"] in names]
   here = {c["name"] for c in sweep.read_cells(str(cell_root), names) if c["finished"]} \
-      if cell_root.is_dir() else set()
-  return [c["name"] for c in json.loads(record.read_text()).get("cells", [])
-          if c["finished"] and c["name"] in names and c["name"] not in here]
+      if recorded and cell_root.is_dir() else set()
+  return [n for n in recorded if n not in here]
 
 
 def portable(text: str, home: str | None = None) -> str:
