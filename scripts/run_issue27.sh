@@ -9,6 +9,11 @@
 # take it off the list: on a new machine it would run them again.
 # Stop: touch ~/bd_runs/STOP (each worker ends after its current sweep) or kill the group.
 set -u
+# Run from a copy: bash reads a script as it goes, so a checkout that changes this
+# file under a running runner would feed it the new file's bytes at the old offset.
+if [ "$(readlink -f "$0")" != "$(readlink -f ~/bd_runs/run_issue27.sh)" ]; then
+  mkdir -p ~/bd_runs && cp "$0" ~/bd_runs/run_issue27.sh && exec bash ~/bd_runs/run_issue27.sh "$@"
+fi
 MAIN=${MAIN:-/work/main}
 PY=${PY:-$MAIN/.venv/bin/python}
 R=$HOME/bd_runs/fmnist
@@ -32,9 +37,8 @@ W="config.t1_init=$R/teachers/epochs=1,$R/teachers/epochs=5"
 sw() { PYTHONPATH=$PWD nice -n 19 "$PY" -m big_distill.sweep "$@" --run; }
 jobs_list() {
   # Recorded in docs/results/ (session 14), so not listed: the 5-epoch teacher (in git),
-  # claim 8's Shampoo at 1,000 epochs (3 seeds), its bar c8_adam (3), c10_e1000 (9).
-  # the 1,020-image table's last cell
-  sw --config=$D:images=1020 '--sweep=arm=shampoo;lr=0.01;epochs=1000;seed=0' --root=$R/img1020_t2 $T
+  # claim 8's Shampoo at 1,000 epochs (3 seeds), its bar c8_adam (3), c10_e1000 (9),
+  # the 1,020-image table (27 of 27).
   # claim 10 at its budget, 10,000 epochs (the 30-epoch teacher's cells are claim 9's)
   sw --config=$D:images=100,epochs=10000 "--sweep=arm=funmatch;lr=0.03;seed=0,1,2;$W" --root=$R/img100_t2 $T
   # claim 9's 10,000-epoch cells: function matching and supervised
