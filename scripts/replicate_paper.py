@@ -8,6 +8,9 @@ r"""The paper's small-data claims in miniature, as a list of sweeps (docs/result
     # with --selection_from=docs/results, the finished cells recorded there count too
     # (another machine's): a step's record keeps its finished cells whose workdirs are gone
     python scripts/replicate_paper.py ... --collect [--selection_from=docs/results --update_doc=docs/results.md]
+    # every step's cells that are neither finished here nor recorded, with each
+    # started one's last logged epoch (nothing runs): what a note must list
+    python scripts/replicate_paper.py ... --missing [--selection_from=docs/results]
 
 Each step is one `python -m big_distill.sweep` call (printed as it runs), over
 configs/fmnist_distill.py (or configs/fmnist_teacher.py for the weaker
@@ -411,6 +414,80 @@ def _lost_cells(cell_root: Path, record: Path, names) -> list[str]:
   here = {c["name"] for c in sweep.read_cells(str(cell_root), names) if c["finished"]} \
       if recorded and cell_root.is_dir() else set()
   return [n for n in recorded if n not in here]
+
+
+# A plan step whose unfinished cells run as another step (its own teacher and root).
+RUN_AS = {"img1020": "img1020_t2"}
+
+
+def last_epoch(workdir: Path) -> float | None:
+  """The last `progress/epoch` a cell's metrics.jsonl logged (None: none yet)."""
+  path = workdir / "metrics.jsonl"
+  epoch = None
+  if path.exists():
+    for line in path.read_text().splitlines():
+      try:
+        epoch = json.loads(line).get("progress/epoch", epoch)
+      except json.JSONDecodeError:
+        pass  # A line being written now.
+  return epoch
+
+
+def missing(root: Path, selected, recorded: Path | None = None, only=()) -> list[dict]:
+  """The plan's steps and their cells that no finished run holds.
+
+  One row per step: {step, cells (how many), done (finished here or in a
+  record under `recorded`), todo: [{name, running (another sweep holds its
+  lock now), epoch (its last logged epoch, None if not started)}]}; a step of
+  RUN_AS has no todo, and names the step its other cells run as. A step
+  whose selection has not been made is not in `plan(selected)`: it is listed
+  with cells None.
+  """
+  rows, planned = [], plan(selected)
+  names = {s["name"] for s in planned}
+  for step in planned:
+    if only and step["name"] not in only:
+      continue
+    cells = sweep.expand(step["config"], step["grids"])
+    done = set(recorded_cells(recorded, step["root"]))
+    todo = []
+    if step["name"] in RUN_AS:
+      done_here = [c for c in cells
+                   if sweep.finished(str(root / step["root"] / c.name)) or c.name in done]
+      rows.append(dict(step=step["name"], cells=len(cells), done=len(done_here), todo=[],
+                       run_as=RUN_AS[step["name"]]))
+      continue
+    for c in cells:
+      wd = root / step["root"] / c.name
+      if sweep.finished(str(wd)) or c.name in done:
+        continue
+      todo.append(dict(name=c.name, running=sweep.locked(str(wd)), epoch=last_epoch(wd)))
+    rows.append(dict(step=step["name"], cells=len(cells), done=len(cells) - len(todo),
+                     todo=todo))
+  # The steps a selection gates, not planned yet: known by name only.
+  everything = plan({arm: {"lr": "1", "epochs": "1"} for arm in
+                     ("supervised", *ARMS, "shampoo_paper", "sup_all", "vit_teacher",
+                      "vit_to_bit", "bit_to_vit")})
+  for step in everything:
+    if step["name"] not in names and (not only or step["name"] in only):
+      rows.append(dict(step=step["name"], cells=None, done=0, todo=[]))
+  return rows
+
+
+def missing_text(rows) -> str:
+  """`missing`'s rows as the lines `--missing` prints (complete steps: one count)."""
+  out = []
+  for r in rows:
+    if r["cells"] is None:
+      out.append(f"{r['step']}: waits for its selection")
+      continue
+    out.append(f"{r['step']}: {r['done']} of {r['cells']} finished"
+               + (f" (the others run as {r['run_as']})" if r.get("run_as") else ""))
+    for c in r["todo"]:
+      where = ("running, " if c["running"] else "") + (
+          f"at epoch {c['epoch']:g}" if c["epoch"] is not None else "not started")
+      out.append(f"  {c['name']}  ({where})")
+  return "\n".join(out) + "\n"
 
 
 def portable(text: str, home: str | None = None) -> str:
@@ -896,6 +973,9 @@ def main(argv=None) -> int:
   mode = p.add_mutually_exclusive_group()
   mode.add_argument("--run", action="store_true", help="run the plan's steps in order")
   mode.add_argument("--collect", action="store_true", help="tables and figures only")
+  mode.add_argument("--missing", action="store_true",
+                    help="list each step's cells that are neither finished under --root nor "
+                         "recorded under --selection_from, with their progress; nothing runs")
   p.add_argument("--allow_config_change", action="store_true",
                  help="resume interrupted cells whose config.json an older checkout wrote "
                       "(passes --config.allow_config_change=True to every cell)")
@@ -926,6 +1006,9 @@ def main(argv=None) -> int:
   try:
     recorded = Path(a.selection_from) if a.selection_from else None
     selected = selection(root, recorded=recorded) if root.exists() else None
+    if a.missing:
+      print(missing_text(missing(root, selected, recorded, only)), end="")
+      return 0
     if a.collect:
       collect_all(root, Path(a.results_dir), Path(a.figures_dir), selected)
       claim7 = (teacher_quality_figure(root, Path(a.figures_dir), selected, recorded)

@@ -663,3 +663,49 @@ def test_claims_8_to_11_answered_from_the_new_teachers_cells(rp, tmp_path):
   assert answers()["9"]["answer"] == "does not hold"
   markdown = rp.claims_markdown(list(answers().values()))
   assert "| 11b. FM on all 50,000 images" in markdown and "| 8. the paper's Shampoo" in markdown
+
+
+def test_missing_lists_the_cells_no_run_or_record_holds(rp, tmp_path, capsys):
+  """`--missing`: a step's cells finished here or recorded count as done; the
+  others are listed with their state (held by a runner now, last epoch, or
+  not started); a step whose selection is not made waits for it."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  root, rec = tmp_path / "root", tmp_path / "results"
+  chosen = rp.selection(root, recorded=_recorded_selections(rp, rec), log=lambda *_: None)
+  step = next(s for s in rp.plan(chosen) if s["name"] == "c10_e10000")
+  cells = sweep.expand(step["config"], step["grids"])
+  assert len(cells) == 6
+  wds = [root / step["root"] / c.name for c in cells]
+  for wd in wds[:4]:
+    wd.mkdir(parents=True)
+  (wds[0] / "student.npz").write_bytes(b"x")  # Finished here.
+  (rec / "c10_e10000").mkdir(parents=True)  # Finished on another machine: its record.
+  (rec / "c10_e10000" / "summary.json").write_text(json.dumps({"cells": [
+      {"name": cells[1].name, "finished": True, "workdir": f"{step['root']}/{cells[1].name}"},
+      {"name": cells[5].name, "finished": False, "workdir": f"{step['root']}/{cells[5].name}"}]}))
+  (wds[2] / "metrics.jsonl").write_text(
+      json.dumps({"step": 5, "progress/epoch": 1234.5}) + "\n"
+      + json.dumps({"step": 6, "val/student_top1": 0.5}) + '\n{"step": 7, "progr')
+  with open(wds[3] / sweep.LOCK_FILE, "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Another runner holds it.
+    rows = {r["step"]: r for r in rp.missing(root, chosen, rec)}
+    assert rp.main([f"--root={root}", "--missing", f"--selection_from={rec}",
+                    "--steps=c10_e10000,c11_sup_all"]) == 0
+  row = rows["c10_e10000"]
+  assert (row["cells"], row["done"]) == (6, 2)
+  assert row["todo"] == [dict(name=cells[2].name, running=False, epoch=1234.5),
+                         dict(name=cells[3].name, running=True, epoch=None),
+                         dict(name=cells[4].name, running=False, epoch=None),
+                         dict(name=cells[5].name, running=False, epoch=None)]
+  assert rows["c11_sup_all"] == dict(step="c11_sup_all", cells=None, done=0, todo=[])
+  assert rows["img1020"]["run_as"] == "img1020_t2" and rows["img1020"]["todo"] == []
+  assert rows["c8_shampoo_paper"]["cells"] is None  # Its lr is not chosen yet.
+  assert rows["c8_adam"]["done"] == 0 and len(rows["c8_adam"]["todo"]) == 3
+  # Without the record, its cell is missing; the other records' settings do not count.
+  assert rp.missing(root, chosen, None, only=("c10_e10000",))[0]["done"] == 1
+  out = capsys.readouterr().out
+  lines = [l for l in out.splitlines() if not l.startswith("# ")]  # The selections read.
+  assert lines[0] == "c10_e10000: 2 of 6 finished"
+  assert f"  {cells[2].name}  (at epoch 1234.5)" in out
+  assert f"  {cells[3].name}  (running, not started)" in out
+  assert "c11_sup_all: waits for its selection" in out and "c8_" not in out
