@@ -123,7 +123,6 @@ def step_configs(dry_run: bool) -> dict[str, Any]:
 def run(dry_run: bool, steps: int, workdir: str) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   from big_distill import benchmark  # pylint: disable=g-import-not-at-top
-  from big_distill import costs  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   device = jax.devices()[0]
   out: dict[str, Any] = {"device_kind": device.device_kind, "platform": device.platform,
@@ -131,14 +130,13 @@ def run(dry_run: bool, steps: int, workdir: str) -> dict[str, Any]:
                          "dry_run": dry_run, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                     time.gmtime())}
   warmup = 1 if dry_run else 2
-  if dry_run:
-    # The CPU's peak (the MFU column) from a small matmul: the dry run's
-    # numbers mean nothing, and 2048x2048 in bfloat16 costs seconds here. On
-    # an accelerator the peak comes from costs.PEAKS, not from a matmul.
-    costs.CPU_PEAK_MATMUL_SIZE = 256
+  # The dry run measures the CPU's peak (the MFU column) on a small matmul: its
+  # numbers mean nothing, and 2048x2048 in bfloat16 costs seconds here. On an
+  # accelerator the peak comes from costs.PEAKS, not from a matmul.
+  cpu_matmul_size = 256 if dry_run else None
   out["steps"] = {}
   for name, config in step_configs(dry_run).items():
-    r = benchmark.run_train(config, steps=steps, warmup=warmup)
+    r = benchmark.run_train(config, steps=steps, warmup=warmup, cpu_matmul_size=cpu_matmul_size)
     out["steps"][name] = {k: r.get(k) for k in (
         "global_batch", "compile_s", "step_time_s", "window_step_time_s", "images_per_s",
         "flops_per_step", "flops", "mfu", "peak_source", "peak_device_memory_bytes",

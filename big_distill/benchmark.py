@@ -245,8 +245,10 @@ def _header(config: mlc.ConfigDict, mode: str, batch_size: int) -> dict[str, Any
 
 def run_train(config: mlc.ConfigDict, *, steps: int, warmup: int, flops_only: bool = False,
               lowered_only: bool = False, project_kind: str | None = None,
-              project_mfu: float = 0.45) -> dict[str, Any]:
-  """The train step's figures (see the module docstring)."""
+              project_mfu: float = 0.45, cpu_matmul_size: int | None = None
+              ) -> dict[str, Any]:
+  """The train step's figures (see the module docstring); on a CPU, the MFU's
+  peak is measured on a `cpu_matmul_size`-square matmul (costs.device_peak)."""
   s = build(config)
   out = _header(config, "flops_only" if flops_only else "train", s.batch_size)
   out["teacher_outputs"] = "precomputed" if s.fixed else "forward"
@@ -265,12 +267,13 @@ def run_train(config: mlc.ConfigDict, *, steps: int, warmup: int, flops_only: bo
   args = (s.train.init_state(init_key(config.seed)), teachers, batch)
   out.update(costs.time_steps(s.train.train_step, lambda a, o: (o[0], a[1], a[2]), args,
                         steps=steps, warmup=warmup))
-  costs.rates(out, config.compute_dtype)
+  costs.rates(out, config.compute_dtype, cpu_matmul_size)
   out.update(costs.memory())
   return out
 
 
-def run_eval(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, Any]:
+def run_eval(config: mlc.ConfigDict, *, steps: int, warmup: int,
+             cpu_matmul_size: int | None = None) -> dict[str, Any]:
   """The evaluation forward: the student and every teacher on one eval batch
   (the batch size of the first evaluator in `config.evals`, else the training
   one). The evaluators' metric sums are left out: they cost next to nothing."""
@@ -292,7 +295,7 @@ def run_eval(config: mlc.ConfigDict, *, steps: int, warmup: int) -> dict[str, An
   args = (setup.student_weights(s.train.init_state(init_key(config.seed))), s.init_teachers(),
           batch["image"])
   out.update(costs.time_steps(step, lambda a, o: a, args, steps=steps, warmup=warmup))
-  costs.rates(out, config.compute_dtype)
+  costs.rates(out, config.compute_dtype, cpu_matmul_size)
   out.update(costs.memory())
   return out
 

@@ -99,11 +99,15 @@ def measure_matmul_peak(dtype: str, n: int = 2048, reps: int = 10) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def device_peak(dtype: str) -> tuple[float | None, str]:
-  """(peak FLOP/s per device, where it comes from) for the first device."""
+def device_peak(dtype: str, cpu_matmul_size: int | None = None) -> tuple[float | None, str]:
+  """(peak FLOP/s per device, where it comes from) for the first device.
+
+  On a CPU the peak is measured on a `cpu_matmul_size`-square matmul (default
+  CPU_PEAK_MATMUL_SIZE); on an accelerator it is the datasheet's (PEAKS).
+  """
   device = jax.devices()[0]
   if device.platform == "cpu":
-    n = CPU_PEAK_MATMUL_SIZE
+    n = cpu_matmul_size or CPU_PEAK_MATMUL_SIZE
     return measure_matmul_peak(dtype, n), f"measured: {n}x{n} {dtype} matmul on this CPU"
   peak = peak_flops(device.device_kind, dtype)
   return peak, ("datasheet table costs.PEAKS" if peak else
@@ -217,9 +221,10 @@ def memory() -> dict[str, Any]:
   }
 
 
-def rates(out: dict[str, Any], dtype: str) -> None:
+def rates(out: dict[str, Any], dtype: str, cpu_matmul_size: int | None = None) -> None:
+  """Images/s and MFU into `out` (from its global_batch, step_time_s, flops_per_step)."""
   n = jax.device_count()
-  peak, source = device_peak(dtype)
+  peak, source = device_peak(dtype, cpu_matmul_size)
   out["images_per_s"] = out["global_batch"] / out["step_time_s"]
   out["images_per_s_per_device"] = out["images_per_s"] / n
   out["peak_flops_per_device"] = peak

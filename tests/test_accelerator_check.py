@@ -61,6 +61,7 @@ def test_dry_run_on_a_machine_without_tensorflow(tmp_path):
   for name, step in result["steps"].items():
     assert step["images_per_s"] > 0 and step["flops_per_step"] > 0, name
     assert step["recompiles_after_first_call"] == 0, name
+    assert "256x256" in step["peak_source"], name  # The dry run's small CPU matmul.
   # The input part needs tf.data: skipped, with one line saying why.
   assert result["input"]["skipped"].startswith("no TensorFlow here")
   assert sum("input pipeline: skipped" in l for l in text.splitlines()) == 1

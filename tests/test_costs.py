@@ -55,12 +55,11 @@ def test_time_steps_counts_compiles_and_sees_a_recompile():
   assert out["recompiles_after_first_call"] == 1
 
 
-def test_rates_and_projection(monkeypatch):
-  monkeypatch.setattr(costs, "CPU_PEAK_MATMUL_SIZE", 256)  # A small matmul is enough here.
+def test_rates_and_projection():
   costs.device_peak.cache_clear()
   out = {"global_batch": 8, "step_time_s": 0.5, "flops_per_step": 1e9}
-  costs.rates(out, "float32")
-  assert out["images_per_s"] == 16 and out["peak_source"]
+  costs.rates(out, "float32", cpu_matmul_size=256)  # A small matmul is enough here.
+  assert out["images_per_s"] == 16 and "256x256" in out["peak_source"]
   peak = out["peak_flops_per_device"] * jax.device_count()
   assert out["mfu"] == pytest.approx(1e9 / 0.5 / peak)
   costs.device_peak.cache_clear()
