@@ -230,7 +230,11 @@ def collect(root: str, out_dir: str | None = None, *, select_metric: str | None 
   out_dir = out_dir or os.path.join(root, "collect")
   os.makedirs(out_dir, exist_ok=True)
   fields = varying_fields(cells)
-  by = [f for f in fields if f not in SEED_FIELDS]
+  # The fields selected over stay columns even where the cells read so far share
+  # one value (a selection sweep that has only begun): a choice names its value.
+  kept = set(fields) | set(over or ())
+  by = [f for f in dict.fromkeys(k for c in cells for k in c["fields"])
+        if f in kept and f not in SEED_FIELDS]
   groups = sorted(group(cells, by), key=lambda g: [_sort_key(g["fields"][k]) for k in by])
   logged = sorted({m for c in cells for m in c["final"]})
   cols = [c for c in (columns or DEFAULT_COLUMNS) if c in logged]

@@ -296,6 +296,20 @@ def test_collect_tables_mean_std_and_selection_on_validation(swept, tmp_path, ca
   assert all(os.path.getsize(p) > 10_000 for p in s["figures"])
 
 
+def test_selection_names_a_field_the_cells_so_far_share(tmp_path):
+  """A selection sweep over lr x epochs that has only begun: every cell read so far
+  has one lr, so lr does not vary yet; the choice still names it."""
+  root = tmp_path / "r"
+  sweep_cell(root, {"arm": "sup", "epochs": "10", "lr": "0.003", "seed": "0"}, _rows(0.7, 0.8))
+  sweep_cell(root, {"arm": "sup", "epochs": "30", "lr": "0.003", "seed": "0"}, _rows(0.9, 0.9),
+             done=False)
+  s = sweep.collect(str(root), str(tmp_path / "out"), select_metric="val/student_top1",
+                    over=["lr", "epochs"])
+  assert s["fields"] == ["epochs"] and s["grouped_by"] == ["epochs", "lr"]
+  assert [ch["chosen"] for ch in s["selected"]] == [{"lr": "0.003", "epochs": "10"}]
+  assert s["selected"][0]["candidates"] == 1
+
+
 def test_collect_flags_a_cell_whose_final_evaluations_are_missing(tmp_path, capsys):
   """Killed after its last checkpoint and before its last evaluations, under the old
   trainer, a cell's 'final' validation is an earlier step's: collect says so."""
