@@ -367,7 +367,7 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
     try:
       s = sweep.collect(str(root / step["root"]), str(tmp),
                         select_metric=SELECT if step["name"].startswith("sel_") else None,
-                        over=SEL_OVER.get(step["name"], ["lr"]),
+                        over=SEL_OVER.get(step["name"], ["lr"]) if step["name"].startswith("sel_") else None,
                         plots=plots, names=names, log=lambda *_: None,
                         recorded=_record_cells(record))  # A cell finished here wins.
     except UserError as e:

@@ -542,6 +542,9 @@ def test_a_steps_record_keeps_another_machines_cells_beside_new_ones(rp, tmp_pat
   for arm, top1 in (("funmatch", 0.8), ("fixed", 0.7)):
     _arm_cells(old, arm, 1000, top1)
   rp.collect_all(old, res, fig, chosen)
+  # A step that selects nothing groups by the fields that vary in it: its one lr is no column.
+  assert json.loads((res / "e1000" / "summary.json").read_text())["over"] == ["arm"]
+  assert "lr" not in (res / "e1000" / "groups.csv").read_text().splitlines()[0].split(",")
   record = res / "e1000" / "summary.json"
   assert sum(c["finished"] for c in json.loads(record.read_text())["cells"]) == 6
   capsys.readouterr()
