@@ -959,6 +959,22 @@ def patience_figure(groups, path: Path) -> str | None:
                                      reference={"teacher": teacher[0]} if teacher else None)
 
 
+def teacher_strength_figure(groups, path: Path) -> str | None:
+  """Claim 10: the function-matching student's validation top-1 against the
+  epoch budget, one line per teacher (the 30-epoch one and WEAKER)."""
+  from big_distill import plotting  # pylint: disable=g-import-not-at-top
+  lines: dict[str, list] = {}
+  for variant in ("", *WEAKER):
+    label = f"{variant.split('=')[1] if variant else 30}-epoch teacher"
+    for (arm, epochs, v), g in sorted(groups.items(), key=lambda kv: kv[0][1]):
+      st = g["metrics"].get(TOP1["val"])
+      if arm == "funmatch" and v == variant and st:
+        lines.setdefault(label, []).append((epochs, st["mean"], st["std"], st["n"]))
+  if len(lines) < 2 or not any(len(p) > 1 for p in lines.values()):
+    return None
+  return plotting.plot_against_field(lines, str(path), field="epochs", metric=TOP1["val"])
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1047,6 +1063,11 @@ def main(argv=None) -> int:
         fig1020 = patience_figure(groups1020, Path(a.figures_dir) / "img1020_patience_val_student_top1_vs_epochs.png")
         if fig1020:
           print(f"# 1,020-image patience figure: {fig1020}")
+        # Claims 8-11's cells (the session-8 teacher): each arm's patience, and claim 10.
+        for f in (patience_figure(g100, Path(a.figures_dir) / "t2_patience_val_student_top1_vs_epochs.png"),
+                  teacher_strength_figure(g100, Path(a.figures_dir) / "claim10_teacher_strength.png")):
+          if f:
+            print(f"# claims 8-11 figure: {f}")
         print(claims_markdown(rows) + (f"# patience figure: {fig}" if fig else ""))
       return 0
     if not a.run:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from big_distill import demo
+from big_distill import plotting
 from big_distill import sweep
 from tests import helpers
 from tests.helpers import sweep_cell as _cell
@@ -600,7 +601,7 @@ def test_the_1020_image_settings_new_cells_are_exactly_its_missing_ones(rp):
   assert {c.args["seed"] for c in cells} == {"0"} and {c.args["images"] for c in cells} == {"1020"}
 
 
-def test_claims_8_to_11_answered_from_the_new_teachers_cells(rp, tmp_path):
+def test_claims_8_to_11_answered_from_the_new_teachers_cells(rp, tmp_path, monkeypatch):
   chosen = {"supervised": {"lr": "0.01", "mixup": "1"}, "funmatch": {"lr": "0.01"},
             "shampoo_paper": {"lr": "0.01"}, "sup_all": {"epochs": "30", "lr": "0.01"}}
   root = tmp_path / "root"
@@ -655,6 +656,17 @@ def test_claims_8_to_11_answered_from_the_new_teachers_cells(rp, tmp_path):
   _arm_cells(root, "funmatch", 20, 0.89, **every)
   rows = answers()
   assert [rows[n]["answer"] for n in ("9", "10", "11a", "11b")] == ["holds"] * 4
+  # The figures: each arm against the budget; one line per teacher for claim 10.
+  g100 = rp.table_groups(root, chosen, rp.IMG100_T2)
+  assert rp.patience_figure(g100, tmp_path / "t2.png") == str(tmp_path / "t2.png")
+  drawn = []
+  monkeypatch.setattr(plotting, "plot_against_field", lambda lines, path, **_: drawn.append(lines) or path)
+  assert rp.teacher_strength_figure(g100, tmp_path / "c10.png") == str(tmp_path / "c10.png")
+  assert {k: [(e, round(m, 4), n) for e, m, _, n in v] for k, v in drawn[0].items()} == {
+      "30-epoch teacher": [(1000, 0.76, 3), (3000, 0.8, 3), (10000, 0.82, 3), (30000, 0.83, 3)],
+      "5-epoch teacher": [(1000, 0.77, 3), (10000, 0.8, 3)],
+      "1-epoch teacher": [(1000, 0.75, 3), (10000, 0.79, 3)]}
+  assert rp.teacher_strength_figure({}, tmp_path / "none.png") is None
   # (0.82 - 0.70) / (0.90 - 0.70) and (0.83 - 0.71) / (0.90 - 0.71); (0.89 - 0.70) / 0.20.
   assert "test at 10000: " in rows["9"]["numbers"] and "60.0% of the gap" in rows["9"]["numbers"]
   assert "63.2% of the gap" in rows["9"]["numbers"]
