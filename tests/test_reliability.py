@@ -10,6 +10,7 @@ in-process with tripwires on the checkpointer and the input pipeline (the
 first expensive things the trainer builds): reaching them fails the test.
 """
 
+import gc
 import glob
 import json
 import logging
@@ -224,6 +225,13 @@ def abstract_state(checkpoints_dir, step):
                                                             sharding=x.sharding), state)
 
 
+# Orbax reads a step's array files concurrently; when they are damaged, the reads
+# still pending after the first failure are abandoned, and their coroutines raise
+# when garbage-collected, where nobody can catch it: pytest reports each as an
+# unraisable exception (about 20 per damaged step). The restore itself fails
+# cleanly and falls back, which is what the test checks; the test collects the
+# garbage itself, so that those reports surface under its own filter.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("how", [
     "truncate", "delete_arrays",
     "delete_item", "empty_step_dir"])
@@ -238,6 +246,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(reference, 
       step, state = checkpointer.restore(abstract)
   finally:
     checkpointer.close()
+    gc.collect()  # The failed reads' coroutines, while this test's filters apply.
   assert step == 15
   assert all(jax.tree.leaves(jax.tree.map(lambda a, b: np.array_equal(a, b), good, state)))
   logged = caplog.text
