@@ -364,10 +364,11 @@ def collect_all(root: Path, results: Path, figures: Path, selected) -> None:
     # logged yet) leaves its record as it was.
     out, tmp = results / step["name"], results / f".{step['name']}.collecting"
     shutil.rmtree(tmp, ignore_errors=True)
+    selects = step["name"].startswith("sel_")
     try:
       s = sweep.collect(str(root / step["root"]), str(tmp),
-                        select_metric=SELECT if step["name"].startswith("sel_") else None,
-                        over=SEL_OVER.get(step["name"], ["lr"]) if step["name"].startswith("sel_") else None,
+                        select_metric=SELECT if selects else None,
+                        over=SEL_OVER.get(step["name"], ["lr"]) if selects else None,
                         plots=plots, names=names, log=lambda *_: None,
                         recorded=_record_cells(record))  # A cell finished here wins.
     except UserError as e:
@@ -943,14 +944,21 @@ def update_blocks(path: Path, blocks: dict[str, str]) -> list[str]:
   return found
 
 
+def _budget_lines(groups, line_of) -> dict[str, list]:
+  """{label: [(epochs, mean, std, n), ...]} of validation top-1, by budget; a
+  group joins the line line_of(arm, variant) names (None: no line)."""
+  lines: dict[str, list] = {}
+  for (arm, epochs, variant), g in sorted(groups.items(), key=lambda kv: kv[0][1]):
+    st, label = g["metrics"].get(TOP1["val"]), line_of(arm, variant)
+    if st and label:
+      lines.setdefault(label, []).append((epochs, st["mean"], st["std"], st["n"]))
+  return lines
+
+
 def patience_figure(groups, path: Path) -> str | None:
   """Validation top-1 against the epoch budget, one line per arm (the plan's cells)."""
   from big_distill import plotting  # pylint: disable=g-import-not-at-top
-  lines: dict[str, list] = {}
-  for (arm, epochs, variant), g in sorted(groups.items(), key=lambda kv: kv[0][1]):
-    st = g["metrics"].get(TOP1["val"])
-    if st and not variant:
-      lines.setdefault(arm, []).append((epochs, st["mean"], st["std"], st["n"]))
+  lines = _budget_lines(groups, lambda arm, variant: None if variant else arm)
   teacher = [g["metrics"]["val/t1_top1"]["mean"] for (a, _, v), g in groups.items()
              if a == "funmatch" and not v and "val/t1_top1" in g["metrics"]]
   if not any(len(p) > 1 for p in lines.values()):
@@ -963,13 +971,9 @@ def teacher_strength_figure(groups, path: Path) -> str | None:
   """Claim 10: the function-matching student's validation top-1 against the
   epoch budget, one line per teacher (the 30-epoch one and WEAKER)."""
   from big_distill import plotting  # pylint: disable=g-import-not-at-top
-  lines: dict[str, list] = {}
-  for variant in ("", *WEAKER):
-    label = f"{variant.split('=')[1] if variant else 30}-epoch teacher"
-    for (arm, epochs, v), g in sorted(groups.items(), key=lambda kv: kv[0][1]):
-      st = g["metrics"].get(TOP1["val"])
-      if arm == "funmatch" and v == variant and st:
-        lines.setdefault(label, []).append((epochs, st["mean"], st["std"], st["n"]))
+  lines = _budget_lines(groups, lambda arm, variant: (
+      f"{variant.split('=')[1] if variant else 30}-epoch teacher"
+      if arm == "funmatch" and variant in ("", *WEAKER) else None))
   if len(lines) < 2 or not any(len(p) > 1 for p in lines.values()):
     return None
   return plotting.plot_against_field(lines, str(path), field="epochs", metric=TOP1["val"])
